@@ -1,0 +1,81 @@
+"""Token-granular KV memory: a per-layer K/V pool, a free-list allocator over its slots, and the
+request -> token table that maps each request's positions to pool slots."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+class MHATokenToKVPool:
+    """K and V for every layer, one row per token slot. Slot 0 is a padding slot that is never
+    handed out: padded batch entries write there harmlessly."""
+
+    def __init__(self, size: int, num_kv_heads: int, head_dim: int, num_layers: int,
+                 dtype: torch.dtype, device: torch.device | str) -> None:
+        self.size = size
+        self.num_kv_heads, self.head_dim, self.num_layers = num_kv_heads, head_dim, num_layers
+        self.dtype, self.device = dtype, torch.device(device)
+        shape = (size + 1, num_kv_heads, head_dim)  # (slots, kv_heads, head_dim)
+        self.k_buffer = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v_buffer = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+
+    def get_kv(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k_buffer[layer_id], self.v_buffer[layer_id]
+
+    def set_kv(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        # loc: (num_tokens,)  k, v: (num_tokens, kv_heads, head_dim)
+        self.k_buffer[layer_id][loc] = k.to(self.dtype)
+        self.v_buffer[layer_id][loc] = v.to(self.dtype)
+
+    def bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.itemsize
+
+
+class TokenAllocator:
+    """Free list over slots 1..size of a KV pool. Works on CPU tensors so the scheduler never
+    touches the device to allocate."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.clear()
+
+    def clear(self) -> None:
+        self._free = torch.arange(1, self.size + 1, dtype=torch.int64)
+
+    def available_size(self) -> int:
+        return int(self._free.numel())
+
+    def alloc(self, num_tokens: int) -> Optional[torch.Tensor]:
+        if num_tokens > self._free.numel():
+            return None
+        out, self._free = self._free[:num_tokens], self._free[num_tokens:]
+        return out
+
+    def free(self, indices: torch.Tensor) -> None:
+        if indices.numel():
+            self._free = torch.cat([self._free, indices.to(torch.int64).cpu()])
+
+
+class ReqToTokenPool:
+    """Row r, column i: the KV slot of token i of the request holding row r."""
+
+    def __init__(self, max_reqs: int, max_context_len: int, device: torch.device | str) -> None:
+        self.max_reqs, self.max_context_len = max_reqs, max_context_len
+        self.req_to_token = torch.zeros((max_reqs, max_context_len), dtype=torch.int32, device=device)
+        self._free_rows = list(range(max_reqs))
+
+    def available_size(self) -> int:
+        return len(self._free_rows)
+
+    def alloc(self) -> Optional[int]:
+        return self._free_rows.pop() if self._free_rows else None
+
+    def free(self, row: int) -> None:
+        self._free_rows.append(row)
+
+    def write(self, row: int, start: int, slots: torch.Tensor) -> None:
+        self.req_to_token[row, start:start + slots.numel()] = slots.to(self.req_to_token.device, torch.int32)
+
+    def read(self, row: int, start: int, end: int) -> torch.Tensor:
+        return self.req_to_token[row, start:end].to(torch.int64)

@@ -1,0 +1,109 @@
+"""Server arguments: one frozen dataclass, SGLang's flag names. The CLI is generated from it:
+each field's `help` metadata becomes the flag's help text."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs", "random")
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    # Model and tokenizer
+    model_path: Optional[str] = _f(None, "HF folder, .gguf file or config-only folder; default: the bundled SmolLM2-135M-Instruct.")
+    tokenizer_path: Optional[str] = _f(None, "Tokenizer folder; default: the model's own.")
+    load_format: str = _f("auto", "How to read weights.", choices=LOAD_FORMATS)
+    dtype: str = _f("auto", "Compute dtype: auto is float32 on CPU, bfloat16 on GPU.", choices=DTYPES)
+    device: str = _f("auto", "cpu, cuda or auto.")
+    context_length: Optional[int] = _f(None, "Override the model's context length.")
+    trust_remote_code: bool = _f(False, "Passed to transformers when reading configs and tokenizers.")
+    skip_tokenizer_init: bool = _f(False, "Take and return token ids only.")
+    served_model_name: Optional[str] = _f(None, "Model name reported by the OpenAI routes.")
+    chat_template: Optional[str] = _f(None, "Chat template name or Jinja file; default: the tokenizer's.")
+    random_seed: int = _f(0, "Seed for weights of dummy models and for unseeded sampling.")
+    # Memory and scheduling
+    mem_fraction_static: Optional[float] = _f(None, "Share of GPU memory for weights and KV pool (auto when unset).")
+    max_total_tokens: Optional[int] = _f(None, "KV pool size in tokens (overrides mem_fraction_static).")
+    max_running_requests: Optional[int] = _f(None, "Most requests decoding at once.")
+    max_prefill_tokens: int = _f(16384, "Most new tokens admitted in one prefill step.")
+    chunked_prefill_size: Optional[int] = _f(None, "Split prompts into chunks of this many tokens (-1: off); auto 8192 on GPU, 2048 on CPU.")
+    schedule_policy: str = _f("fcfs", "Order of admission from the waiting queue.", choices=SCHEDULE_POLICIES)
+    schedule_conservativeness: float = _f(1.0, "Higher reserves more KV for running requests.")
+    disable_radix_cache: bool = _f(False, "Turn off prefix reuse.")
+    stream_interval: int = _f(1, "Stream a chunk every this many tokens.")
+    # Kernels and GPU
+    attention_backend: Optional[str] = _f(None, "triton or torch_native (auto: triton on GPU).")
+    disable_cuda_graph: bool = _f(False, "Run decode eagerly.")
+    cuda_graph_max_bs: Optional[int] = _f(None, "Largest decode batch captured in a CUDA graph.")
+    cuda_graph_bs: Optional[list[int]] = _f(None, "Batch sizes to capture.", nargs="+", type=int)
+    disable_overlap_schedule: bool = _f(False, "Do not overlap CPU scheduling with GPU work.")
+    enable_torch_compile: bool = _f(False, "torch.compile the decode step.")
+    # Structured output
+    grammar_backend: str = _f("xgrammar", "Grammar backend.", choices=("xgrammar", "outlines", "none"))
+    disable_jump_forward: bool = _f(False, "Sample forced grammar spans token by token.")
+    tool_call_parser: Optional[str] = _f(None, "Tool-call format: qwen25, llama3, or the model's own.")
+    # Parallelism
+    tp_size: int = _f(1, "Tensor-parallel ranks.")
+    dp_size: int = _f(1, "Data-parallel replicas.")
+    # Server
+    host: str = _f("127.0.0.1", "HTTP host.")
+    port: int = _f(30000, "HTTP port.")
+    api_key: Optional[str] = _f(None, "Require 'Authorization: Bearer <key>'.")
+    enable_metrics: bool = _f(False, "Serve Prometheus metrics on /metrics.")
+    log_level: str = _f("info", "Logging level.")
+    log_requests: bool = _f(False, "Log every request and its output.")
+    decode_log_interval: int = _f(40, "Log a decode batch line every this many steps.")
+
+    def __post_init__(self) -> None:
+        if self.schedule_policy not in SCHEDULE_POLICIES:
+            raise ValueError(f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.max_total_tokens is not None and self.max_total_tokens < 2:
+            raise ValueError("max_total_tokens must be at least 2")
+        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
+            raise ValueError("mem_fraction_static must be in (0, 1)")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "ServerArgs":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValueError(f"unknown server argument(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(ServerArgs):
+            flag = "--" + f.name.replace("_", "-")
+            meta = dict(f.metadata)
+            help_text = meta.pop("help", "")
+            if f.type in ("bool",) or isinstance(f.default, bool):
+                parser.add_argument(flag, action="store_true", help=help_text)
+                continue
+            kind = meta.pop("type", None) or _cli_type(f)
+            parser.add_argument(flag, default=f.default, type=kind, help=help_text, **meta)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> "ServerArgs":
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _cli_type(f: dataclasses.Field) -> Any:
+    text = str(f.type)
+    if "int" in text and "list" not in text:
+        return int
+    if "float" in text:
+        return float
+    return str

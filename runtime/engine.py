@@ -1,0 +1,209 @@
+"""`sgl.Engine`: the offline, in-process API. The scheduler runs on its own thread, the front end
+(TokenizerManager) on an asyncio loop in another, so streams and async callers both work."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from typing import Any, AsyncIterator, Iterator, Optional, Union
+
+from sgl.runtime.config import ServerArgs
+from sgl.runtime.executor.model_runner import ModelRunner
+from sgl.runtime.loader.tokenizer import get_tokenizer
+from sgl.runtime.scheduler.loop import Call, run_scheduler_loop
+from sgl.runtime.scheduler.scheduler import Scheduler
+from sgl.runtime.tokenizer_manager import TokenizerManager
+
+logger = logging.getLogger("sgl.engine")
+Prompt = Union[str, list[str], None]
+
+
+class Engine:
+    def __init__(self, model_path: Optional[str] = None, **kwargs: Any) -> None:
+        self.server_args = ServerArgs.from_kwargs(model_path=model_path, **kwargs)
+        self._init_model()
+        self._init_scheduler()
+        self._init_front()
+
+    def _init_model(self) -> None:
+        args = self.server_args
+        self.runner = ModelRunner(args)
+        self.model_path = self.runner.model_path
+        self.tokenizer = None if args.skip_tokenizer_init else get_tokenizer(
+            self.model_path, args.tokenizer_path, args.trust_remote_code)
+
+    def _init_scheduler(self) -> None:
+        self.scheduler = Scheduler(self.server_args, self.runner, self.tokenizer,
+                                   self.runner.loaded.eos_token_ids)
+        self._inbox: "queue.Queue[Any]" = queue.Queue()
+        self._stop = threading.Event()
+        self._sched_thread = threading.Thread(
+            target=run_scheduler_loop, args=(self.scheduler, self._inbox, self._emit, self._stop),
+            name="sgl-scheduler", daemon=True)
+        self._sched_thread.start()
+
+    def _init_front(self) -> None:
+        self.tm = TokenizerManager(self.tokenizer, self.runner.vocab_size, self.runner.context_len,
+                                   self._inbox.put)
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="sgl-front", daemon=True)
+        self._loop_thread.start()
+        self.tm.loop = self._loop
+
+    def _emit(self, outputs: list) -> None:
+        self.tm.on_outputs(outputs)
+
+    # -- generation -------------------------------------------------------------------------
+    def generate(self, prompt: Prompt = None, sampling_params: Union[dict, list, None] = None,
+                 input_ids: Optional[list] = None, return_logprob: Union[bool, list] = False,
+                 logprob_start_len: Union[int, list, None] = None,
+                 top_logprobs_num: Union[int, list, None] = None,
+                 return_text_in_logprobs: bool = False, stream: bool = False,
+                 rid: Union[str, list, None] = None) -> Union[dict, list, Iterator[dict]]:
+        obj = _request(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
+                       top_logprobs_num, return_text_in_logprobs, stream, rid)
+        self.tm.parse(obj)  # raise ValueError here, in the caller's thread
+        if stream:
+            return self._stream_sync(obj)
+        fut = asyncio.run_coroutine_threadsafe(_collect(self.tm, obj), self._loop)
+        return fut.result()
+
+    async def async_generate(self, prompt: Prompt = None, sampling_params: Union[dict, list, None] = None,
+                             input_ids: Optional[list] = None, return_logprob: Union[bool, list] = False,
+                             logprob_start_len: Union[int, list, None] = None,
+                             top_logprobs_num: Union[int, list, None] = None,
+                             return_text_in_logprobs: bool = False, stream: bool = False,
+                             rid: Union[str, list, None] = None) -> Union[dict, list, AsyncIterator[dict]]:
+        obj = _request(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
+                       top_logprobs_num, return_text_in_logprobs, stream, rid)
+        self.tm.parse(obj)
+        if stream:
+            return self._stream_async(obj)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_collect(self.tm, obj), self._loop))
+
+    def _stream_sync(self, obj: dict) -> Iterator[dict]:
+        agen = self.tm.generate(obj)
+        deltas = _Deltas()
+        try:
+            while True:
+                fut = asyncio.run_coroutine_threadsafe(_anext(agen), self._loop)
+                results = fut.result()
+                if results is None:
+                    return
+                yield from deltas.chunks(results)
+        finally:
+            asyncio.run_coroutine_threadsafe(agen.aclose(), self._loop).result()
+
+    async def _stream_async(self, obj: dict) -> AsyncIterator[dict]:
+        agen = self.tm.generate(obj)
+        deltas = _Deltas()
+        try:
+            while True:
+                results = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_anext(agen), self._loop))
+                if results is None:
+                    return
+                for chunk in deltas.chunks(results):
+                    yield chunk
+        finally:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(agen.aclose(), self._loop))
+
+    # -- control ----------------------------------------------------------------------------
+    def call_in_scheduler(self, fn: Any, timeout: Optional[float] = 60) -> Any:
+        call = Call(fn)
+        self._inbox.put(call)
+        return call.future.result(timeout)
+
+    def flush_cache(self) -> bool:
+        return self.call_in_scheduler(lambda s: s.flush_cache())
+
+    def get_server_info(self) -> dict[str, Any]:
+        import dataclasses
+        info = dataclasses.asdict(self.server_args)
+        info.update(model_path=self.model_path, max_total_tokens=self.runner.max_total_tokens,
+                    context_length=self.runner.context_len, vocab_size=self.runner.vocab_size,
+                    chunked_prefill_size=self.runner.chunked_prefill_size,
+                    max_running_requests=self.runner.max_running_requests, version=_version())
+        return info
+
+    def get_model_info(self) -> dict[str, Any]:
+        return {"model_path": self.model_path, "tokenizer_path": self.server_args.tokenizer_path or self.model_path,
+                "is_generation": True}
+
+    def shutdown(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._sched_thread.join(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=30)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        try:
+            self.shutdown()
+        except Exception:
+            pass
+
+
+class _Deltas:
+    """Turns cumulative results into SGLang Engine stream chunks: text and output_ids since the
+    previous chunk of the same sequence; meta_info as of now."""
+
+    def __init__(self) -> None:
+        self.sent_text: dict[int, int] = {}
+        self.sent_ids: dict[int, int] = {}
+
+    def chunks(self, results: list[dict]) -> Iterator[dict]:
+        for i, r in enumerate(results):
+            t0, i0 = self.sent_text.get(i, 0), self.sent_ids.get(i, 0)
+            text, ids = r["text"][t0:], r["output_ids"][i0:]
+            if not text and not ids and r["meta_info"]["finish_reason"] is None:
+                continue
+            self.sent_text[i], self.sent_ids[i] = len(r["text"]), len(r["output_ids"])
+            chunk = {"text": text, "output_ids": ids, "meta_info": r["meta_info"]}
+            if len(results) > 1:
+                chunk["index"] = i
+            yield chunk
+
+
+async def _collect(tm: TokenizerManager, obj: dict) -> Union[dict, list]:
+    last = None
+    async for results in tm.generate(obj):
+        last = results
+    parsed_batch = isinstance(obj.get("text"), list) or _is_batch_ids(obj.get("input_ids")) or len(last) > 1
+    return last if parsed_batch else last[0]
+
+
+async def _anext(agen: AsyncIterator) -> Any:
+    try:
+        return await agen.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+def _is_batch_ids(ids: Any) -> bool:
+    return isinstance(ids, list) and bool(ids) and isinstance(ids[0], list)
+
+
+def _request(prompt: Prompt, sampling_params: Any, input_ids: Any, return_logprob: Any,
+             logprob_start_len: Any, top_logprobs_num: Any, return_text_in_logprobs: bool,
+             stream: bool, rid: Any) -> dict[str, Any]:
+    obj = {"text": prompt, "input_ids": input_ids, "sampling_params": sampling_params,
+           "return_logprob": return_logprob, "logprob_start_len": logprob_start_len,
+           "top_logprobs_num": top_logprobs_num, "return_text_in_logprobs": return_text_in_logprobs,
+           "stream": stream, "rid": rid}
+    return {k: v for k, v in obj.items() if v is not None}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("sgl")
+    except PackageNotFoundError:
+        return "0.0.0"

@@ -1,0 +1,62 @@
+"""The scheduler -> runner contract. Built on the CPU by the scheduler, moved to the device once
+per step, passed explicitly to every layer (never through a global)."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+
+class ForwardMode(enum.Enum):
+    EXTEND = "extend"  # ragged: each request adds extend_len >= 1 tokens on top of prefix_len cached ones
+    DECODE = "decode"  # every request adds exactly one token
+
+
+@dataclass
+class ForwardBatch:
+    forward_mode: ForwardMode
+    batch_size: int
+    input_ids: torch.Tensor        # (num_tokens,) int64: the new tokens, requests concatenated
+    positions: torch.Tensor        # (num_tokens,) int64: position of each new token in its sequence
+    out_cache_loc: torch.Tensor    # (num_tokens,) int64: KV pool slot where each new token's K/V go
+    req_pool_indices: torch.Tensor # (bs,) int64: each request's row in req_to_token
+    prefix_lens: torch.Tensor      # (bs,) int64: tokens already in the KV pool before this step
+    extend_lens: torch.Tensor      # (bs,) int64: new tokens this step
+    seq_lens: torch.Tensor         # (bs,) int64: prefix_lens + extend_lens
+    logits_indices: torch.Tensor   # (num_logits,) int64: rows of the hidden states that need logits
+    # CPU copies of the per-request lengths, for backends that loop or plan on the host.
+    prefix_lens_cpu: list[int] = field(default_factory=list)
+    extend_lens_cpu: list[int] = field(default_factory=list)
+    seq_lens_cpu: list[int] = field(default_factory=list)
+    # Set by the runner before the forward: the pools and the attention backend of this step.
+    req_to_token: Optional[torch.Tensor] = None  # (max_reqs, max_context_len) int32
+    kv_pool: Any = None                          # MHATokenToKVPool
+    attn_backend: Any = None                     # AttentionBackend
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device: torch.device) -> "ForwardBatch":
+        for name in ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "prefix_lens",
+                     "extend_lens", "seq_lens", "logits_indices"):
+            setattr(self, name, getattr(self, name).to(device, non_blocking=True))
+        return self
+
+    @classmethod
+    def build(cls, input_ids: list[int], positions: list[int], out_cache_loc: list[int],
+              req_pool_indices: list[int], prefix_lens: list[int], extend_lens: list[int],
+              logits_indices: list[int]) -> "ForwardBatch":
+        """Assemble a batch from Python lists (the scheduler's side)."""
+        seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+        mode = ForwardMode.DECODE if all(e == 1 for e in extend_lens) else ForwardMode.EXTEND
+        t = lambda x: torch.tensor(x, dtype=torch.int64)  # noqa: E731
+        return cls(
+            forward_mode=mode, batch_size=len(extend_lens), input_ids=t(input_ids),
+            positions=t(positions), out_cache_loc=t(out_cache_loc),
+            req_pool_indices=t(req_pool_indices), prefix_lens=t(prefix_lens),
+            extend_lens=t(extend_lens), seq_lens=t(seq_lens), logits_indices=t(logits_indices),
+            prefix_lens_cpu=list(prefix_lens), extend_lens_cpu=list(extend_lens), seq_lens_cpu=seq_lens,
+        )

@@ -1,0 +1,131 @@
+"""ModelRunner: owns the device side (weights, KV pool, request->token table, attention backend,
+sampler) and turns a step's inputs into sampled tokens."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import torch
+
+from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
+from sgl.runtime.executor.attention import get_attention_backend
+from sgl.runtime.executor.forward_batch import ForwardBatch
+from sgl.runtime.loader import load_model
+from sgl.runtime.loader.bundled import bundled_model_path
+from sgl.runtime.sampling.sampler import Sampler, SamplingBatchInfo
+from sgl.runtime.scheduler.batch import RunResult, StepInputs
+
+logger = logging.getLogger("sgl.runner")
+
+_CPU_KV_BYTES = 1 << 30     # default KV budget on CPU
+_GPU_MEM_FRACTION = 0.88    # weights + KV share of GPU memory when unset (an 80 GB card)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    return getattr(torch, name)
+
+
+class ModelRunner:
+    def __init__(self, server_args: Any) -> None:
+        self.args = server_args
+        self.device = resolve_device(server_args.device)
+        self.dtype = resolve_dtype(server_args.dtype, self.device)
+        self._init_model()
+        self._init_memory()
+        self.attn_backend = get_attention_backend(self._attention_backend_name())
+        self.sampler = Sampler()
+
+    def _init_model(self) -> None:
+        self.model_path = self.args.model_path or bundled_model_path()
+        torch.manual_seed(self.args.random_seed)
+        self.loaded = load_model(self.model_path, self.args.load_format, dtype=self.dtype,
+                                 device=self.device, seed=self.args.random_seed,
+                                 context_length=self.args.context_length)
+        self.model = self.loaded.model
+        self.vocab_size = self.loaded.vocab_size
+        self.context_len = self.loaded.context_len
+
+    def _init_memory(self) -> None:
+        L = self.loaded
+        probe = MHATokenToKVPool(1, L.num_kv_heads, L.head_dim, L.num_layers, self.dtype, "meta")
+        self.max_total_tokens = self.args.max_total_tokens or self._auto_pool_tokens(probe.bytes_per_token())
+        default_running = 256 if self.device.type == "cpu" else 1024
+        self.max_running_requests = self.args.max_running_requests or default_running
+        max_reqs = min(self.max_running_requests, self.max_total_tokens) + 1
+        width = min(self.context_len, self.max_total_tokens) + 8
+        self.req_to_token_pool = ReqToTokenPool(max_reqs, width, self.device)
+        self.kv_pool = MHATokenToKVPool(self.max_total_tokens, L.num_kv_heads, L.head_dim,
+                                        L.num_layers, self.dtype, self.device)
+        chunk = self.args.chunked_prefill_size
+        if chunk is None:
+            chunk = 2048 if self.device.type == "cpu" else 8192
+        self.chunked_prefill_size = chunk if chunk > 0 else max(self.args.max_prefill_tokens, self.context_len)
+        logger.info("KV pool: %d tokens (%.2f GB), max running requests %d", self.max_total_tokens,
+                    self.max_total_tokens * probe.bytes_per_token() / 1e9, self.max_running_requests)
+
+    def _auto_pool_tokens(self, bytes_per_token: int) -> int:
+        if self.device.type == "cpu":
+            return int(min(65536, max(4096, _CPU_KV_BYTES // bytes_per_token)))
+        free, total = torch.cuda.mem_get_info(self.device)
+        frac = self.args.mem_fraction_static or _GPU_MEM_FRACTION
+        budget = total * frac - (total - free)  # what is left of our share after the weights
+        return max(int(budget // bytes_per_token), 1024)
+
+    def _attention_backend_name(self) -> str:
+        return self.args.attention_backend or "torch_native"
+
+    # -- the step -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward_logits(self, batch: ForwardBatch) -> torch.Tensor:
+        """(num_logit_rows, vocab) float32 logits for batch.logits_indices."""
+        batch.to(self.device)
+        batch.req_to_token = self.req_to_token_pool.req_to_token
+        batch.kv_pool, batch.attn_backend = self.kv_pool, self.attn_backend
+        hidden = self.model(batch.input_ids, batch.positions, batch)  # (num_tokens, hidden)
+        return self.model.compute_logits(hidden[batch.logits_indices])
+
+    @torch.inference_mode()
+    def run_batch(self, step: StepInputs) -> RunResult:
+        logits = self.forward_logits(step.batch)
+        result = RunResult(next_token_ids=[])
+        if step.sample_reqs:
+            self._sample(logits, step, result)
+        if step.lp_rows:
+            self._prompt_logprobs(logits, step, result)
+        return result
+
+    def _sample(self, logits: torch.Tensor, step: StepInputs, result: RunResult) -> None:
+        reqs = step.sample_reqs
+        info = SamplingBatchInfo.from_requests(
+            [r.sampling_params for r in reqs], [r.seed for r in reqs], [len(r.output_ids) for r in reqs],
+            [r.origin_input_ids for r in reqs], [r.output_ids for r in reqs],
+            [r.min_tokens_ids for r in reqs], self.vocab_size, self.device)
+        rows = logits[torch.tensor(step.sample_rows, device=logits.device)]
+        mask = step.vocab_mask.to(self.device) if step.vocab_mask is not None else None
+        out = self.sampler.forward(rows, info, vocab_mask=mask, top_logprobs_num=step.top_logprobs_num)
+        result.next_token_ids = out.next_token_ids.tolist()
+        if step.need_logprobs:
+            result.logprobs = out.logprobs.tolist()
+            if step.top_logprobs_num:
+                result.top_logprobs = _pairs(out.top_logprobs_vals, out.top_logprobs_ids)
+
+    def _prompt_logprobs(self, logits: torch.Tensor, step: StepInputs, result: RunResult) -> None:
+        rows = torch.tensor(step.lp_rows, device=logits.device)
+        targets = torch.tensor(step.lp_targets, device=logits.device)
+        logprobs = torch.log_softmax(logits[rows].float(), dim=-1)
+        result.input_logprobs = logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
+        if step.top_logprobs_num:
+            vals, ids = logprobs.topk(step.top_logprobs_num, dim=-1)
+            result.input_top_logprobs = _pairs(vals, ids)
+
+
+def _pairs(vals: torch.Tensor, ids: torch.Tensor) -> list[list[tuple[float, int]]]:
+    return [list(zip(v, i)) for v, i in zip(vals.tolist(), ids.tolist())]

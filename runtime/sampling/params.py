@@ -1,0 +1,147 @@
+"""Per-request sampling parameters with SGLang's names. `from_dict` validates untrusted input and
+raises ValueError naming the offending field; nothing invalid reaches the scheduler."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+_INT = (int,)
+_NUM = (int, float)
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    no_stop_trim: bool = False
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: Optional[int] = None
+    n: int = 1
+    regex: Optional[str] = None
+    json_schema: Optional[str] = None
+    ebnf: Optional[str] = None
+    structural_tag: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict[str, Any]]) -> "SamplingParams":
+        if d is None:
+            return cls()
+        if isinstance(d, SamplingParams):
+            return dataclasses.replace(d)
+        if not isinstance(d, dict):
+            raise ValueError(f"sampling_params must be a dict, got {type(d).__name__}")
+        d = dict(d)
+        if "sampling_seed" in d:  # SGLang's newer spelling
+            d.setdefault("seed", d.pop("sampling_seed"))
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in d if k not in names)
+        if unknown:
+            raise ValueError(f"unknown sampling parameter(s): {', '.join(unknown)}")
+        kwargs = {k: _coerce(k, v) for k, v in d.items() if v is not None or k in _NULLABLE}
+        params = cls(**kwargs)
+        params.check()
+        return params
+
+    def check(self) -> None:
+        """Range checks that need no model knowledge."""
+        _require(self.max_new_tokens >= 0, "max_new_tokens", "must be >= 0")
+        _require(self.min_new_tokens >= 0, "min_new_tokens", "must be >= 0")
+        _require(self.min_new_tokens <= self.max_new_tokens, "min_new_tokens", "must be <= max_new_tokens")
+        _require(self.temperature >= 0, "temperature", "must be >= 0")
+        _require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _require(self.top_k == -1 or self.top_k >= 1, "top_k", "must be -1 (off) or >= 1")
+        _require(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]")
+        _require(-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]")
+        _require(-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]")
+        _require(0 < self.repetition_penalty <= 2, "repetition_penalty", "must be in (0, 2]")
+        _require(self.n >= 1, "n", "must be >= 1")
+        grammars = [k for k in ("regex", "json_schema", "ebnf", "structural_tag") if getattr(self, k)]
+        _require(len(grammars) <= 1, grammars[-1] if grammars else "regex",
+                 f"only one of regex, json_schema, ebnf, structural_tag may be set (got {grammars})")
+
+    def verify(self, vocab_size: int) -> None:
+        """Checks that need the vocabulary."""
+        for t in self.stop_token_ids:
+            _require(0 <= t < vocab_size, "stop_token_ids", f"token id {t} outside [0, {vocab_size})")
+        for t in self.logit_bias:
+            _require(0 <= t < vocab_size, "logit_bias", f"token id {t} outside [0, {vocab_size})")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_NULLABLE = {"seed", "regex", "json_schema", "ebnf", "structural_tag"}
+_FLOATS = {"temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty"}
+_INTS = {"max_new_tokens", "min_new_tokens", "top_k", "seed", "n"}
+_BOOLS = {"ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"}
+_STRS = {"regex", "json_schema", "ebnf", "structural_tag"}
+
+
+def _require(ok: bool, name: str, why: str) -> None:
+    if not ok:
+        raise ValueError(f"sampling_params.{name} {why}")
+
+
+def _coerce(name: str, v: Any) -> Any:
+    if name in _BOOLS:
+        _require(isinstance(v, bool), name, f"must be a boolean, got {type(v).__name__}")
+        return v
+    if name in _INTS:
+        _require(isinstance(v, int) and not isinstance(v, bool), name, f"must be an integer, got {v!r}")
+        return v
+    if name in _FLOATS:
+        _require(isinstance(v, _NUM) and not isinstance(v, bool), name, f"must be a number, got {v!r}")
+        _require(v == v and abs(v) != float("inf"), name, "must be finite")
+        return float(v)
+    if name in _STRS:
+        if name in ("json_schema", "structural_tag") and isinstance(v, dict):
+            import json
+            return json.dumps(v)
+        _require(isinstance(v, str), name, f"must be a string, got {type(v).__name__}")
+        return v
+    if name == "stop":
+        return _str_list(v)
+    if name == "stop_token_ids":
+        v = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+        _require(isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v),
+                 name, "must be a list of integers")
+        return list(v)
+    if name == "logit_bias":
+        _require(isinstance(v, dict), name, "must be a dict of token id -> bias")
+        out = {}
+        for k, b in v.items():
+            try:
+                tid = int(k)
+            except (TypeError, ValueError):
+                raise ValueError(f"sampling_params.logit_bias key {k!r} is not a token id") from None
+            _require(isinstance(b, _NUM) and not isinstance(b, bool), name, f"bias for {k!r} must be a number")
+            out[tid] = float(b)
+        return out
+    return v
+
+
+def _str_list(v: Union[str, list, None]) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        v = [v]
+    _require(isinstance(v, list) and all(isinstance(s, str) for s in v), "stop", "must be a string or list of strings")
+    _require(all(s for s in v), "stop", "must not contain empty strings")
+    return list(v)

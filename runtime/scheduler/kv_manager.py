@@ -1,0 +1,86 @@
+"""KV ownership rules in one place: slots come from the allocator (evicting cached prefixes when
+short), prefixes come from and return to the radix tree, table rows follow each request."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from sgl.runtime.cache.memory_pool import ReqToTokenPool, TokenAllocator
+from sgl.runtime.scheduler.req import Req
+
+
+class KVManager:
+    def __init__(self, allocator: TokenAllocator, tree: Any, req_to_token_pool: ReqToTokenPool) -> None:
+        self.allocator, self.tree, self.table = allocator, tree, req_to_token_pool
+
+    # -- capacity ----------------------------------------------------------------------------
+    def available(self) -> int:
+        """Slots obtainable now: free ones plus cached ones nobody is using."""
+        return self.allocator.available_size() + self.tree.evictable_size()
+
+    def alloc(self, num_tokens: int) -> Optional[torch.Tensor]:
+        short = num_tokens - self.allocator.available_size()
+        if short > 0:
+            self.tree.evict(short)
+        return self.allocator.alloc(num_tokens)
+
+    # -- request lifecycle ------------------------------------------------------------------
+    def match(self, req: Req) -> tuple[torch.Tensor, Any]:
+        key = req.all_ids[: req.max_prefix_len()]
+        if not key:
+            return torch.empty(0, dtype=torch.int64), None
+        indices, node = self.tree.match_prefix(key)
+        return indices, node
+
+    def admit(self, req: Req, prefix: torch.Tensor, node: Any) -> bool:
+        """Give req a table row and its cached prefix; False if no row is free."""
+        row = self.table.alloc()
+        if row is None:
+            return False
+        req.req_pool_idx = row
+        req.kv_indices = prefix.clone()
+        req.cache_protected_len = int(prefix.numel())
+        req.last_node = node
+        if node is not None:
+            self.tree.inc_lock_ref(node)
+        if prefix.numel():
+            self.table.write(row, 0, prefix)
+        return True
+
+    def extend(self, req: Req, slots: torch.Tensor) -> None:
+        self.table.write(req.req_pool_idx, req.num_computed, slots)
+        req.kv_indices = torch.cat([req.kv_indices, slots])
+
+    def cache_unfinished(self, req: Req) -> None:
+        """Insert a still-running request's computed tokens so others can share them, then
+        re-point its table row at the tree's copies."""
+        if self.tree.disable:
+            return
+        key = req.all_ids[: req.num_computed]
+        present = self.tree.insert(key, req.kv_indices)
+        self._free_duplicates(req, present)
+        indices, node = self.tree.match_prefix(key)
+        self.tree.inc_lock_ref(node)
+        if req.last_node is not None:
+            self.tree.dec_lock_ref(req.last_node)
+        n = int(indices.numel())
+        req.kv_indices = torch.cat([indices, req.kv_indices[n:]])
+        req.last_node, req.cache_protected_len = node, n
+        self.table.write(req.req_pool_idx, 0, indices)
+
+    def release(self, req: Req) -> None:
+        """Drop req's hold on KV: computed tokens go to the tree (or back to the free list)."""
+        present = self.tree.insert(req.all_ids[: req.num_computed], req.kv_indices)
+        self._free_duplicates(req, present)  # a disabled tree keeps nothing: all are "duplicates"
+        if req.last_node is not None:
+            self.tree.dec_lock_ref(req.last_node)
+        if req.req_pool_idx is not None:
+            self.table.free(req.req_pool_idx)
+        req.req_pool_idx, req.last_node, req.cache_protected_len = None, None, 0
+        req.kv_indices = torch.empty(0, dtype=torch.int64)
+
+    def _free_duplicates(self, req: Req, present: int) -> None:
+        # The tree already held tokens [0, present); ours in [protected, present) are copies.
+        if present > req.cache_protected_len:
+            self.allocator.free(req.kv_indices[req.cache_protected_len:present])

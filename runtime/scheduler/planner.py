@@ -1,0 +1,152 @@
+"""Chooses what runs this step, in tokens: every running request catches up on its missing
+tokens (one for a decoding request, a chunk for a prompt), then waiting requests are admitted
+while the token budget, the request limit and the KV reserve allow. Retracts requests when
+running ones cannot get KV."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from sgl.runtime.scheduler.kv_manager import KVManager
+from sgl.runtime.scheduler.req import Req, ReqState
+
+
+@dataclass
+class StepPlan:
+    reqs: list[Req] = field(default_factory=list)
+    num_new: list[int] = field(default_factory=list)        # tokens each request runs this step
+    slots: list[torch.Tensor] = field(default_factory=list)  # their KV slots
+    retracted: list[Req] = field(default_factory=list)
+    num_admitted: int = 0
+    num_cached: int = 0                                      # prefix tokens reused by admissions
+
+    def add(self, req: Req, n: int, slots: torch.Tensor) -> None:
+        self.reqs.append(req)
+        self.num_new.append(n)
+        self.slots.append(slots)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new)
+
+
+class NewTokenRatio:
+    """Expected share of each running request's remaining max_new_tokens that it will really
+    use; admission reserves KV for that much. Decays while decoding goes well, jumps after a
+    retraction (SGLang's scheme)."""
+
+    def __init__(self, conservativeness: float) -> None:
+        self.init = min(0.7 * conservativeness, 1.0)
+        self.floor = min(0.1 * conservativeness, 1.0)
+        self.value = self.init
+
+    def decay(self) -> None:
+        self.value = max(self.value - 0.001, self.floor)
+
+    def bump(self) -> None:
+        self.value = 1.0
+
+
+class Planner:
+    def __init__(self, kv: KVManager, chunk_size: int, max_running: int, ratio: NewTokenRatio) -> None:
+        self.kv, self.chunk_size, self.max_running, self.ratio = kv, chunk_size, max_running, ratio
+
+    def plan(self, running: list[Req], waiting: list[Req]) -> StepPlan:
+        """`waiting` must already be in policy order. Mutates both lists: admitted requests move
+        to running, retracted ones to the front of waiting."""
+        plan = StepPlan()
+        budget = self._schedule_running(running, waiting, plan)
+        self._admit(running, waiting, plan, budget)
+        return plan
+
+    def _schedule_running(self, running: list[Req], waiting: list[Req], plan: StepPlan) -> int:
+        budget = self.chunk_size
+        for req in list(running):
+            if req not in running:  # retracted while making room for an earlier one
+                continue
+            n = req.seq_len - req.num_computed
+            if n > 1:  # a prompt still being prefilled
+                n = min(n, budget)
+                if n <= 0:
+                    continue
+                budget -= n
+            slots = self._alloc_or_retract(n, req, running, waiting, plan)
+            if slots is not None:
+                plan.add(req, n, slots)
+        return budget
+
+    def _alloc_or_retract(self, n: int, req: Req, running: list[Req], waiting: list[Req],
+                          plan: StepPlan):
+        while True:
+            slots = self.kv.alloc(n)
+            if slots is not None:
+                return slots
+            victim = self._pick_victim(running, req, plan)
+            if victim is None:
+                return None
+            self.retract(victim, running, waiting, plan)
+            if victim is req:
+                return None
+
+    def _pick_victim(self, running: list[Req], current: Req, plan: StepPlan):
+        # Retract the request admitted last among those not yet given work this step, so the
+        # oldest requests keep their progress; the current request is the last resort.
+        scheduled = {id(r) for r in plan.reqs}
+        candidates = [r for r in running if id(r) not in scheduled and r is not current]
+        if candidates:
+            return max(candidates, key=lambda r: r.arrival)
+        if len(running) > 1 or plan.reqs:
+            return current
+        return None
+
+    def retract(self, req: Req, running: list[Req], waiting: list[Req], plan: StepPlan) -> None:
+        self.kv.release(req)
+        running.remove(req)
+        req.state = ReqState.WAITING
+        waiting.insert(0, req)
+        plan.retracted.append(req)
+        if not req.input_logprobs_sent:  # its prompt rows are recomputed on readmission
+            req.input_logprobs, req.input_top_logprobs = [], []
+        self.ratio.bump()
+
+    def _admit(self, running: list[Req], waiting: list[Req], plan: StepPlan, budget: int) -> None:
+        reserve = sum(self._reserve(r) for r in running)
+        for req in list(waiting):
+            if budget <= 0 or len(running) >= self.max_running:
+                break
+            prefix, node = self.kv.match(req)
+            n = min(req.seq_len - int(prefix.numel()), budget)
+            need = n + self._reserve(req, after_prefix=int(prefix.numel()) + n)
+            # The matched prefix is evictable until we lock it, so it does not count as free room.
+            room = self.kv.available() - (self._evictable_in(prefix, node))
+            if need + reserve > room and (running or plan.reqs):
+                break
+            if not self.kv.admit(req, prefix, node):
+                break
+            slots = self.kv.alloc(n)
+            if slots is None:  # should not happen after the room check; undo and stop
+                self.kv.release(req)
+                break
+            waiting.remove(req)
+            running.append(req)
+            req.state = ReqState.RUNNING
+            if req.num_admissions == 0:
+                req.cached_tokens = int(prefix.numel())
+            req.num_admissions += 1
+            plan.add(req, n, slots)
+            plan.num_admitted += 1
+            plan.num_cached += int(prefix.numel())
+            budget -= n
+            reserve += self._reserve(req, after_prefix=int(prefix.numel()) + n)
+
+    def _reserve(self, req: Req, after_prefix: int | None = None) -> int:
+        computed = req.num_computed if after_prefix is None else after_prefix
+        prompt_left = max(req.seq_len - computed, 0)
+        return prompt_left + math.ceil(req.remaining_new_tokens() * self.ratio.value)
+
+    def _evictable_in(self, prefix: torch.Tensor, node) -> int:
+        if node is None or not prefix.numel():
+            return 0
+        return int(prefix.numel()) if getattr(node, "lock_ref", 0) == 0 else 0

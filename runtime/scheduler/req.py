@@ -1,0 +1,92 @@
+"""A request as the scheduler sees it: tokens, how many of them have KV, and where that KV is."""
+from __future__ import annotations
+
+import enum
+from typing import Any, Optional
+
+import torch
+
+from sgl.runtime.sampling.params import SamplingParams
+
+
+class ReqState(enum.Enum):
+    WAITING = "waiting"      # in the queue: holds no KV and no table row
+    RUNNING = "running"      # admitted: holds a table row and the KV of its first num_computed tokens
+    FINISHED = "finished"
+
+
+class Req:
+    def __init__(self, rid: str, input_ids: list[int], params: SamplingParams, seed: int,
+                 stop_ids: set[int], return_logprob: bool = False, logprob_start_len: int = -1,
+                 top_logprobs_num: int = 0, stream: bool = False, arrival: int = 0) -> None:
+        self.rid, self.origin_input_ids, self.sampling_params = rid, list(input_ids), params
+        self.seed, self.stop_ids, self.stream, self.arrival = seed, stop_ids, stream, arrival
+        self.return_logprob, self.logprob_start_len = return_logprob, logprob_start_len
+        self.top_logprobs_num = top_logprobs_num
+        self.output_ids: list[int] = []
+        self.state = ReqState.WAITING
+        self.finished_reason: Optional[dict[str, Any]] = None
+        # KV bookkeeping (CPU): the slots of tokens [0, num_computed) of all_ids.
+        self.req_pool_idx: Optional[int] = None
+        self.kv_indices = torch.empty(0, dtype=torch.int64)
+        self.last_node: Any = None        # locked radix node covering kv_indices[:cache_protected_len]
+        self.cache_protected_len = 0      # leading slots owned by the radix tree
+        self.cached_tokens = 0            # prompt tokens served from the cache at first admission
+        self.num_admissions = 0
+        # Logprobs waiting to be sent with the next output.
+        self.input_logprobs: list[Optional[float]] = []
+        self.input_top_logprobs: list[Optional[list[tuple[float, int]]]] = []
+        self.input_logprobs_sent = False
+        self.pending_output: list[int] = []
+        self.pending_logprobs: list[float] = []
+        self.pending_top_logprobs: list[list[tuple[float, int]]] = []
+        self.grammar: Any = None
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.origin_input_ids + self.output_ids
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.origin_input_ids) + len(self.output_ids)
+
+    @property
+    def num_computed(self) -> int:
+        return int(self.kv_indices.numel())
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.origin_input_ids)
+
+    @property
+    def is_prefill_only(self) -> bool:
+        return self.sampling_params.max_new_tokens == 0
+
+    @property
+    def input_logprob_from(self) -> int:
+        """First prompt position whose logprob is reported (-1: none asked)."""
+        if not self.return_logprob or self.logprob_start_len < 0:
+            return -1
+        return min(self.logprob_start_len, self.prompt_len - 1)
+
+    def max_prefix_len(self) -> int:
+        """How much of all_ids the cache may supply: at least one token must run to get logits,
+        and prompt positions whose logprobs were asked must be recomputed."""
+        cap = self.seq_len - 1
+        start = self.input_logprob_from
+        if start >= 0 and not self.input_logprobs_sent:
+            cap = min(cap, max(start - 1, 0))
+        return max(cap, 0)
+
+    def remaining_new_tokens(self) -> int:
+        return max(self.sampling_params.max_new_tokens - len(self.output_ids), 0)
+
+    def finish(self, reason: dict[str, Any]) -> None:
+        self.finished_reason = reason
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finished_reason is not None
+
+    def __repr__(self) -> str:
+        return f"Req({self.rid}, prompt={self.prompt_len}, out={len(self.output_ids)}, computed={self.num_computed})"

@@ -1,0 +1,137 @@
+"""The scheduler: owns the queues, the KV bookkeeping and the step loop. CPU-only logic; the
+runner does the device work. One step: admit -> build batch -> forward + sample -> update."""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any, Optional
+
+from sgl.runtime.cache.memory_pool import TokenAllocator
+from sgl.runtime.cache.radix_cache import RadixCache
+from sgl.runtime.io_struct import AbortReq, FlushCacheReq, TokenizedGenerateReq, TokenOutput
+from sgl.runtime.scheduler.batch import build_step, StepInputs
+from sgl.runtime.scheduler.kv_manager import KVManager
+from sgl.runtime.scheduler.output import StopChecker, process_results
+from sgl.runtime.scheduler.planner import NewTokenRatio, Planner
+from sgl.runtime.scheduler.policy import order_waiting
+from sgl.runtime.scheduler.req import Req, ReqState
+from sgl.runtime.scheduler.stats import StepLogger
+
+logger = logging.getLogger("sgl.scheduler")
+
+
+class Scheduler:
+    def __init__(self, server_args: Any, runner: Any, tokenizer: Any = None,
+                 eos_token_ids: Optional[list[int]] = None) -> None:
+        self.args, self.runner = server_args, runner
+        self._init_cache()
+        self._init_policy()
+        self.stop_checker = StopChecker(tokenizer, eos_token_ids or [])
+        self.stats = StepLogger(server_args, self)
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []
+        self._arrivals = 0
+
+    def _init_cache(self) -> None:
+        self.allocator = TokenAllocator(self.runner.max_total_tokens)
+        self.tree = RadixCache(self.allocator, disable=self.args.disable_radix_cache)
+        self.kv = KVManager(self.allocator, self.tree, self.runner.req_to_token_pool)
+
+    def _init_policy(self) -> None:
+        self.rng = random.Random(self.args.random_seed)
+        self.ratio = NewTokenRatio(self.args.schedule_conservativeness)
+        chunk = self.runner.chunked_prefill_size
+        max_running = min(self.runner.max_running_requests, self.runner.req_to_token_pool.max_reqs)
+        self.planner = Planner(self.kv, chunk, max_running, self.ratio)
+
+    # -- inputs ------------------------------------------------------------------------------
+    def handle(self, msg: Any) -> Optional[list[TokenOutput]]:
+        if isinstance(msg, TokenizedGenerateReq):
+            self.add_request(msg)
+        elif isinstance(msg, AbortReq):
+            return self.abort(msg.rid)
+        elif isinstance(msg, FlushCacheReq):
+            self.flush_cache()
+        return None
+
+    def add_request(self, msg: TokenizedGenerateReq) -> None:
+        params = msg.sampling_params
+        seed = params.seed if params.seed is not None else self.rng.getrandbits(31)
+        req = Req(msg.rid, msg.input_ids, params, seed, self.stop_checker.stop_ids(params),
+                  msg.return_logprob, msg.logprob_start_len, msg.top_logprobs_num, msg.stream,
+                  arrival=self._arrivals)
+        self._arrivals += 1
+        req.min_tokens_ids = self.stop_checker.min_tokens_ids(params)
+        req.arrival_time = time.monotonic()
+        self.waiting.append(req)
+
+    def abort(self, rid: str) -> list[TokenOutput]:
+        out = []
+        for queue in (self.waiting, self.running):
+            for req in [r for r in queue if r.rid == rid or rid == ""]:
+                queue.remove(req)
+                if req.state == ReqState.RUNNING:
+                    self.kv.release(req)
+                req.finish({"type": "abort", "message": "aborted by request"})
+                req.state = ReqState.FINISHED
+                out.append(TokenOutput(rid=req.rid, new_token_ids=[], finished_reason=req.finished_reason,
+                                       prompt_tokens=req.prompt_len, cached_tokens=req.cached_tokens,
+                                       completion_tokens=len(req.output_ids)))
+        return out
+
+    def abort_all(self, message: str) -> list[TokenOutput]:
+        outs = self.abort("")
+        for out in outs:
+            out.finished_reason = {"type": "abort", "message": message}
+        return outs
+
+    def flush_cache(self) -> bool:
+        """Drop the radix cache; only when idle (SGLang refuses otherwise too)."""
+        if self.running or self.waiting:
+            return False
+        self.tree.reset()
+        return True
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def step(self) -> list[TokenOutput]:
+        waiting = order_waiting(self.args.schedule_policy, self.waiting, self.kv.match, self.rng)
+        plan = self.planner.plan(self.running, waiting)
+        self.waiting = waiting
+        if not plan.reqs:
+            return self._fail_unschedulable()
+        inputs: StepInputs = build_step(plan, self.kv)
+        result = self.runner.run_batch(inputs)
+        outputs = process_results(plan, inputs, result, self)
+        self.stats.log_step(plan, inputs)
+        return outputs
+
+    def finish(self, req: Req) -> None:
+        self.kv.release(req)
+        self.running.remove(req)
+        req.state = ReqState.FINISHED
+
+    def _fail_unschedulable(self) -> list[TokenOutput]:
+        # Nothing could run: with nothing running, the head request can never fit.
+        if not self.waiting or self.running:
+            return []
+        req = self.waiting.pop(0)
+        req.finish({"type": "abort", "message": f"request needs more KV cache than the pool holds "
+                    f"({req.seq_len} tokens, pool {self.allocator.size})"})
+        return [TokenOutput(rid=req.rid, new_token_ids=[], finished_reason=req.finished_reason,
+                            prompt_tokens=req.prompt_len)]
+
+    # -- observability -----------------------------------------------------------------------
+    def token_usage(self) -> float:
+        used = self.allocator.size - self.allocator.available_size() - self.tree.evictable_size()
+        return used / max(self.allocator.size, 1)
+
+    def check_pool_invariant(self) -> None:
+        """free + evictable + locked == capacity, once no request holds KV."""
+        assert not self.running, "requests still running"
+        total = self.allocator.available_size() + self.tree.evictable_size() + self.tree.protected_size()
+        assert total == self.allocator.size, (total, self.allocator.size)

@@ -1,0 +1,165 @@
+"""The front end of the runtime (shared by Engine and the HTTP server): validates and tokenizes
+requests, sends them to the scheduler, turns the scheduler's token outputs back into text and
+SGLang-shaped result dicts. Runs on one asyncio loop; outputs arrive from another thread."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Callable, Optional
+
+from sgl.runtime.detokenizer import IncrementalDetokenizer, visible_text
+from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput
+from sgl.runtime.request import ParsedRequest, parse_generate
+
+
+class ReqState:
+    """Everything the front end keeps about one sequence while it runs."""
+
+    def __init__(self, req: TokenizedGenerateReq, tokenizer: Any, text_in_logprobs: bool) -> None:
+        self.req, self.tokenizer, self.text_in_logprobs = req, tokenizer, text_in_logprobs
+        sp = req.sampling_params
+        self.detok = IncrementalDetokenizer(tokenizer, sp.skip_special_tokens,
+                                            sp.spaces_between_special_tokens) if tokenizer else None
+        self.output_ids: list[int] = []
+        self.finished_reason: Optional[dict[str, Any]] = None
+        self.meta: dict[str, Any] = {"id": req.rid, "prompt_tokens": len(req.input_ids),
+                                     "completion_tokens": 0, "cached_tokens": 0}
+        self.out_lp: list = []
+        self.out_top: list = []
+        self.in_lp: Optional[list] = None
+        self.in_top: Optional[list] = None
+        self.event = asyncio.Event()
+
+    def update(self, out: TokenOutput) -> None:
+        self.output_ids.extend(out.new_token_ids)
+        sp = self.req.sampling_params
+        self.meta.update(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                         cached_tokens=out.cached_tokens, **out.meta)
+        if self.detok is not None:
+            ids = out.new_token_ids
+            matched = (out.finished_reason or {}).get("matched")
+            if isinstance(matched, int) and ids and ids[-1] == matched and not sp.no_stop_trim:
+                ids = ids[:-1]  # the stop token itself is not part of the text
+            self.detok.add(ids)
+            if out.finished_reason is not None:
+                self.detok.finish()
+        self.out_lp += [(lp, t) for lp, t in zip(out.output_logprobs, out.new_token_ids)]
+        self.out_top += out.output_top_logprobs
+        if out.input_logprobs is not None:
+            self.in_lp = list(zip(out.input_logprobs, out.input_token_ids))
+            self.in_top = out.input_top_logprobs
+        self.finished_reason = out.finished_reason
+        self.event.set()
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_reason is not None
+
+    def text(self) -> str:
+        if self.detok is None:
+            return ""
+        sp = self.req.sampling_params
+        matched = (self.finished_reason or {}).get("matched")
+        return visible_text(self.detok.text, sp.stop, matched if isinstance(matched, str) else None,
+                            self.finished, sp.no_stop_trim)
+
+    def result(self) -> dict[str, Any]:
+        meta = dict(self.meta, finish_reason=self.finished_reason)
+        if self.req.return_logprob:
+            meta["output_token_logprobs"] = [self._triple(lp, t) for lp, t in self.out_lp]
+            meta["output_top_logprobs"] = [self._tops(x) for x in self.out_top] or [None] * len(self.out_lp)
+            meta["input_token_logprobs"] = [self._triple(lp, t) for lp, t in (self.in_lp or [])]
+            meta["input_top_logprobs"] = [self._tops(x) for x in (self.in_top or [])]
+        return {"text": self.text(), "output_ids": list(self.output_ids), "meta_info": meta}
+
+    def _triple(self, lp: Optional[float], tid: int) -> tuple:
+        return (lp, tid, self._tok_text(tid))
+
+    def _tops(self, pairs: Optional[list]) -> Optional[list]:
+        return None if pairs is None else [(lp, t, self._tok_text(t)) for lp, t in pairs]
+
+    def _tok_text(self, tid: int) -> Optional[str]:
+        if not self.text_in_logprobs or self.tokenizer is None:
+            return None
+        return self.tokenizer.decode([tid])
+
+
+class TokenizerManager:
+    def __init__(self, tokenizer: Any, vocab_size: int, context_len: int,
+                 send: Callable[[Any], None]) -> None:
+        self.tokenizer, self.vocab_size, self.context_len = tokenizer, vocab_size, context_len
+        self.send = send
+        self.states: dict[str, ReqState] = {}
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False) if self.tokenizer else None
+
+    def parse(self, obj: dict[str, Any]) -> ParsedRequest:
+        tok = self.tokenize if self.tokenizer is not None else None
+        return parse_generate(obj, tok, self.vocab_size, self.context_len)
+
+    # -- scheduler outputs (any thread) -------------------------------------------------------
+    def on_outputs(self, outputs: list[TokenOutput]) -> None:
+        if self.loop is None:
+            return
+        self.loop.call_soon_threadsafe(self._dispatch, outputs)
+
+    def _dispatch(self, outputs: list[TokenOutput]) -> None:
+        for out in outputs:
+            state = self.states.get(out.rid)
+            if state is not None:
+                state.update(out)
+
+    # -- requests (on the loop) -----------------------------------------------------------------
+    async def generate(self, obj: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yields the list of result dicts (one per sequence) each time something changed
+        (streaming), or once at the end."""
+        self.loop = asyncio.get_running_loop()
+        parsed = self.parse(obj)
+        if len(parsed.reqs) > len(parsed.prompts):  # n > 1
+            await self._warm_prefixes(parsed)
+        states = [self._submit(r, parsed.return_text_in_logprobs) for r in parsed.reqs]
+        try:
+            while True:
+                await asyncio.wait([asyncio.ensure_future(s.event.wait()) for s in states],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for s in states:
+                    s.event.clear()
+                done = all(s.finished for s in states)
+                if parsed.stream or done:
+                    yield [s.result() for s in states]
+                if done:
+                    return
+        finally:
+            for s in states:
+                if not s.finished:
+                    self.send(AbortReq(s.req.rid))
+                self.states.pop(s.req.rid, None)
+
+    async def _warm_prefixes(self, parsed: ParsedRequest) -> None:
+        """n>1: prefill each prompt once so the n copies hit the cache."""
+        from sgl.runtime.sampling.params import SamplingParams
+        distinct = {tuple(p) for p in parsed.prompts}
+        warm = [TokenizedGenerateReq(f"warm-{id(parsed)}-{i}", list(p), SamplingParams(max_new_tokens=0))
+                for i, p in enumerate(distinct)]
+        states = [self._submit(r, False) for r in warm]
+        try:
+            for s in states:
+                while not s.finished:
+                    await s.event.wait()
+                    s.event.clear()
+        finally:
+            for s in states:
+                self.states.pop(s.req.rid, None)
+
+    def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool) -> ReqState:
+        if req.rid in self.states:
+            raise ValueError(f"rid {req.rid!r} is already running")
+        state = ReqState(req, self.tokenizer, text_in_logprobs)
+        self.states[req.rid] = state
+        self.send(req)
+        return state
+
+    def abort(self, rid: str) -> None:
+        self.send(AbortReq(rid))
+

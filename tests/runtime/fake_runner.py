@@ -1,0 +1,79 @@
+"""A stand-in for ModelRunner in scheduler tests. It keeps a fake KV pool holding the token id
+of each slot and reads a request's whole history back through the request->token table, so any
+scheduler mistake about slots, prefixes or table rows changes the output."""
+from __future__ import annotations
+
+import torch
+
+from sgl.runtime.cache.memory_pool import ReqToTokenPool
+from sgl.runtime.scheduler.batch import RunResult, StepInputs
+
+VOCAB = 97
+
+
+def next_token(history: list[int]) -> int:
+    """The fake model: a deterministic function of the whole sequence so far."""
+    h = 0
+    for t in history:
+        h = (h * 31 + t + 7) % 1_000_003
+    return h % VOCAB
+
+
+def fake_logprob(history: list[int], target: int) -> float:
+    return -((next_token(history) * 13 + target) % 50) / 10.0
+
+
+def reference_generate(prompt: list[int], max_new_tokens: int, stop_ids: set[int] = frozenset()) -> list[int]:
+    seq, out = list(prompt), []
+    for _ in range(max_new_tokens):
+        t = next_token(seq)
+        seq.append(t)
+        out.append(t)
+        if t in stop_ids:
+            break
+    return out
+
+
+class FakeRunner:
+    def __init__(self, max_total_tokens: int = 512, max_running_requests: int = 64,
+                 chunked_prefill_size: int = 64, context_len: int = 256) -> None:
+        self.max_total_tokens = max_total_tokens
+        self.max_running_requests = max_running_requests
+        self.chunked_prefill_size = chunked_prefill_size
+        self.context_len, self.vocab_size = context_len, VOCAB
+        self.req_to_token_pool = ReqToTokenPool(max_running_requests + 1, context_len + 8, "cpu")
+        self.slot_tokens = torch.full((max_total_tokens + 1,), -1, dtype=torch.int64)
+        self.num_steps = 0
+        self.batch_sizes: list[int] = []
+
+    def history(self, row: int, length: int) -> list[int]:
+        slots = self.req_to_token_pool.req_to_token[row, :length].to(torch.int64)
+        hist = self.slot_tokens[slots].tolist()
+        assert -1 not in hist, "read a slot nothing wrote"
+        return hist
+
+    def run_batch(self, step: StepInputs) -> RunResult:
+        b = step.batch
+        self.num_steps += 1
+        self.batch_sizes.append(b.batch_size)
+        self.slot_tokens[b.out_cache_loc] = b.input_ids
+        row_hist = self._row_histories(step)
+        nxt = [next_token(row_hist[r]) for r in step.sample_rows]
+        result = RunResult(next_token_ids=nxt)
+        if step.need_logprobs:
+            result.logprobs = [fake_logprob(row_hist[r], t) for r, t in zip(step.sample_rows, nxt)]
+        result.input_logprobs = [fake_logprob(row_hist[r], t) for r, t in zip(step.lp_rows, step.lp_targets)]
+        return result
+
+    def _row_histories(self, step: StepInputs) -> list[list[int]]:
+        b = step.batch
+        owner, start = [], 0
+        for i, n in enumerate(b.extend_lens_cpu):
+            owner += [i] * n
+            start += n
+        out = []
+        for token_idx in b.logits_indices.tolist():
+            i = owner[token_idx]
+            pos = int(b.positions[token_idx])
+            out.append(self.history(int(b.req_pool_indices[i]), pos + 1))
+        return out
