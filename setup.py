@@ -24,6 +24,6 @@ packages, package_dir = discover()
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"sgl.runtime": ["configs/*.json"]},
+    package_data={"sgl.runtime": ["configs/*/*.json"]},
     include_package_data=True,
 )

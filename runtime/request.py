@@ -2,6 +2,7 @@
 scheduler messages. Every error is a ValueError naming the field."""
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -46,7 +47,7 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
         if return_logprob[i] and lp_start < 0:
             lp_start = len(prompt)  # SGLang: -1/None means output logprobs only
         for k in range(sp.n):
-            one = SamplingParams.from_dict({**sp.to_dict(), "n": 1})
+            one = dataclasses.replace(sp, n=1)
             if sp.n > 1 and sp.seed is not None:
                 one.seed = sp.seed + k
             rid = rids[i] if sp.n == 1 else f"{rids[i]}-{k}"

@@ -40,7 +40,7 @@ class ModelRunner:
         self.dtype = resolve_dtype(server_args.dtype, self.device)
         self._init_model()
         self._init_memory()
-        self.attn_backend = get_attention_backend(self._attention_backend_name())
+        self.attn_backend = get_attention_backend(self._attention_backend_name())()
         self.sampler = Sampler()
 
     def _init_model(self) -> None:

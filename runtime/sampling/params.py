@@ -50,7 +50,7 @@ class SamplingParams:
         unknown = sorted(k for k in d if k not in names)
         if unknown:
             raise ValueError(f"unknown sampling parameter(s): {', '.join(unknown)}")
-        kwargs = {k: _coerce(k, v) for k, v in d.items() if v is not None or k in _NULLABLE}
+        kwargs = {k: _coerce(k, v) for k, v in d.items() if v is not None}
         params = cls(**kwargs)
         params.check()
         return params
@@ -87,7 +87,6 @@ class SamplingParams:
         return dataclasses.asdict(self)
 
 
-_NULLABLE = {"seed", "regex", "json_schema", "ebnf", "structural_tag"}
 _FLOATS = {"temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty"}
 _INTS = {"max_new_tokens", "min_new_tokens", "top_k", "seed", "n"}
 _BOOLS = {"ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"}

@@ -19,11 +19,13 @@ class StepLogger:
         self.total_cached_tokens = 0
         self.total_generated_tokens = 0
         self.num_forward_passes = 0
+        self.num_retracted = 0
         self.last_gen_throughput = 0.0
         self.cuda_graph_used = False
 
     def log_step(self, plan: Any, step: Any) -> None:
         self.num_forward_passes += 1
+        self.num_retracted += len(plan.retracted)
         self.total_generated_tokens += len(step.sample_reqs)
         self.tokens_since_log += len(step.sample_reqs)
         s = self.sched

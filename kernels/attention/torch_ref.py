@@ -1,0 +1,67 @@
+"""Paged attention references: read K/V of every request from the token pool through the
+request -> token table, attend causally in float32. The CPU path, and the oracle that the
+Triton extend/decode kernels are tested against."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+Lengths = torch.Tensor | Sequence[int]
+
+
+def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+                         req_to_token: torch.Tensor, req_pool_indices: Lengths,
+                         prefix_lens: Lengths, extend_lens: Lengths,
+                         scaling: float) -> torch.Tensor:
+    """Causal attention of a ragged batch of new tokens over their requests' whole sequences.
+
+    q: (num_tokens, Hq, D), the new tokens of all requests concatenated.
+    k_buffer: (num_slots, Hkv, D), v_buffer: (num_slots, Hkv, Dv); Hq = G * Hkv (GQA).
+    The K/V of request i (prefix and new tokens, already written) sit at slots
+    req_to_token[req_pool_indices[i], :prefix_lens[i] + extend_lens[i]]. New token j of request i
+    is at position prefix_lens[i] + j and sees keys 0..prefix_lens[i] + j.
+    Returns (num_tokens, Hq, Dv) in q's dtype.
+    """
+    rows, prefixes, extends = _as_list(req_pool_indices), _as_list(prefix_lens), _as_list(extend_lens)
+    assert q.dim() == 3 and k_buffer.dim() == 3, "q (T, Hq, D), k_buffer (slots, Hkv, D)"
+    assert sum(extends) == q.shape[0], f"sum(extend_lens)={sum(extends)} != num_tokens={q.shape[0]}"
+    assert q.shape[1] % k_buffer.shape[1] == 0, "num q heads must be a multiple of num kv heads"
+    out = q.new_empty((q.shape[0], q.shape[1], v_buffer.shape[-1]))
+    start = 0
+    for row, prefix_len, extend_len in zip(rows, prefixes, extends):
+        seq_len = prefix_len + extend_len
+        slots = req_to_token[row, :seq_len].long()
+        q_req = q[start:start + extend_len]  # (extend_len, Hq, D)
+        out[start:start + extend_len] = _attend(q_req, k_buffer[slots], v_buffer[slots],
+                                                prefix_len, scaling).to(q.dtype)
+        start += extend_len
+    return out
+
+
+def decode_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+                         req_to_token: torch.Tensor, req_pool_indices: Lengths,
+                         seq_lens: Lengths, scaling: float) -> torch.Tensor:
+    """One new token per request: q (bs, Hq, D), its K/V already at position seq_lens[i] - 1.
+    Returns (bs, Hq, Dv)."""
+    seqs = _as_list(seq_lens)
+    return extend_attention_ref(q, k_buffer, v_buffer, req_to_token, req_pool_indices,
+                                [s - 1 for s in seqs], [1] * len(seqs), scaling)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int,
+            scaling: float) -> torch.Tensor:
+    # q: (E, Hq, D)  k: (S, Hkv, D)  v: (S, Hkv, Dv)  with S = prefix_len + E
+    extend_len, seq_len = q.shape[0], k.shape[0]
+    query_pos = torch.arange(extend_len, device=q.device).unsqueeze(1) + prefix_len  # (E, 1)
+    key_pos = torch.arange(seq_len, device=q.device).unsqueeze(0)  # (1, S)
+    mask = key_pos <= query_pos  # (E, S): True = may attend
+    out = F.scaled_dot_product_attention(
+        q.float().transpose(0, 1), k.float().transpose(0, 1), v.float().transpose(0, 1),
+        attn_mask=mask, scale=scaling, enable_gqa=True)  # (Hq, E, Dv)
+    return out.transpose(0, 1)
+
+
+def _as_list(x: Lengths) -> list[int]:
+    return x.tolist() if isinstance(x, torch.Tensor) else [int(v) for v in x]

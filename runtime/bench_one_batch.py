@@ -1,0 +1,94 @@
+"""Static-batch latency: one prefill of batch_size x input_len tokens, then output_len decode
+steps, straight through the scheduler and runner (no HTTP, no tokenizer).
+
+    python -m sgl.bench_one_batch --batch-size 1 8 --input-len 128 --output-len 256 [server flags]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from sgl.runtime.config import ServerArgs
+from sgl.runtime.executor.model_runner import ModelRunner
+from sgl.runtime.io_struct import TokenizedGenerateReq
+from sgl.runtime.sampling.params import SamplingParams
+from sgl.runtime.scheduler.scheduler import Scheduler
+
+
+def _sync(runner: ModelRunner) -> None:
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_once(sched: Scheduler, runner: ModelRunner, bs: int, input_len: int, output_len: int,
+             seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    for i in range(bs):
+        ids = torch.randint(0, runner.vocab_size, (input_len,), generator=g).tolist()
+        params = SamplingParams(max_new_tokens=output_len, temperature=0, ignore_eos=True)
+        sched.add_request(TokenizedGenerateReq(f"b{seed}-{i}", ids, params))
+    _sync(runner)
+    t0 = time.perf_counter()
+    while any(r.num_computed < r.prompt_len for r in sched.running) or sched.waiting:
+        sched.step()
+    _sync(runner)
+    prefill = time.perf_counter() - t0
+    decode_times = []
+    while sched.has_work:
+        t = time.perf_counter()
+        sched.step()
+        _sync(runner)
+        decode_times.append(time.perf_counter() - t)
+    total = prefill + sum(decode_times)
+    med = statistics.median(decode_times) if decode_times else float("nan")
+    return {"batch_size": bs, "input_len": input_len, "output_len": output_len,
+            "prefill_latency": prefill, "prefill_throughput": bs * input_len / prefill,
+            "median_decode_latency": med, "median_decode_throughput": bs / med,
+            "total_latency": total, "output_throughput": bs * output_len / total}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[1])
+    parser.add_argument("--input-len", type=int, nargs="+", default=[128])
+    parser.add_argument("--output-len", type=int, nargs="+", default=[16])
+    parser.add_argument("--result-filename", default=None, help="Append results as JSON lines.")
+    parser.add_argument("--no-warmup", action="store_true")
+    ServerArgs.add_cli_args(parser)
+    args = parser.parse_args(argv)
+    server_args = ServerArgs.from_cli_args(args)
+    need = max(args.batch_size) * (max(args.input_len) + max(args.output_len))
+    runner_args = dataclasses.replace(
+        server_args, max_total_tokens=server_args.max_total_tokens or None,
+        chunked_prefill_size=max(server_args.chunked_prefill_size or 0, need),
+        max_running_requests=max(server_args.max_running_requests or 0, max(args.batch_size)))
+    runner = ModelRunner(runner_args)
+    if runner.max_total_tokens < need:
+        raise SystemExit(f"KV pool holds {runner.max_total_tokens} tokens, the largest batch needs {need}")
+    sched = Scheduler(runner_args, runner)
+    if not args.no_warmup:
+        run_once(sched, runner, min(args.batch_size), min(args.input_len), min(min(args.output_len), 4), seed=-1)
+    for bs in args.batch_size:
+        for il in args.input_len:
+            for ol in args.output_len:
+                sched.flush_cache()
+                r = run_once(sched, runner, bs, il, ol, seed=bs * 1000 + il)
+                r["device"] = torch.cuda.get_device_name() if runner.device.type == "cuda" else "cpu"
+                print(f"Prefill. latency: {r['prefill_latency']:.5f} s, throughput: {r['prefill_throughput']:.2f} token/s")
+                print(f"Decode.  median latency: {r['median_decode_latency']:.5f} s, median throughput: "
+                      f"{r['median_decode_throughput']:.2f} token/s")
+                print(f"Total. latency: {r['total_latency']:.3f} s, throughput: {r['output_throughput']:.2f} token/s "
+                      f"(batch {bs}, input {il}, output {ol})")
+                if args.result_filename:
+                    with open(args.result_filename, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Pure-torch attention backend: SDPA per request over the pool. Correct everywhere, fast nowhere;
+it is the CPU path and the baseline the Triton backend is checked against."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from sgl.kernels.attention.torch_ref import extend_attention_ref
+from sgl.runtime.executor.attention.base import AttentionBackend
+
+if TYPE_CHECKING:
+    from sgl.runtime.executor.forward_batch import ForwardBatch
+    from sgl.runtime.layers.attention import RadixAttention
+
+
+class TorchNativeBackend(AttentionBackend):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                layer: RadixAttention, batch: ForwardBatch) -> torch.Tensor:
+        num_tokens = q.shape[0]
+        q = q.view(num_tokens, layer.num_heads, layer.head_dim)  # (T, Hq, D)
+        k = k.view(num_tokens, layer.num_kv_heads, layer.head_dim)  # (T, Hkv, D)
+        v = v.view(num_tokens, layer.num_kv_heads, layer.head_dim)
+        batch.kv_pool.set_kv(layer.layer_id, batch.out_cache_loc, k, v)
+        k_buffer, v_buffer = batch.kv_pool.get_kv(layer.layer_id)
+        prefix_lens = batch.prefix_lens_cpu or batch.prefix_lens
+        extend_lens = batch.extend_lens_cpu or batch.extend_lens
+        out = extend_attention_ref(q, k_buffer, v_buffer, batch.req_to_token,
+                                   batch.req_pool_indices, prefix_lens, extend_lens, layer.scaling)
+        return out.reshape(num_tokens, layer.num_heads * layer.head_dim)

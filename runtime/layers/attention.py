@@ -1,0 +1,25 @@
+"""The attention layer a model calls: it names its layer and head geometry and hands the work to
+the step's backend, which owns the KV pool access."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from sgl.runtime.executor.forward_batch import ForwardBatch
+
+
+class RadixAttention(nn.Module):
+    def __init__(self, num_heads: int, head_dim: int, scaling: float, num_kv_heads: int,
+                 layer_id: int) -> None:
+        super().__init__()
+        # Per-rank head counts.
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scaling, self.layer_id = scaling, layer_id
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                batch: ForwardBatch) -> torch.Tensor:
+        # q: (T, Hq * D)  k, v: (T, Hkv * D)  ->  (T, Hq * D)
+        return batch.attn_backend.forward(q, k, v, self, batch)

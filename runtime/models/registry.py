@@ -1,0 +1,42 @@
+"""HF architecture name -> model class."""
+from __future__ import annotations
+
+from sgl.runtime.models.llama import LlamaForCausalLM
+from sgl.runtime.models.qwen2 import Qwen2ForCausalLM
+from sgl.runtime.models.qwen3 import Qwen3ForCausalLM
+from torch import nn
+
+_MODELS: dict[str, type[nn.Module]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "MistralForCausalLM": LlamaForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
+    "Qwen3ForCausalLM": Qwen3ForCausalLM,
+}
+
+# config.model_type -> architecture, for configs that do not list `architectures` (GGUF, dummy).
+_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_model_class(architecture: str) -> type[nn.Module]:
+    if architecture not in _MODELS:
+        raise ValueError(f"unsupported architecture {architecture}; supported: "
+                         f"{', '.join(supported_architectures())}")
+    return _MODELS[architecture]
+
+
+def resolve_architecture(config) -> str:
+    """The architecture a HF config asks for: its first `architectures` entry, else derived from
+    `model_type`."""
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        return architectures[0]
+    model_type = getattr(config, "model_type", "")
+    if model_type in _MODEL_TYPES:
+        return _MODEL_TYPES[model_type]
+    raise ValueError(f"unsupported model_type {model_type!r} (config has no architectures); "
+                     f"supported: {', '.join(supported_architectures())}")
