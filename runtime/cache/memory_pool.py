@@ -58,12 +58,16 @@ class TokenAllocator:
 
 
 class ReqToTokenPool:
-    """Row r, column i: the KV slot of token i of the request holding row r."""
+    """Row r, column i: the KV slot of token i of the request holding row r.
+
+    Writes are queued on the host and applied in one scatter by `flush()` (once per step), so a
+    batch of hundreds of requests costs one device copy, not hundreds."""
 
     def __init__(self, max_reqs: int, max_context_len: int, device: torch.device | str) -> None:
         self.max_reqs, self.max_context_len = max_reqs, max_context_len
         self.req_to_token = torch.zeros((max_reqs, max_context_len), dtype=torch.int32, device=device)
         self._free_rows = list(range(max_reqs))
+        self._pending: list[tuple[int, int, torch.Tensor]] = []
 
     def available_size(self) -> int:
         return len(self._free_rows)
@@ -72,10 +76,20 @@ class ReqToTokenPool:
         return self._free_rows.pop() if self._free_rows else None
 
     def free(self, row: int) -> None:
+        # Queued writes to a freed row are moot, and must not land on its next owner's data.
+        self._pending = [w for w in self._pending if w[0] != row]
         self._free_rows.append(row)
 
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
-        self.req_to_token[row, start:start + slots.numel()] = slots.to(self.req_to_token.device, torch.int32)
+        if slots.numel():
+            self._pending.append((row, start, slots))
 
-    def read(self, row: int, start: int, end: int) -> torch.Tensor:
-        return self.req_to_token[row, start:end].to(torch.int64)
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        rows = torch.cat([torch.full((s.numel(),), r, dtype=torch.int64) for r, _, s in self._pending])
+        cols = torch.cat([torch.arange(c, c + s.numel(), dtype=torch.int64) for _, c, s in self._pending])
+        vals = torch.cat([s.to(torch.int32) for _, _, s in self._pending])
+        self._pending = []
+        dev = self.req_to_token.device
+        self.req_to_token[rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)] = vals.to(dev, non_blocking=True)

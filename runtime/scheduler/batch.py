@@ -47,6 +47,7 @@ def build_step(plan: StepPlan, kv: KVManager) -> StepInputs:
                 logit_rows.append(offset + n - 1)
                 step.sample_reqs.append(req)
         offset += n
+    kv.table.flush()
     step.batch = ForwardBatch.build(ids, pos, locs, rows_pool, prefix, extend, logit_rows)
     asking = [r for r in step.sample_reqs + step.lp_owners if r.return_logprob]
     step.need_logprobs = bool(asking)

@@ -79,6 +79,7 @@ class Runner:
             prefix_lens.append(prefix_len)
             extend_lens.append(len(tokens))
             self.seq_lens[row] = prefix_len + len(tokens)
+        self.req_to_token.flush()
         batch = ForwardBatch.build(input_ids, positions, out_loc, list(chunks), prefix_lens,
                                    extend_lens, list(range(len(input_ids))))
         batch.req_to_token, batch.kv_pool, batch.attn_backend = (
