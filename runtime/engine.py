@@ -45,7 +45,7 @@ class Engine:
 
     def _init_front(self) -> None:
         self.tm = TokenizerManager(self.tokenizer, self.runner.vocab_size, self.runner.context_len,
-                                   self._inbox.put)
+                                   self._inbox.put, self.server_args.grammar_backend)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="sgl-front", daemon=True)
         self._loop_thread.start()

@@ -48,3 +48,5 @@ class TokenOutput:
     input_logprobs: Optional[list[Optional[float]]] = None
     input_top_logprobs: Optional[list[Optional[list[tuple[float, int]]]]] = None
     meta: dict[str, Any] = field(default_factory=dict)
+    num_rewritten: int = 0  # drop this many already-sent output tokens before appending (jump-forward)
+    text_delta: Optional[str] = None  # set by the server's detokenizer process: new decoded text

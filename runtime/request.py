@@ -23,7 +23,8 @@ class ParsedRequest:
     prompts: list[list[int]]           # distinct prompts, for n>1 prefix warm-up
 
 
-def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_len: int) -> ParsedRequest:
+def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_len: int,
+                   grammar_backend: str = "xgrammar") -> ParsedRequest:
     unknown = sorted(set(obj) - _FIELDS)
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)}")
@@ -32,6 +33,8 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
     for i, p in enumerate(prompts):
         _check_prompt(p, i, vocab_size, context_len)
     params = _sampling_params(obj.get("sampling_params"), len(prompts), vocab_size)
+    for sp in params:
+        _check_grammar(sp, grammar_backend)
     return_logprob = _per_prompt(obj, "return_logprob", False, bool, len(prompts))
     start = _per_prompt(obj, "logprob_start_len", -1, int, len(prompts))
     top = _per_prompt(obj, "top_logprobs_num", 0, int, len(prompts))
@@ -99,6 +102,22 @@ def _sampling_params(raw: Any, n: int, vocab_size: int) -> list[SamplingParams]:
     for sp in out:
         sp.verify(vocab_size)
     return out
+
+
+def _check_grammar(sp: SamplingParams, backend: str) -> None:
+    from sgl.runtime.grammar import validate
+    from sgl.runtime.scheduler.grammar import grammar_of
+    spec = grammar_of(sp)
+    if spec is None:
+        return
+    if backend == "none":
+        raise ValueError("sampling_params: structured output (regex/json_schema/ebnf/structural_tag) "
+                         "needs --grammar-backend xgrammar or outlines")
+    field = {"json": "json_schema"}.get(spec[0], spec[0])
+    try:
+        validate(spec[0], spec[1], backend)
+    except ValueError as e:
+        raise ValueError(f"sampling_params.{field}: {e}") from None
 
 
 def _clip_max_new_tokens(sp: SamplingParams, prompt_len: int, context_len: int) -> None:

@@ -27,14 +27,19 @@ class ReqState:
         self.out_top: list = []
         self.in_lp: Optional[list] = None
         self.in_top: Optional[list] = None
+        self.remote_text: Optional[str] = None  # decoded by a detokenizer process, when there is one
         self.event = asyncio.Event()
 
     def update(self, out: TokenOutput) -> None:
+        if out.num_rewritten:
+            self._rewind(out.num_rewritten)
         self.output_ids.extend(out.new_token_ids)
         sp = self.req.sampling_params
         self.meta.update(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
                          cached_tokens=out.cached_tokens, **out.meta)
-        if self.detok is not None:
+        if out.text_delta is not None:
+            self.remote_text = (self.remote_text or "") + out.text_delta
+        elif self.detok is not None:
             ids = out.new_token_ids
             matched = (out.finished_reason or {}).get("matched")
             if isinstance(matched, int) and ids and ids[-1] == matched and not sp.no_stop_trim:
@@ -50,16 +55,27 @@ class ReqState:
         self.finished_reason = out.finished_reason
         self.event.set()
 
+    def _rewind(self, n: int) -> None:
+        """Jump-forward re-spelled the last n tokens (same text, new ids): drop them."""
+        keep = len(self.output_ids) - n
+        self.output_ids, self.out_lp, self.out_top = (
+            self.output_ids[:keep], self.out_lp[:keep], self.out_top[:keep])
+        if self.detok is not None:
+            self.detok = IncrementalDetokenizer(self.tokenizer, self.detok.kw["skip_special_tokens"],
+                                                "spaces_between_special_tokens" not in self.detok.kw)
+            self.detok.add(self.output_ids)
+
     @property
     def finished(self) -> bool:
         return self.finished_reason is not None
 
     def text(self) -> str:
-        if self.detok is None:
+        if self.detok is None and self.remote_text is None:
             return ""
         sp = self.req.sampling_params
         matched = (self.finished_reason or {}).get("matched")
-        return visible_text(self.detok.text, sp.stop, matched if isinstance(matched, str) else None,
+        raw = self.remote_text if self.remote_text is not None else self.detok.text
+        return visible_text(raw, sp.stop, matched if isinstance(matched, str) else None,
                             self.finished, sp.no_stop_trim)
 
     def result(self) -> dict[str, Any]:
@@ -85,8 +101,9 @@ class ReqState:
 
 class TokenizerManager:
     def __init__(self, tokenizer: Any, vocab_size: int, context_len: int,
-                 send: Callable[[Any], None]) -> None:
+                 send: Callable[[Any], None], grammar_backend: str = "xgrammar") -> None:
         self.tokenizer, self.vocab_size, self.context_len = tokenizer, vocab_size, context_len
+        self.grammar_backend = grammar_backend
         self.send = send
         self.states: dict[str, ReqState] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -96,7 +113,7 @@ class TokenizerManager:
 
     def parse(self, obj: dict[str, Any]) -> ParsedRequest:
         tok = self.tokenize if self.tokenizer is not None else None
-        return parse_generate(obj, tok, self.vocab_size, self.context_len)
+        return parse_generate(obj, tok, self.vocab_size, self.context_len, self.grammar_backend)
 
     # -- scheduler outputs (any thread) -------------------------------------------------------
     def on_outputs(self, outputs: list[TokenOutput]) -> None:
@@ -111,11 +128,12 @@ class TokenizerManager:
                 state.update(out)
 
     # -- requests (on the loop) -----------------------------------------------------------------
-    async def generate(self, obj: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+    async def generate(self, obj: dict[str, Any], parsed: Optional[ParsedRequest] = None
+                       ) -> AsyncIterator[list[dict[str, Any]]]:
         """Yields the list of result dicts (one per sequence) each time something changed
-        (streaming), or once at the end."""
+        (streaming), or once at the end. `parsed`: `obj` already parsed by the caller."""
         self.loop = asyncio.get_running_loop()
-        parsed = self.parse(obj)
+        parsed = parsed or self.parse(obj)
         if len(parsed.reqs) > len(parsed.prompts):  # n > 1
             await self._warm_prefixes(parsed)
         states = [self._submit(r, parsed.return_text_in_logprobs) for r in parsed.reqs]

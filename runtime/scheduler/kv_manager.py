@@ -52,6 +52,12 @@ class KVManager:
         self.table.write(req.req_pool_idx, req.num_computed, slots)
         req.kv_indices = torch.cat([req.kv_indices, slots])
 
+    def truncate(self, req: Req, keep: int) -> None:
+        """Forget the KV of tokens past `keep` (their ids changed); keep >= cache_protected_len."""
+        assert keep >= req.cache_protected_len
+        self.allocator.free(req.kv_indices[keep:])
+        req.kv_indices = req.kv_indices[:keep]
+
     def cache_unfinished(self, req: Req) -> None:
         """Insert a still-running request's computed tokens so others can share them, then
         re-point its table row at the tree's copies."""

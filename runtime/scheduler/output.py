@@ -47,14 +47,10 @@ class StopChecker:
 def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: Any) -> list[TokenOutput]:
     _store_prompt_logprobs(step, result)
     for i, (req, token) in enumerate(zip(step.sample_reqs, result.next_token_ids)):
-        req.output_ids.append(token)
-        req.pending_output.append(token)
-        if result.logprobs:
-            req.pending_logprobs.append(result.logprobs[i])
-        if result.top_logprobs:
-            req.pending_top_logprobs.append(result.top_logprobs[i])
+        req.append_output(token, result.logprobs[i] if result.logprobs else None,
+                          result.top_logprobs[i] if result.top_logprobs else None)
         if req.grammar is not None:
-            sched.grammar_after_token(req, token)
+            sched.grammar.after_token(req, token, sched.kv)
         if not req.is_finished:
             sched.stop_checker.check(req, token)
     for req in step.prefill_done:
@@ -67,7 +63,7 @@ def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: 
         elif id(req) not in sampled:
             sched.kv.cache_unfinished(req)  # a prompt chunk: share it as we go
             continue
-        outputs.append(_make_output(req))
+        outputs.append(make_output(req))
     return outputs
 
 
@@ -80,17 +76,20 @@ def _store_prompt_logprobs(step: StepInputs, result: RunResult) -> None:
         req.input_top_logprobs.append(result.input_top_logprobs[i] if result.input_top_logprobs else None)
 
 
-def _make_output(req: Req) -> TokenOutput:
+def make_output(req: Req) -> TokenOutput:
+    start = min(req.num_emitted, req.first_changed)
+    lps = req.output_logprobs[start:] if req.return_logprob else []
+    tops = req.output_top_logprobs[start:] if req.return_logprob and req.top_logprobs_num else []
     out = TokenOutput(
-        rid=req.rid, new_token_ids=req.pending_output, finished_reason=req.finished_reason,
+        rid=req.rid, new_token_ids=req.output_ids[start:], finished_reason=req.finished_reason,
         prompt_tokens=req.prompt_len, cached_tokens=req.cached_tokens,
-        completion_tokens=len(req.output_ids), output_logprobs=req.pending_logprobs,
-        output_top_logprobs=req.pending_top_logprobs, meta=dict(getattr(req, "meta", {}) or {}))
+        completion_tokens=len(req.output_ids), output_logprobs=lps, output_top_logprobs=tops,
+        num_rewritten=req.num_emitted - start, meta=dict(req.meta))
+    req.num_emitted, req.first_changed = len(req.output_ids), 1 << 62
     if req.input_logprob_from >= 0 and not req.input_logprobs_sent:
         if req.input_logprob_from == 0 and not req.input_logprobs:  # one-token prompt
             req.input_logprobs, req.input_top_logprobs = [None], [None]
         out.input_token_ids = req.origin_input_ids[req.input_logprob_from:]
         out.input_logprobs, out.input_top_logprobs = req.input_logprobs, req.input_top_logprobs
         req.input_logprobs_sent = True
-    req.pending_output, req.pending_logprobs, req.pending_top_logprobs = [], [], []
     return out

@@ -37,10 +37,15 @@ class Req:
         self.input_logprobs: list[Optional[float]] = []
         self.input_top_logprobs: list[Optional[list[tuple[float, int]]]] = []
         self.input_logprobs_sent = False
-        self.pending_output: list[int] = []
-        self.pending_logprobs: list[float] = []
-        self.pending_top_logprobs: list[list[tuple[float, int]]] = []
+        # Output logprobs aligned with output_ids (None for tokens appended by jump-forward).
+        self.output_logprobs: list[Optional[float]] = []
+        self.output_top_logprobs: list[Optional[list[tuple[float, int]]]] = []
+        self.num_emitted = 0            # output tokens already sent to the front end
+        self.first_changed = 1 << 62    # lowest output index rewritten since the last send
+        self.meta: dict[str, Any] = {}
         self.grammar: Any = None
+        self.grammar_handle: Any = None
+        self.min_tokens_ids: set[int] = set()
 
     @property
     def all_ids(self) -> list[int]:
@@ -77,6 +82,19 @@ class Req:
         if start >= 0 and not self.input_logprobs_sent:
             cap = min(cap, max(start - 1, 0))
         return max(cap, 0)
+
+    def append_output(self, token: int, logprob: Optional[float] = None,
+                      top: Optional[list[tuple[float, int]]] = None) -> None:
+        self.output_ids.append(token)
+        self.output_logprobs.append(logprob)
+        self.output_top_logprobs.append(top)
+
+    def replace_output(self, new_ids: list[int], keep: int) -> None:
+        """Rewrite the output from index `keep` on (jump-forward retokenization)."""
+        self.output_ids = list(new_ids)
+        self.output_logprobs = self.output_logprobs[:keep] + [None] * (len(new_ids) - keep)
+        self.output_top_logprobs = self.output_top_logprobs[:keep] + [None] * (len(new_ids) - keep)
+        self.first_changed = min(self.first_changed, keep)
 
     def remaining_new_tokens(self) -> int:
         return max(self.sampling_params.max_new_tokens - len(self.output_ids), 0)

@@ -12,7 +12,8 @@ from sgl.runtime.cache.radix_cache import RadixCache
 from sgl.runtime.io_struct import AbortReq, FlushCacheReq, TokenizedGenerateReq, TokenOutput
 from sgl.runtime.scheduler.batch import build_step, StepInputs
 from sgl.runtime.scheduler.kv_manager import KVManager
-from sgl.runtime.scheduler.output import StopChecker, process_results
+from sgl.runtime.scheduler.grammar import GrammarCoordinator
+from sgl.runtime.scheduler.output import StopChecker, make_output, process_results
 from sgl.runtime.scheduler.planner import NewTokenRatio, Planner
 from sgl.runtime.scheduler.policy import order_waiting
 from sgl.runtime.scheduler.req import Req, ReqState
@@ -28,6 +29,8 @@ class Scheduler:
         self._init_cache()
         self._init_policy()
         self.stop_checker = StopChecker(tokenizer, eos_token_ids or [])
+        self.grammar = GrammarCoordinator(server_args, tokenizer, runner.vocab_size, eos_token_ids or [])
+        self._early_outputs: list[TokenOutput] = []  # finished before ever running
         self.stats = StepLogger(server_args, self)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
@@ -64,11 +67,16 @@ class Scheduler:
         self._arrivals += 1
         req.min_tokens_ids = self.stop_checker.min_tokens_ids(params)
         req.arrival_time = time.monotonic()
+        if self.grammar.submit(req):
+            return  # waits in the grammar queue until compiled
+        if req.is_finished:
+            self._early_outputs.append(make_output(req))
+            return
         self.waiting.append(req)
 
     def abort(self, rid: str) -> list[TokenOutput]:
         out = []
-        for queue in (self.waiting, self.running):
+        for queue in (self.waiting, self.running, self.grammar.waiting):
             for req in [r for r in queue if r.rid == rid or rid == ""]:
                 queue.remove(req)
                 if req.state == ReqState.RUNNING:
@@ -95,19 +103,28 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.grammar.waiting or self._early_outputs)
 
     # -- the loop ----------------------------------------------------------------------------
     def step(self) -> list[TokenOutput]:
+        outputs = self._take_early_outputs()
         waiting = order_waiting(self.args.schedule_policy, self.waiting, self.kv.match, self.rng)
         plan = self.planner.plan(self.running, waiting)
         self.waiting = waiting
         if not plan.reqs:
-            return self._fail_unschedulable()
+            return outputs + self._fail_unschedulable()
         inputs: StepInputs = build_step(plan, self.kv)
+        inputs.vocab_mask = self.grammar.vocab_mask(inputs.sample_reqs)
         result = self.runner.run_batch(inputs)
-        outputs = process_results(plan, inputs, result, self)
+        outputs += process_results(plan, inputs, result, self)
         self.stats.log_step(plan, inputs)
+        return outputs
+
+    def _take_early_outputs(self) -> list[TokenOutput]:
+        ready, failed = self.grammar.poll() if self.grammar.waiting else ([], [])
+        self.waiting.extend(ready)
+        outputs = self._early_outputs + [make_output(r) for r in failed]
+        self._early_outputs = []
         return outputs
 
     def finish(self, req: Req) -> None:
@@ -118,6 +135,8 @@ class Scheduler:
     def _fail_unschedulable(self) -> list[TokenOutput]:
         # Nothing could run: with nothing running, the head request can never fit.
         if not self.waiting or self.running:
+            if self.grammar.waiting:
+                time.sleep(0.001)  # only grammars compiling: do not spin
             return []
         req = self.waiting.pop(0)
         req.finish({"type": "abort", "message": f"request needs more KV cache than the pool holds "

@@ -1,0 +1,108 @@
+"""The scheduler's side of structured generation: compile grammars off the critical path (a
+request waits for its grammar without holding anything), mask the logits of constrained rows,
+advance grammar states, finish terminated requests, and jump forward over forced text."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import torch
+
+from sgl.runtime.grammar import (GrammarManager, allocate_token_bitmask, bitmask_to_bool,
+                                 common_prefix_len, create_grammar_backend, retokenize_with_jump)
+from sgl.runtime.sampling.params import SamplingParams
+from sgl.runtime.scheduler.req import Req
+
+logger = logging.getLogger("sgl.scheduler")
+
+_KINDS = (("json_schema", "json"), ("regex", "regex"), ("ebnf", "ebnf"), ("structural_tag", "structural_tag"))
+
+
+def grammar_of(params: SamplingParams) -> Optional[tuple[str, str]]:
+    """(kind, text) of the request's constraint, if any."""
+    for field, kind in _KINDS:
+        text = getattr(params, field)
+        if text:
+            return kind, text
+    return None
+
+
+class GrammarCoordinator:
+    def __init__(self, args: Any, tokenizer: Any, vocab_size: int, eos_ids: list[int]) -> None:
+        self.vocab_size, self.tokenizer = vocab_size, tokenizer
+        backend = None
+        if tokenizer is not None and args.grammar_backend != "none":
+            backend = create_grammar_backend(args.grammar_backend, tokenizer, vocab_size,
+                                             stop_token_ids=eos_ids or None)
+        self.manager = GrammarManager(backend) if backend is not None else None
+        self.jump_forward = not args.disable_jump_forward
+        self.waiting: list[Req] = []  # requests whose grammar is still compiling
+
+    def submit(self, req: Req) -> bool:
+        """Start compiling req's grammar; True if the request must wait for it."""
+        spec = grammar_of(req.sampling_params)
+        if spec is None:
+            return False
+        if self.manager is None:
+            req.finish({"type": "abort", "message": "structured output needs --grammar-backend "
+                        "xgrammar or outlines (and a tokenizer)"})
+            return False
+        req.grammar_handle = self.manager.submit(*spec)
+        self.waiting.append(req)
+        return True
+
+    def poll(self) -> tuple[list[Req], list[Req]]:
+        """(requests whose grammar is ready, requests whose grammar failed)."""
+        ready, failed = [], []
+        for req in list(self.waiting):
+            result = self.manager.poll(req.grammar_handle)
+            if result is None:
+                continue
+            self.waiting.remove(req)
+            if isinstance(result, Exception):
+                req.finish({"type": "abort", "message": f"invalid grammar: {result}"})
+                failed.append(req)
+            else:
+                req.grammar = result
+                ready.append(req)
+        return ready, failed
+
+    def vocab_mask(self, reqs: list[Req]) -> Optional[torch.Tensor]:
+        """(num_reqs, vocab) bool, True = allowed; None when no request is constrained."""
+        if not any(r.grammar is not None for r in reqs):
+            return None
+        bitmask = allocate_token_bitmask(len(reqs), self.vocab_size)
+        for i, req in enumerate(reqs):
+            if req.grammar is not None:
+                req.grammar.fill_bitmask(bitmask, i)
+            else:
+                bitmask[i] = -1  # every bit set: all tokens allowed
+        return bitmask_to_bool(bitmask, self.vocab_size)
+
+    def after_token(self, req: Req, token: int, kv: Any) -> None:
+        g = req.grammar
+        if not g.accept_token(token):
+            req.finish({"type": "abort", "message": f"token {token} violates the grammar"})
+            return
+        if g.is_terminated():
+            req.finish({"type": "stop", "matched": token})
+            return
+        if self.jump_forward:
+            self._jump_forward(req, kv)
+
+    def _jump_forward(self, req: Req, kv: Any) -> None:
+        text = req.grammar.jump_forward_str()
+        if not text:
+            return
+        old = req.output_ids
+        new = retokenize_with_jump(self.tokenizer, old, text)
+        if new is None or len(new) <= len(old) or len(new) > req.sampling_params.max_new_tokens:
+            return
+        keep = req.prompt_len + common_prefix_len(old, new)
+        if keep < req.cache_protected_len:  # would cut into KV the radix tree owns
+            return
+        if not req.grammar.jump_and_retokenize(old, new):
+            return
+        kv.truncate(req, min(keep, req.num_computed))
+        req.replace_output(new, common_prefix_len(old, new))
+        req.meta["jump_forward_tokens"] = req.meta.get("jump_forward_tokens", 0) + len(new) - len(old)
