@@ -25,7 +25,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from sgl.runtime.server.launch import main as serve_main
         return serve_main(rest)
     if cmd == "router":
-        from sgl.runtime.server.router import main as router_main
+        from sgl.runtime.router import main as router_main
         return router_main(rest)
     print(f"sgl: unknown command {cmd!r}; try `sgl --help`", file=sys.stderr)
     return 2
