@@ -66,7 +66,10 @@ class ReqToTokenPool:
     def __init__(self, max_reqs: int, max_context_len: int, device: torch.device | str) -> None:
         self.max_reqs, self.max_context_len = max_reqs, max_context_len
         self.req_to_token = torch.zeros((max_reqs, max_context_len), dtype=torch.int32, device=device)
-        self._free_rows = list(range(max_reqs))
+        # The last row is never handed out: its slots stay 0 (the KV padding slot), so padded
+        # batch entries (CUDA graphs) can point at it.
+        self.dummy_row = max_reqs - 1
+        self._free_rows = list(range(max_reqs - 1))
         self._pending: list[tuple[int, int, torch.Tensor]] = []
 
     def available_size(self) -> int:

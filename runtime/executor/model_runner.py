@@ -38,10 +38,13 @@ class ModelRunner:
         self.args = server_args
         self.device = resolve_device(server_args.device)
         self.dtype = resolve_dtype(server_args.dtype, self.device)
+        self.tp_size = server_args.tp_size
         self._init_model()
         self._init_memory()
         self.attn_backend = get_attention_backend(self._attention_backend_name())()
         self.sampler = Sampler()
+        self._init_cuda_graphs()
+        self.last_used_cuda_graph = False
 
     def _init_model(self) -> None:
         self.model_path = self.args.model_path or bundled_model_path()
@@ -80,7 +83,22 @@ class ModelRunner:
         return max(int(budget // bytes_per_token), 1024)
 
     def _attention_backend_name(self) -> str:
-        return self.args.attention_backend or "torch_native"
+        if self.args.attention_backend:
+            return self.args.attention_backend
+        return "triton" if self.device.type == "cuda" else "torch_native"
+
+    def _init_cuda_graphs(self) -> None:
+        self.graph_runner = None
+        if self.device.type != "cuda" or self.args.disable_cuda_graph:
+            return
+        if self._attention_backend_name() != "triton":
+            logger.info("CUDA graphs need the triton attention backend; decoding eagerly")
+            return
+        from sgl.runtime.executor.cuda_graph_runner import CudaGraphRunner, auto_max_bs, default_batch_sizes
+        max_bs = self.args.cuda_graph_max_bs or auto_max_bs(torch.cuda.get_device_properties(self.device).total_memory)
+        max_bs = min(max_bs, self.max_running_requests)
+        sizes = self.args.cuda_graph_bs or default_batch_sizes(max_bs)
+        self.graph_runner = CudaGraphRunner(self, [bs for bs in sizes if bs <= self.max_running_requests])
 
     # -- the step -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -89,6 +107,10 @@ class ModelRunner:
         batch.to(self.device)
         batch.req_to_token = self.req_to_token_pool.req_to_token
         batch.kv_pool, batch.attn_backend = self.kv_pool, self.attn_backend
+        self.last_used_cuda_graph = self.graph_runner is not None and self.graph_runner.can_run(batch)
+        if self.last_used_cuda_graph:
+            return self.graph_runner.replay(batch)
+        self.attn_backend.init_forward_metadata(batch)
         hidden = self.model(batch.input_ids, batch.positions, batch)  # (num_tokens, hidden)
         return self.model.compute_logits(hidden[batch.logits_indices])
 

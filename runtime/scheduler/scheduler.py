@@ -45,7 +45,7 @@ class Scheduler:
         self.rng = random.Random(self.args.random_seed)
         self.ratio = NewTokenRatio(self.args.schedule_conservativeness)
         chunk = self.runner.chunked_prefill_size
-        max_running = min(self.runner.max_running_requests, self.runner.req_to_token_pool.max_reqs)
+        max_running = min(self.runner.max_running_requests, self.runner.req_to_token_pool.max_reqs - 1)
         self.planner = Planner(self.kv, chunk, max_running, self.ratio)
 
     # -- inputs ------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class StepLogger:
                 s.token_usage(), len(s.running), len(s.waiting))
             return
         self.num_decode_steps += 1
+        self.cuda_graph_used = getattr(s.runner, "last_used_cuda_graph", False)
         if self.num_decode_steps % self.interval:
             return
         now = time.monotonic()

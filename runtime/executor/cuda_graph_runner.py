@@ -1,0 +1,102 @@
+"""Decode under CUDA graphs: one graph per captured batch size, replayed on static buffers; a
+batch is padded up to the nearest captured size. Padded rows point at a reserved table row whose
+slots are the pool's padding slot, so they read and write nothing that matters."""
+from __future__ import annotations
+
+import bisect
+import logging
+from typing import Any
+
+import torch
+
+from sgl.runtime.executor.forward_batch import ForwardBatch, ForwardMode
+
+logger = logging.getLogger("sgl.runner")
+
+
+def default_batch_sizes(max_bs: int) -> list[int]:
+    sizes = [1, 2, 4, 8, 12] + list(range(16, 257, 8)) + list(range(272, 1025, 16))
+    return [bs for bs in sizes if bs <= max_bs]
+
+
+def auto_max_bs(total_gpu_bytes: int) -> int:
+    """SGLang's rule of thumb: larger cards decode larger batches (256 on an 80 GB card)."""
+    gib = total_gpu_bytes / (1 << 30)
+    return 256 if gib >= 60 else 160 if gib >= 35 else 128 if gib >= 20 else 64
+
+
+class CudaGraphRunner:
+    def __init__(self, runner: Any, batch_sizes: list[int]) -> None:
+        self.runner, self.model = runner, runner.model
+        self.batch_sizes = sorted(set(batch_sizes))
+        self.max_bs = self.batch_sizes[-1]
+        self._init_buffers()
+        self._capture_all()
+
+    def _init_buffers(self) -> None:
+        n, dev = self.max_bs, self.runner.device
+        self.dummy_row = self.runner.req_to_token_pool.dummy_row
+        self.input_ids = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.positions = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=dev)  # slot 0: padding
+        self.req_pool_indices = torch.full((n,), self.dummy_row, dtype=torch.int64, device=dev)
+        self.seq_lens = torch.ones(n, dtype=torch.int64, device=dev)
+        self.ones = torch.ones(n, dtype=torch.int64, device=dev)
+        self.arange = torch.arange(n, dtype=torch.int64, device=dev)
+        L = self.runner.loaded
+        num_q_heads = L.hf_config.num_attention_heads // self.runner.tp_size
+        self.runner.attn_backend.init_cuda_graph_state(n, num_q_heads, L.num_kv_heads, L.head_dim, dev)
+
+    def _static_batch(self, bs: int) -> ForwardBatch:
+        b = ForwardBatch(
+            forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=self.input_ids[:bs],
+            positions=self.positions[:bs], out_cache_loc=self.out_cache_loc[:bs],
+            req_pool_indices=self.req_pool_indices[:bs], prefix_lens=self.seq_lens[:bs] - 1,
+            extend_lens=self.ones[:bs], seq_lens=self.seq_lens[:bs], logits_indices=self.arange[:bs])
+        b.req_to_token = self.runner.req_to_token_pool.req_to_token
+        b.kv_pool, b.attn_backend = self.runner.kv_pool, self.runner.attn_backend
+        return b
+
+    def _forward(self, batch: ForwardBatch) -> torch.Tensor:
+        batch.attn_backend.init_forward_metadata(batch)
+        hidden = self.model(batch.input_ids, batch.positions, batch)  # (bs, hidden)
+        return self.model.compute_logits(hidden)                       # (bs, vocab) float32
+
+    @torch.inference_mode()
+    def _capture_all(self) -> None:
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.batches: dict[int, ForwardBatch] = {}
+        pool = None
+        stream = torch.cuda.Stream()
+        for bs in reversed(self.batch_sizes):  # largest first: later graphs reuse its memory
+            batch = self._static_batch(bs)
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm up: Triton compiles, cuBLAS picks its kernels
+                    self._forward(batch)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, stream=stream):
+                out = self._forward(batch)
+            pool = graph.pool()
+            self.graphs[bs], self.outputs[bs], self.batches[bs] = graph, out, batch
+        torch.cuda.synchronize()
+        logger.info("Captured CUDA graphs for decode batch sizes %s", self.batch_sizes)
+
+    def can_run(self, batch: ForwardBatch) -> bool:
+        return batch.forward_mode is ForwardMode.DECODE and batch.batch_size <= self.max_bs
+
+    def replay(self, batch: ForwardBatch) -> torch.Tensor:
+        bs = batch.batch_size
+        padded = self.batch_sizes[bisect.bisect_left(self.batch_sizes, bs)]
+        self.input_ids[:bs].copy_(batch.input_ids, non_blocking=True)
+        self.positions[:bs].copy_(batch.positions, non_blocking=True)
+        self.out_cache_loc[:bs].copy_(batch.out_cache_loc, non_blocking=True)
+        self.req_pool_indices[:bs].copy_(batch.req_pool_indices, non_blocking=True)
+        self.seq_lens[:bs].copy_(batch.seq_lens, non_blocking=True)
+        if padded > bs:
+            self.out_cache_loc[bs:padded].zero_()
+            self.req_pool_indices[bs:padded].fill_(self.dummy_row)
+            self.seq_lens[bs:padded].fill_(1)
+        self.graphs[padded].replay()
+        return self.outputs[padded][:bs]
