@@ -51,7 +51,7 @@ def load_model(model_path: str, load_format: str = "auto",
                tp_size: int = 1) -> LoadedModel:
     """Load a .gguf file, a HF safetensors folder, or (load_format="dummy") random weights for a
     config.json. `model_path` may also name a config shipped in runtime/configs."""
-    model_path = _resolve_path(model_path)
+    model_path = resolve_model_path(model_path)
     load_format = _resolve_format(model_path, load_format)
     config, checkpoint = _load_config(model_path, load_format)
     dtype = _resolve_dtype(dtype, config)
@@ -73,7 +73,7 @@ def load_model(model_path: str, load_format: str = "auto",
         eos_token_ids=_eos_token_ids(model_path, load_format, config, checkpoint))
 
 
-def _resolve_path(model_path: str) -> str:
+def resolve_model_path(model_path: str) -> str:
     if not os.path.exists(model_path):
         shipped = os.path.join(SHIPPED_CONFIGS_DIR, model_path)
         if os.path.isdir(shipped):
