@@ -1,0 +1,154 @@
+"""The HTTP process's TokenizerManager: the shared front end, wired to the scheduler and the
+detokenizer over ZMQ, plus what only a server needs: control calls (RPC) to the scheduler,
+latency metrics, and request logging."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import zmq
+import zmq.asyncio
+
+from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput
+from sgl.runtime.server.ipc import (
+    Endpoints,
+    OutputBatch,
+    RpcReq,
+    RpcResult,
+    pull_socket,
+    push_socket,
+)
+from sgl.runtime.server.metrics import ServerMetrics
+from sgl.runtime.tokenizer_manager import ReqState, TokenizerManager
+
+logger = logging.getLogger("sgl.server")
+
+
+class ServerTokenizerManager(TokenizerManager):
+    def __init__(self, tokenizer: Any, vocab_size: int, context_len: int, endpoints: Endpoints,
+                 metrics: ServerMetrics, log_requests: bool = False,
+                 stream_interval: int = 1, grammar_backend: str = "xgrammar") -> None:
+        self._sync_ctx = zmq.Context()
+        self._send_sock = push_socket(self._sync_ctx, endpoints.to_scheduler)
+        super().__init__(tokenizer, vocab_size, context_len, self._send_sock.send_pyobj, grammar_backend)
+        self.endpoints, self.metrics, self.log_requests = endpoints, metrics, log_requests
+        self.stream_interval = max(stream_interval, 1)
+        self._rpc_ids = itertools.count()
+        self._rpc_waiters: dict[int, asyncio.Future] = {}
+        self._recv_task: Optional[asyncio.Task] = None
+        self._timings: dict[str, _Timing] = {}
+
+    # -- life cycle (on the server's event loop) -----------------------------------------------
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._async_ctx = zmq.asyncio.Context()
+        self._recv_sock = pull_socket(self._async_ctx, self.endpoints.to_tokenizer)
+        self._recv_task = asyncio.create_task(self._recv_loop(), name="sgl-recv")
+
+    def close(self) -> None:
+        if self._recv_task is not None:
+            self._recv_task.cancel()
+        for ctx in (self._sync_ctx, getattr(self, "_async_ctx", None)):
+            if ctx is not None:
+                ctx.destroy(linger=0)
+
+    async def _recv_loop(self) -> None:
+        while True:
+            msg = await self._recv_sock.recv_pyobj()
+            try:
+                if isinstance(msg, OutputBatch):
+                    self._dispatch(msg.outputs)
+                elif isinstance(msg, RpcResult):
+                    self._resolve(msg)
+            except Exception:  # one bad message must not stop every other request
+                logger.exception("failed to handle a message from the detokenizer")
+
+    # -- control calls -------------------------------------------------------------------------
+    async def rpc(self, name: str, *args: Any, timeout_s: float = 60.0) -> Any:
+        rid = next(self._rpc_ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._rpc_waiters[rid] = fut
+        self.send(RpcReq(rid, name, args))
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._rpc_waiters.pop(rid, None)
+
+    def _resolve(self, msg: RpcResult) -> None:
+        fut = self._rpc_waiters.get(msg.id)
+        if fut is None or fut.done():
+            return
+        if msg.error is not None:
+            fut.set_exception(RuntimeError(msg.error))
+        else:
+            fut.set_result(msg.value)
+
+    def abort_request(self, rid: str) -> None:
+        """Abort `rid`, and its n>1 copies (`rid-0`, `rid-1`, ...). Empty rid: everything."""
+        self.send(AbortReq(rid))
+        for other in [r for r in self.states if r.startswith(f"{rid}-") and rid]:
+            self.send(AbortReq(other))
+
+    # -- hooks on the shared front end ---------------------------------------------------------
+    def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool) -> ReqState:
+        state = super()._submit(req, text_in_logprobs)
+        # kept apart from `states`: an aborted request leaves `states` before its last output
+        self._timings[req.rid] = _Timing(time.perf_counter())
+        if self.log_requests:
+            logger.info("Receive: rid=%s, prompt_tokens=%d, sampling_params=%s", req.rid,
+                        len(req.input_ids), _short(_non_default(req.sampling_params)))
+        return state
+
+    def _dispatch(self, outputs: list[TokenOutput]) -> None:
+        now = time.perf_counter()
+        for out in outputs:
+            timing = self._timings.get(out.rid)
+            if timing is not None:
+                self._observe(timing, out, now)
+        super()._dispatch(outputs)
+        if self.log_requests:
+            for out in outputs:
+                if out.finished_reason is not None:
+                    self._log_finish(out)
+
+    def _observe(self, timing: _Timing, out: TokenOutput, now: float) -> None:
+        n = len(out.new_token_ids)
+        if n and timing.last_token_at is None:
+            self.metrics.ttft.observe(now - timing.created_at)
+        elif n:
+            self.metrics.itl.observe((now - timing.last_token_at) / n, times=n)
+        if n:
+            timing.last_token_at = now
+        if out.finished_reason is not None:
+            del self._timings[out.rid]
+            meta = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                    "cached_tokens": out.cached_tokens}
+            self.metrics.on_finish(meta, now - timing.created_at,
+                                   out.finished_reason.get("type") == "abort")
+
+    def _log_finish(self, out: TokenOutput) -> None:
+        state = self.states.get(out.rid)
+        text = state.text() if state is not None else None
+        logger.info("Finish: rid=%s, finish_reason=%s, prompt_tokens=%d, completion_tokens=%d, "
+                    "cached_tokens=%d, text=%s", out.rid, out.finished_reason, out.prompt_tokens,
+                    out.completion_tokens, out.cached_tokens, _short(text))
+
+
+@dataclass
+class _Timing:
+    created_at: float
+    last_token_at: Optional[float] = None
+
+
+def _non_default(params: Any) -> dict[str, Any]:
+    defaults = type(params)()
+    return {k: v for k, v in vars(params).items() if getattr(defaults, k) != v}
+
+
+def _short(value: Any, limit: int = 500) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"

@@ -1,0 +1,135 @@
+"""What crosses the process boundaries of the server, and the plumbing shared by its processes:
+ZMQ endpoints, parent watching, logging set-up.
+
+    HTTP process (TokenizerManager) --reqs--> scheduler --OutputBatch--> detokenizer --+
+          ^                                                                            |
+          +------------------------- OutputBatch (text_delta set) / RpcResult ---------+
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import zmq
+
+from sgl.runtime.io_struct import TokenOutput
+
+# (skip_special_tokens, spaces_between_special_tokens, no_stop_trim) of one request
+DetokParams = tuple[bool, bool, bool]
+
+
+@dataclass
+class RpcReq:
+    """HTTP process -> scheduler: run a named control function (see scheduler_process.RPCS)."""
+    id: int
+    name: str
+    args: tuple = ()
+
+
+@dataclass
+class RpcResult:
+    id: int
+    value: Any = None
+    error: Optional[str] = None
+
+
+@dataclass
+class OutputBatch:
+    """Scheduler -> detokenizer -> HTTP process: one step's outputs. `detok_params` holds the
+    decoding options of requests the detokenizer has not seen yet."""
+    outputs: list[TokenOutput]
+    detok_params: dict[str, DetokParams] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """ipc:// addresses in a private temp folder, one per direction."""
+    to_scheduler: str
+    to_detokenizer: str
+    to_tokenizer: str
+
+    @classmethod
+    def in_dir(cls, folder: str) -> Endpoints:
+        return cls(*(f"ipc://{os.path.join(folder, name)}" for name in ("sched", "detok", "tok")))
+
+
+def pull_socket(ctx: zmq.Context, addr: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.bind(addr)
+    return sock
+
+
+def push_socket(ctx: zmq.Context, addr: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 0)  # never block the sender: the peer drains as fast as it can
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(addr)
+    return sock
+
+
+def watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """Exit this process as soon as `parent_pid` is gone, so no child outlives the server even
+    when the server is killed with SIGKILL."""
+    _set_parent_death_signal()
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(0)
+            time.sleep(interval_s)
+
+    if os.getppid() != parent_pid:
+        os._exit(0)
+    threading.Thread(target=watch, name="sgl-parent-watch", daemon=True).start()
+
+
+def watch_pid(pid: int, interval_s: float = 0.5) -> None:
+    """SIGTERM ourselves (a graceful shutdown) when an unrelated process `pid` exits: the
+    `sgl.Runtime` that started this server."""
+    def watch() -> None:
+        while _pid_alive(pid):
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="sgl-owner-watch", daemon=True).start()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _set_parent_death_signal() -> None:
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the polling thread still covers it
+
+
+def child_signals() -> threading.Event:
+    """Children ignore SIGINT (a terminal's Ctrl-C reaches the whole group; the HTTP process
+    leads the shutdown) and stop on SIGTERM. Returns the event SIGTERM sets."""
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop
+
+
+def configure_logging(log_level: str, tag: str = "") -> None:
+    """SGLang's log line shape: `[2025-01-01 12:00:00 TP0] Prefill batch, ...`."""
+    level = getattr(logging, log_level.upper(), logging.INFO)
+    fmt = f"[%(asctime)s{' ' + tag if tag else ''}] %(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="%Y-%m-%d %H:%M:%S", force=True)

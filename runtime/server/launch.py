@@ -1,0 +1,97 @@
+"""`sgl serve` / `python -m sgl.launch_server`: start the scheduler and detokenizer processes,
+then serve HTTP from this process until SIGINT/SIGTERM, and take every child down on the way out."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+from typing import Any, Optional
+
+from sgl.runtime.config import ServerArgs
+from sgl.runtime.server.ipc import Endpoints, configure_logging, watch_pid
+
+logger = logging.getLogger("sgl.server")
+OWNER_PID_ENV = "SGL_OWNER_PID"  # set by sgl.Runtime: stop when that process is gone
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="sgl serve", description="Serve a model over HTTP "
+                                     "(SGLang native and OpenAI-compatible routes).")
+    ServerArgs.add_cli_args(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        launch_server(ServerArgs.from_cli_args(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def launch_server(args: ServerArgs) -> None:
+    configure_logging(args.log_level)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if os.environ.get(OWNER_PID_ENV):
+        watch_pid(int(os.environ[OWNER_PID_ENV]))
+    from sgl.runtime.server.processes import ServerProcesses
+    with tempfile.TemporaryDirectory(prefix=ipc_dir_prefix(os.getpid())) as ipc_dir:
+        procs = ServerProcesses(args, Endpoints.in_dir(ipc_dir))
+        try:
+            _serve(args, procs)
+        finally:
+            procs.shutdown()
+
+
+def ipc_dir_prefix(server_pid: int) -> str:
+    """Temp folder of a server's ZMQ sockets; named by pid so that whoever started a server
+    that was killed outright can remove what it left behind."""
+    return f"sgl-{server_pid}-"
+
+
+def _serve(args: ServerArgs, procs: Any) -> None:
+    import uvicorn
+
+    from sgl.runtime.server.front import ServerTokenizerManager
+    from sgl.runtime.server.http_server import ServerContext, build_app
+    from sgl.runtime.server.metrics import ServerMetrics
+    chat_template = _read_chat_template(args.chat_template)
+    info, tokenizer = procs.start(lambda: _load_tokenizer(args))
+    name = args.served_model_name or info["model_path"]
+    front = ServerTokenizerManager(tokenizer, info["vocab_size"], info["context_length"],
+                                   procs.endpoints, ServerMetrics(name), args.log_requests,
+                                   args.stream_interval, args.grammar_backend)
+    app = build_app(ServerContext(args, front, info, procs, chat_template))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                            timeout_graceful_shutdown=3, timeout_keep_alive=5)
+    logger.info("serving %s on http://%s:%d", info["model_path"], args.host, args.port)
+    uvicorn.Server(config).run()
+
+
+def _load_tokenizer(args: ServerArgs) -> Any:
+    if args.skip_tokenizer_init:
+        return None
+    from sgl.runtime.loader.bundled import bundled_model_path
+    from sgl.runtime.loader.tokenizer import get_tokenizer
+    return get_tokenizer(args.model_path or bundled_model_path(), args.tokenizer_path,
+                         args.trust_remote_code)
+
+
+def _read_chat_template(value: Optional[str]) -> Optional[str]:
+    """--chat-template: a Jinja file or Jinja text; None keeps the tokenizer's own."""
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    if "{%" in value or "{{" in value:
+        return value
+    raise ValueError(f"--chat-template {value!r}: not a file and not Jinja template text")
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

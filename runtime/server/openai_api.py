@@ -1,0 +1,149 @@
+"""OpenAI-compatible routes as adapters over the native front end: a request becomes a /generate
+object (prompt or chat template -> ids, OpenAI params -> SGLang sampling params), results become
+OpenAI response and stream-chunk dicts."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from sgl.runtime.server import openai_format as fmt
+from sgl.runtime.server.errors import ApiError, from_value_error, pydantic_error, read_json
+from sgl.runtime.server.protocol import ChatCompletionRequest, CompletionRequest
+from sgl.runtime.server.streaming import collect, error_event, sse, sse_response, stream_results
+
+# Internal names in parse errors -> the OpenAI field the client actually sent.
+_COMPLETION_ALIASES = {"sampling_params.max_new_tokens": "max_tokens",
+                       "sampling_params.min_new_tokens": "min_tokens", "sampling_params.": "",
+                       "input_ids": "prompt", "text": "prompt"}
+_CHAT_ALIASES = {**_COMPLETION_ALIASES, "input_ids": "messages", "text": "messages"}
+
+
+class OpenAIServing:
+    def __init__(self, front: Any, model_names: list[str], context_len: int,
+                 chat_template: Optional[str] = None) -> None:
+        self.front, self.model_names = front, model_names
+        self.context_len, self.chat_template = context_len, chat_template
+        self.created = int(time.time())
+
+    def models(self) -> dict[str, Any]:
+        name = self.model_names[0]
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": self.created,
+                                            "owned_by": "sgl", "root": name,
+                                            "max_model_len": self.context_len}]}
+
+    # -- /v1/completions -------------------------------------------------------------------
+    async def completions(self, request: Request) -> Any:
+        req = self._validate(CompletionRequest, await read_json(request))
+        obj = {"sampling_params": self._sampling(req, req.max_tokens), "rid": req.rid,
+               "stream": req.stream}
+        if isinstance(req.prompt, str) or isinstance(req.prompt[0], str):
+            obj["text"] = req.prompt
+        else:
+            obj["input_ids"] = req.prompt
+        if req.logprobs is not None:
+            obj.update(return_logprob=True, top_logprobs_num=req.logprobs,
+                       return_text_in_logprobs=True, logprob_start_len=0 if req.echo else -1)
+        parsed = self._parse(obj, _COMPLETION_ALIASES)
+        echoes = self._echo_texts(req, parsed) if req.echo else None
+        view = fmt.CompletionView(req, f"cmpl-{uuid.uuid4().hex}", self.model_names[0], echoes)
+        if req.stream:
+            return sse_response(self._stream(view, obj, parsed))
+        results = await collect(request, self.front, obj, parsed)
+        return JSONResponse(view.response(results))
+
+    def _echo_texts(self, req: CompletionRequest, parsed: Any) -> list[str]:
+        if isinstance(req.prompt, str):
+            return [req.prompt]
+        if isinstance(req.prompt[0], str):
+            return list(req.prompt)
+        tokenizer = self.front.tokenizer
+        return [tokenizer.decode(ids) if tokenizer else "" for ids in parsed.prompts]
+
+    # -- /v1/chat/completions --------------------------------------------------------------
+    async def chat(self, request: Request) -> Any:
+        req = self._validate(ChatCompletionRequest, await read_json(request))
+        max_new = req.num_new_tokens if req.num_new_tokens is not None else self.context_len
+        obj = {"input_ids": self._chat_ids(req), "sampling_params": self._sampling(req, max_new),
+               "rid": req.rid, "stream": req.stream}
+        if req.logprobs:
+            obj.update(return_logprob=True, top_logprobs_num=req.top_logprobs or 0,
+                       return_text_in_logprobs=True)
+        elif req.top_logprobs:
+            raise ApiError("top_logprobs requires logprobs=true", param="top_logprobs")
+        parsed = self._parse(obj, _CHAT_ALIASES)
+        view = fmt.ChatView(req, f"chatcmpl-{uuid.uuid4().hex}", self.model_names[0])
+        if req.stream:
+            return sse_response(self._stream(view, obj, parsed))
+        results = await collect(request, self.front, obj, parsed)
+        return JSONResponse(view.response(results))
+
+    def _chat_ids(self, req: ChatCompletionRequest) -> list[int]:
+        tokenizer = self.front.tokenizer
+        if tokenizer is None:
+            raise ApiError("chat needs a tokenizer; the server runs with --skip-tokenizer-init",
+                           param="messages")
+        try:
+            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=not req.continue_final_message,
+                continue_final_message=req.continue_final_message, chat_template=self.chat_template)
+        except Exception as e:  # template errors (jinja raise_exception, bad role order, ...)
+            raise ApiError(f"messages: cannot apply the chat template: {e}",
+                           param="messages") from None
+        return self.front.tokenize(text)
+
+    # -- shared ----------------------------------------------------------------------------
+    def _validate(self, model: type, obj: dict[str, Any]) -> Any:
+        try:
+            req = model.model_validate(obj, strict=True)
+        except ValidationError as e:
+            raise pydantic_error(e) from None
+        if req.model not in self.model_names:
+            raise ApiError(f"model {req.model!r} does not exist; this server serves "
+                           f"{self.model_names[0]!r}", param="model", code="model_not_found")
+        return req
+
+    def _parse(self, obj: dict[str, Any], aliases: dict[str, str]) -> Any:
+        try:
+            return self.front.parse({k: v for k, v in obj.items() if v is not None})
+        except ValueError as e:
+            raise from_value_error(e, aliases) from None
+
+    @staticmethod
+    def _sampling(req: Any, max_new_tokens: Optional[int]) -> dict[str, Any]:
+        json_schema = req.json_schema
+        fmt_ = getattr(req, "response_format", None)
+        if fmt_ is not None and fmt_.type == "json_schema":
+            schema = fmt_.json_schema.schema_ if fmt_.json_schema else None
+            json_schema = json.dumps(schema or {"type": "object"})
+        elif fmt_ is not None and fmt_.type == "json_object":
+            json_schema = json.dumps({"type": "object"})
+        sp = {"max_new_tokens": max_new_tokens, "min_new_tokens": req.min_tokens,
+              "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
+              "min_p": req.min_p, "frequency_penalty": req.frequency_penalty,
+              "presence_penalty": req.presence_penalty,
+              "repetition_penalty": req.repetition_penalty,
+              "stop": req.stop, "stop_token_ids": req.stop_token_ids, "ignore_eos": req.ignore_eos,
+              "skip_special_tokens": req.skip_special_tokens, "no_stop_trim": req.no_stop_trim,
+              "seed": req.seed, "n": req.n, "logit_bias": req.logit_bias, "regex": req.regex,
+              "json_schema": json_schema, "ebnf": req.ebnf}
+        return {k: v for k, v in sp.items() if v is not None}
+
+    async def _stream(self, view: Any, obj: dict[str, Any], parsed: Any) -> AsyncIterator[str]:
+        last = None
+        try:
+            async for results in stream_results(self.front, obj, parsed):
+                last = results
+                for chunk in view.chunks(results):
+                    yield sse(chunk)
+            if view.req.include_usage and last is not None:
+                yield sse(view.usage_chunk(last))
+        except Exception as e:  # headers are sent: report in-band, then end the stream
+            yield error_event(e)
+        yield "data: [DONE]\n\n"

@@ -1,0 +1,135 @@
+"""The scheduler process: ModelRunner + Scheduler driven by the same loop as the in-process
+engine, reading requests from a ZMQ socket and pushing each step's outputs to the detokenizer.
+It never waits on HTTP or tokenization: requests arrive already tokenized."""
+from __future__ import annotations
+
+import logging
+import queue
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+import zmq
+
+from sgl.runtime.config import ServerArgs
+from sgl.runtime.io_struct import TokenizedGenerateReq
+from sgl.runtime.scheduler.loop import Call, run_scheduler_loop
+from sgl.runtime.server.ipc import (
+    DetokParams,
+    Endpoints,
+    OutputBatch,
+    RpcReq,
+    RpcResult,
+    child_signals,
+    configure_logging,
+    pull_socket,
+    push_socket,
+    watch_parent,
+)
+
+logger = logging.getLogger("sgl.scheduler")
+
+
+def internal_state(sched: Any) -> dict[str, Any]:
+    """What /get_server_info and /metrics report about the scheduler."""
+    alloc, tree, stats = sched.allocator, sched.tree, sched.stats
+    return {
+        "num_running_reqs": len(sched.running), "num_queue_reqs": len(sched.waiting),
+        "token_usage": sched.token_usage(), "max_total_tokens": alloc.size,
+        "available_kv_tokens": alloc.available_size() + tree.evictable_size(),
+        "free_kv_tokens": alloc.available_size(), "evictable_kv_tokens": tree.evictable_size(),
+        "locked_kv_tokens": tree.protected_size(), "cache_hit_rate": stats.cache_hit_rate(),
+        "gen_throughput": stats.last_gen_throughput, "num_forward_passes": stats.num_forward_passes,
+        "total_prompt_tokens": stats.total_prompt_tokens,
+        "total_cached_tokens": stats.total_cached_tokens,
+        "total_generated_tokens": stats.total_generated_tokens,
+    }
+
+
+RPCS: dict[str, Callable[..., Any]] = {
+    "internal_state": internal_state,
+    "flush_cache": lambda sched: sched.flush_cache(),
+}
+
+
+class ZmqInbox:
+    """The queue interface `run_scheduler_loop` reads (get with timeout, get_nowait) over a ZMQ
+    socket. Control calls become `Call`s so they run in order with the requests around them."""
+
+    def __init__(self, sock: zmq.Socket, reply: Callable[[RpcResult], None]) -> None:
+        self.sock, self.reply = sock, reply
+        self.new_params: dict[str, DetokParams] = {}
+
+    def get(self, timeout: float) -> Any:
+        if not self.sock.poll(int(timeout * 1000)):
+            raise queue.Empty
+        return self.get_nowait()
+
+    def get_nowait(self) -> Any:
+        try:
+            msg = self.sock.recv_pyobj(zmq.NOBLOCK)
+        except zmq.Again:
+            raise queue.Empty from None
+        if isinstance(msg, TokenizedGenerateReq):
+            sp = msg.sampling_params
+            self.new_params[msg.rid] = (sp.skip_special_tokens, sp.spaces_between_special_tokens,
+                                        sp.no_stop_trim)
+        if isinstance(msg, RpcReq):
+            return self._call(msg)
+        return msg
+
+    def _call(self, msg: RpcReq) -> Call:
+        fn = RPCS.get(msg.name, _unknown_rpc)
+        call = Call(lambda sched: fn(sched, *msg.args))
+        call.future.add_done_callback(lambda f: self.reply(_rpc_result(msg.id, f)))
+        return call
+
+    def take_params(self) -> dict[str, DetokParams]:
+        params, self.new_params = self.new_params, {}
+        return params
+
+
+def _rpc_result(rid: int, fut: Any) -> RpcResult:
+    err = fut.exception()
+    return RpcResult(rid, error=repr(err)) if err else RpcResult(rid, value=fut.result())
+
+
+def _unknown_rpc(sched: Any, *args: Any) -> None:
+    raise ValueError("unknown control call")
+
+
+def run_scheduler_process(args: ServerArgs, endpoints: Endpoints, parent_pid: int,
+                          conn: Connection) -> None:
+    """Process entry. Sends {"ready": info} or {"error": text} on `conn` once loaded; the
+    tokenizer (loaded once by the HTTP process) arrives on `conn` too."""
+    watch_parent(parent_pid)
+    stop = child_signals()
+    configure_logging(args.log_level, "TP0")
+    try:
+        sched, info = _load(args, conn)
+    except BaseException:
+        conn.send({"error": traceback.format_exc()})
+        return
+    ctx = zmq.Context()
+    out = push_socket(ctx, endpoints.to_detokenizer)
+    inbox = ZmqInbox(pull_socket(ctx, endpoints.to_scheduler), out.send_pyobj)
+    conn.send({"ready": info})
+
+    def emit(outputs: list) -> None:
+        out.send_pyobj(OutputBatch(outputs, inbox.take_params()))
+
+    run_scheduler_loop(sched, inbox, emit, stop)
+    ctx.destroy(linger=0)
+
+
+def _load(args: ServerArgs, conn: Connection) -> tuple[Any, dict[str, Any]]:
+    from sgl.runtime.executor.model_runner import ModelRunner
+    from sgl.runtime.scheduler.scheduler import Scheduler
+    runner = ModelRunner(args)
+    tokenizer = conn.recv()
+    sched = Scheduler(args, runner, tokenizer, runner.loaded.eos_token_ids)
+    info = {"model_path": runner.model_path, "vocab_size": runner.vocab_size,
+            "context_length": runner.context_len, "max_total_tokens": runner.max_total_tokens,
+            "max_running_requests": runner.max_running_requests,
+            "chunked_prefill_size": runner.chunked_prefill_size, "device": str(runner.device)}
+    return sched, info

@@ -1,0 +1,89 @@
+"""Running a request to completion or as a server-sent-event stream, with the request aborted
+(and its KV freed) as soon as the client goes away."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from sgl.runtime.server.errors import ApiError, error_body
+
+_DISCONNECT_POLL_S = 0.5
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def collect(request: Request, front: Any, obj: dict[str, Any], parsed: Any) -> list[dict]:
+    """The final results of a non-streamed request. Closing the generator (on a disconnect)
+    aborts the request in the scheduler."""
+    async def run() -> list[dict]:
+        last: list[dict] = []
+        async for results in front.generate(obj, parsed):
+            last = results
+        return last
+
+    task = asyncio.ensure_future(run())
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise ClientGone()
+
+
+async def stream_results(front: Any, obj: dict[str, Any], parsed: Any
+                         ) -> AsyncIterator[list[dict]]:
+    """The front end's results, at most one update per `--stream-interval` new tokens of a
+    sequence (finishes always pass). Closing this closes the front end's generator at once,
+    which aborts unfinished requests."""
+    interval = getattr(front, "stream_interval", 1)
+    sent: list[int] = []
+    async with contextlib.aclosing(front.generate(obj, parsed)) as results_iter:
+        async for results in results_iter:
+            counts = [len(r["output_ids"]) for r in results]
+            due = not sent or any(c - s >= interval for c, s in zip(counts, sent))
+            if due or any(r["meta_info"]["finish_reason"] is not None for r in results):
+                sent = counts
+                yield results
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def error_event(e: Exception) -> str:
+    status = e.status if isinstance(e, ApiError) else 500
+    return sse(error_body(str(e), status))
+
+
+def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+    # On a client disconnect Starlette cancels this iterator; the cancellation reaches the front
+    # end's generator, whose `finally` sends the abort.
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def native_stream(front: Any, obj: dict[str, Any], parsed: Any) -> AsyncIterator[str]:
+    """SGLang's /generate stream: one event per change of a sequence, with its cumulative text
+    (and `index` when the request holds several sequences), then `data: [DONE]`."""
+    sent: dict[int, tuple] = {}
+    many = len(parsed.reqs) > 1
+    try:
+        async for results in stream_results(front, obj, parsed):
+            for i, r in enumerate(results):
+                finished = r["meta_info"]["finish_reason"] is not None
+                key = (len(r["text"]), len(r["output_ids"]), finished)
+                if sent.get(i) == key:
+                    continue
+                sent[i] = key
+                yield sse(dict(r, index=i) if many else r)
+    except Exception as e:  # headers are already sent: report in-band
+        yield error_event(e)
+    yield "data: [DONE]\n\n"
