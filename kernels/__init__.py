@@ -1,0 +1,37 @@
+"""Kernels: each Triton kernel (`sgl.kernels.triton.*`) beside the pure-torch reference it is
+tested against. The public functions of `norm`, `activation`, `rotary` and `kv_store` dispatch:
+Triton when the tensor lives on a CUDA device and Triton is usable, the reference otherwise.
+
+`SGL_DISABLE_TRITON=1` in the environment (or `set_triton_enabled(False)`) forces the references
+everywhere, e.g. to bisect a numerical difference.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+_enabled = os.environ.get("SGL_DISABLE_TRITON", "0").lower() in ("", "0", "false", "no")
+
+
+@functools.lru_cache(maxsize=1)
+def is_triton_available() -> bool:
+    """Triton imports and a CUDA device exists (checked once per process)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def set_triton_enabled(enabled: bool) -> None:
+    global _enabled
+    _enabled = enabled
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """Whether the dispatching kernels take their Triton path for tensors like `x`."""
+    return _enabled and x.is_cuda and is_triton_available()

@@ -1,12 +1,22 @@
-"""Gated-MLP activation reference (CPU path and oracle for the Triton kernel)."""
+"""Gated-MLP activation: the Triton kernel on CUDA tensors, the reference (CPU path and oracle
+for the kernel) elsewhere."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from sgl.kernels import use_triton
+
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x = cat[gate, up] on the last dim -> silu(gate) * up, in x's dtype."""
+    if use_triton(x):
+        from sgl.kernels.triton import activation
+        return activation.silu_and_mul(x)
+    return silu_and_mul_ref(x)
+
+
+def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
     # x: (..., 2 * d) -> (..., d)
     d = x.shape[-1] // 2
     x_f32 = x.float()

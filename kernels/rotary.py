@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from sgl.kernels import use_triton
+
 
 def compute_inv_freq(rotary_dim: int, theta: float,
                      rope_scaling: dict | None = None) -> torch.Tensor:
@@ -54,7 +56,17 @@ def compute_cos_sin_cache(inv_freq: torch.Tensor, max_positions: int) -> torch.T
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
                  cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q (T, Hq, D) and k (T, Hk, D) by their positions (T,). The first rotary_dim =
-    cos_sin_cache.shape[-1] dims of each head rotate; the rest (partial rotary) pass through."""
+    cos_sin_cache.shape[-1] dims of each head rotate; the rest (partial rotary) pass through.
+    Returns new tensors and leaves q and k alone (on CUDA the Triton kernel writes fresh outputs,
+    which moves the same bytes as rotating in place)."""
+    if use_triton(q):
+        from sgl.kernels.triton import rotary
+        return rotary.rotary_embedding(q, k, positions, cos_sin_cache, inplace=False)
+    return apply_rotary_ref(q, k, positions, cos_sin_cache)
+
+
+def apply_rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+                     cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cos_sin = cos_sin_cache.index_select(0, positions.long()).float()  # (T, rotary_dim)
     cos, sin = cos_sin.unsqueeze(1).chunk(2, dim=-1)  # (T, 1, rotary_dim // 2) each
     return _rotate(q, cos, sin), _rotate(k, cos, sin)

@@ -165,8 +165,8 @@ def test_dummy_bfloat16_and_shipped_config(tmp_path):
     assert loaded.model.model.layers[0].mlp.gate_up_proj.weight.dtype == torch.bfloat16
     (logits,) = Runner(loaded).step({1: [4, 2, 8]})
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    from sgl.runtime.loader import _load_config, _resolve_path  # the 8B config, without its 16 GB
-    config, _ = _load_config(_resolve_path("llama-3.1-8b-dummy"), "dummy")
+    from sgl.runtime.loader import _load_config, resolve_model_path  # the 8B config, without its 16 GB
+    config, _ = _load_config(resolve_model_path("llama-3.1-8b-dummy"), "dummy")
     assert (config.hidden_size, config.num_hidden_layers, config.num_key_value_heads) == (4096, 32, 8)
     assert config.vocab_size == 128256 and config.tie_word_embeddings is False
 

@@ -39,6 +39,7 @@ class AttentionBackend(ABC):
 # name -> "module:Class", imported on first use so that importing the registry pulls no kernels.
 _BACKENDS: dict[str, str] = {
     "torch_native": "sgl.runtime.executor.attention.torch_native:TorchNativeBackend",
+    "triton": "sgl.runtime.executor.attention.triton_backend:TritonBackend",
 }
 
 

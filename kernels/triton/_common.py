@@ -1,0 +1,56 @@
+"""Checks shared by the Triton wrappers."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def require_cuda(**tensors: torch.Tensor) -> None:
+    """Raise unless every named tensor lives on one CUDA device."""
+    devices = {t.device for t in tensors.values()}
+    for name, t in tensors.items():
+        if not t.is_cuda and not is_interpreting():
+            raise ValueError(f"{name} must be a CUDA tensor (got {t.device}); "
+                             "use the torch reference")
+    if len(devices) > 1:
+        raise ValueError(f"tensors on different devices: {sorted(map(str, devices))}")
+
+
+def require_dtype(name: str, t: torch.Tensor, allowed: tuple[torch.dtype, ...]) -> None:
+    if t.dtype not in allowed:
+        raise ValueError(f"{name}: dtype {t.dtype} not in {allowed}")
+
+
+def require_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name}: last dim must be contiguous, strides {t.stride()}")
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def is_interpreting() -> bool:
+    """TRITON_INTERPRET=1 runs the kernels on the CPU (numpy): slow, but checks them with no GPU."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_out(name: str, out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
+              device: torch.device) -> torch.Tensor:
+    """A caller's output tensor after checks, or a new one."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(f"{name}: expected contiguous {tuple(shape)} {dtype}, got "
+                         f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    return out
+
+
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of the device (an H100's 132 under the CPU interpreter)."""
+    if device.type != "cuda":
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count

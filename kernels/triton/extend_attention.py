@@ -1,0 +1,178 @@
+"""Prefill / extend attention over the paged KV pool: a ragged batch of new tokens, each request
+with its own cached prefix, causal, GQA.
+
+One kernel reads both parts through req_to_token (the new tokens' K/V are already stored in the
+pool): grid (query blocks, bs, Hq); a program holds BLOCK_M new tokens of one request and one
+query head, sweeps the keys before its first token without a mask, then the diagonal keys with a
+causal mask, and stops there (later keys are invisible). Online softmax in float32 (base 2).
+
+FLOPs (the floor, matrix units): 4 * Hq * D * sum over new tokens of the keys each one sees
+(prefix_len + j + 1 for new token j), with D = Dv.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from sgl.kernels.triton._common import next_pow2, require_cuda, require_dtype
+
+_LOG2E = 1.4426950408889634
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) forced for every head size; None = `_block_config`.
+# Module-level so that bench_kernels --sweep can try others.
+CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None
+
+
+@triton.jit
+def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, n0, key_mask_end, q_pos,
+                 stride_kt, stride_vt, scale_log2, offs_d, offs_dv, mask_d, mask_dv,
+                 CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < key_mask_end
+    slots = tl.load(slot_row + offs_n, mask=mask_n, other=0).to(tl.int64)
+    k = tl.load(k_head + slots[None, :] * stride_kt + offs_d[:, None],
+                mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # (BLOCK_D, BLOCK_N)
+    s = tl.dot(q, k) * scale_log2  # (BLOCK_M, BLOCK_N) float32, log2 domain
+    if CAUSAL:
+        visible = mask_n[None, :] & (offs_n[None, :] <= q_pos[:, None])
+    else:
+        visible = mask_n[None, :]
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    v = tl.load(v_head + slots[:, None] * stride_vt + offs_dv[None, :],
+                mask=mask_n[:, None] & mask_dv[None, :], other=0.0)  # (BLOCK_N, BLOCK_DV)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def _extend_kernel(
+        Q, KBuf, VBuf, Out, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, QStart,
+        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+        stride_r2t, scale_log2, HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr,
+        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    m_block = tl.program_id(0)
+    bid = tl.program_id(1)
+    head = tl.program_id(2)
+    extend_len = tl.load(ExtendLens + bid).to(tl.int32)
+    m_start = m_block * BLOCK_M
+    if m_start < extend_len:
+        prefix_len = tl.load(PrefixLens + bid).to(tl.int32)
+        q_start = tl.load(QStart + bid).to(tl.int64)
+        row = tl.load(ReqPoolIdx + bid).to(tl.int64)
+        kv_head = head // GROUP
+        offs_m = m_start + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < extend_len
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        mask_d = offs_d < HEAD_DIM
+        mask_dv = offs_dv < V_HEAD_DIM
+        q_tok = q_start + offs_m  # (BLOCK_M,) rows of q / out
+        q = tl.load(Q + q_tok[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # (BLOCK_M, BLOCK_D)
+        q_pos = prefix_len + offs_m  # position of each query in its sequence
+
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+        k_head = KBuf + kv_head * stride_kh
+        v_head = VBuf + kv_head * stride_vh
+        slot_row = ReqToToken + row * stride_r2t
+        # Keys before this block's first query: every query sees all of them.
+        full_end = prefix_len + m_start
+        for n0 in range(0, full_end, BLOCK_N):
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, n0,
+                                         full_end, q_pos, stride_kt, stride_vt, scale_log2,
+                                         offs_d, offs_dv, mask_d, mask_dv, False, BLOCK_N)
+        # The diagonal: this block's own tokens, causal.
+        causal_end = prefix_len + tl.minimum(m_start + BLOCK_M, extend_len)
+        for n0 in range(full_end, causal_end, BLOCK_N):
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, n0,
+                                         causal_end, q_pos, stride_kt, stride_vt, scale_log2,
+                                         offs_d, offs_dv, mask_d, mask_dv, True, BLOCK_N)
+        out = acc / l_i[:, None]  # every query sees at least itself: l_i > 0
+        tl.store(Out + q_tok[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
+                 out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :])
+
+
+def _block_config(head_dim: int, max_extend_len: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for H100 (bench_kernels --sweep). Short extends
+    (chunks of decode-like size) take 64-row query blocks so that fewer rows idle."""
+    block_m = 64 if max_extend_len <= 64 else 128
+    if head_dim <= 128:
+        return block_m, 64, 4, 2
+    return 64, 32, 8, 2
+
+
+def _check(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+           req_to_token: torch.Tensor, index_tensors: dict[str, torch.Tensor]) -> None:
+    require_cuda(q=q, k_buffer=k_buffer, v_buffer=v_buffer, req_to_token=req_to_token,
+                 **index_tensors)
+    require_dtype("q", q, (torch.float16, torch.bfloat16, torch.float32))
+    if k_buffer.dtype != q.dtype or v_buffer.dtype != q.dtype:
+        raise ValueError(f"q {q.dtype}, k_buffer {k_buffer.dtype}, v_buffer {v_buffer.dtype}: "
+                         "one dtype expected (cast q to the pool dtype)")
+    for name, t in [("req_to_token", req_to_token), *index_tensors.items()]:
+        require_dtype(name, t, (torch.int32, torch.int64))
+    if q.dim() != 3 or k_buffer.dim() != 3 or v_buffer.dim() != 3:
+        raise ValueError("q (T, Hq, D), k_buffer (slots, Hkv, D), v_buffer (slots, Hkv, Dv)")
+    if k_buffer.shape[2] != q.shape[2] or k_buffer.shape[:2] != v_buffer.shape[:2]:
+        raise ValueError(f"pool shapes {tuple(k_buffer.shape)}, {tuple(v_buffer.shape)} do not "
+                         f"match q {tuple(q.shape)}")
+    if q.shape[1] % k_buffer.shape[1]:
+        raise ValueError(f"Hq={q.shape[1]} is not a multiple of Hkv={k_buffer.shape[1]}")
+    bs = index_tensors["req_pool_indices"].shape[0]
+    for name, t in index_tensors.items():
+        if t.shape != (bs,):
+            raise ValueError(f"{name} must be ({bs},), got {tuple(t.shape)}")
+    for name, t in (("q", q), ("k_buffer", k_buffer), ("v_buffer", v_buffer),
+                    ("req_to_token", req_to_token)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name}: last dim must be contiguous, strides {t.stride()}")
+
+
+def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+                     req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+                     prefix_lens: torch.Tensor, extend_lens: torch.Tensor, scaling: float, *,
+                     q_start: torch.Tensor | None = None, max_extend_len: int | None = None,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of the new tokens q (T, Hq, D) (requests concatenated) over their
+    requests' whole sequences, read from k_buffer (slots, Hkv, D) / v_buffer (slots, Hkv, Dv) at
+    req_to_token[req_pool_indices[i], :prefix_lens[i] + extend_lens[i]] (new tokens' K/V already
+    stored). New token j of request i sits at position prefix_lens[i] + j.
+    q_start: (bs,) first row of each request in q (exclusive cumsum of extend_lens; computed on
+    the device when None). max_extend_len: host int, max(extend_lens); when None it is read back
+    from the device (a sync). Returns out (T, Hq, Dv) in q's dtype. Indices are not
+    bounds-checked on the device."""
+    _check(q, k_buffer, v_buffer, req_to_token,
+           {"req_pool_indices": req_pool_indices, "prefix_lens": prefix_lens,
+            "extend_lens": extend_lens, **({"q_start": q_start} if q_start is not None else {})})
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_kv_heads, v_head_dim = k_buffer.shape[1], v_buffer.shape[2]
+    if out is None:
+        out = torch.empty((num_tokens, num_q_heads, v_head_dim), dtype=q.dtype, device=q.device)
+    elif out.shape != (num_tokens, num_q_heads, v_head_dim) or out.stride(-1) != 1:
+        raise ValueError(f"out must be ({num_tokens}, {num_q_heads}, {v_head_dim}), "
+                         "last dim contiguous")
+    bs = req_pool_indices.shape[0]
+    if num_tokens == 0 or bs == 0:
+        return out
+    if q_start is None:
+        q_start = torch.cumsum(extend_lens, 0) - extend_lens
+    if max_extend_len is None:
+        max_extend_len = int(extend_lens.max())
+    config = CONFIG_OVERRIDE or _block_config(head_dim, max_extend_len)
+    block_m, block_n, num_warps, num_stages = config
+    grid = (triton.cdiv(max_extend_len, block_m), bs, num_q_heads)
+    _extend_kernel[grid](
+        q, k_buffer, v_buffer, out, req_to_token, req_pool_indices, prefix_lens, extend_lens,
+        q_start, q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1),
+        v_buffer.stride(0), v_buffer.stride(1), out.stride(0), out.stride(1),
+        req_to_token.stride(0), scaling * _LOG2E, HEAD_DIM=head_dim, V_HEAD_DIM=v_head_dim,
+        GROUP=num_q_heads // num_kv_heads, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(v_head_dim), num_warps=num_warps,
+        num_stages=num_stages)
+    return out
