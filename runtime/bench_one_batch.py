@@ -53,6 +53,19 @@ def run_once(sched: Scheduler, runner: ModelRunner, bs: int, input_len: int, out
             "total_latency": total, "output_throughput": bs * output_len / total}
 
 
+def _start_profile():
+    import cProfile
+    prof = cProfile.Profile()
+    prof.enable()
+    return prof
+
+
+def _print_profile(prof) -> None:
+    import pstats
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, nargs="+", default=[1])
@@ -60,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-len", type=int, nargs="+", default=[16])
     parser.add_argument("--result-filename", default=None, help="Append results as JSON lines.")
     parser.add_argument("--no-warmup", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="cProfile the last run's steps (host time).")
     ServerArgs.add_cli_args(parser)
     args = parser.parse_args(argv)
     server_args = ServerArgs.from_cli_args(args)
@@ -78,7 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         for il in args.input_len:
             for ol in args.output_len:
                 sched.flush_cache()
+                prof = _start_profile() if args.profile else None
                 r = run_once(sched, runner, bs, il, ol, seed=bs * 1000 + il)
+                if prof is not None:
+                    _print_profile(prof)
                 r["device"] = torch.cuda.get_device_name() if runner.device.type == "cuda" else "cpu"
                 print(f"Prefill. latency: {r['prefill_latency']:.5f} s, throughput: {r['prefill_throughput']:.2f} token/s")
                 print(f"Decode.  median latency: {r['median_decode_latency']:.5f} s, median throughput: "

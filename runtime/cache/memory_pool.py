@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 
@@ -90,9 +91,12 @@ class ReqToTokenPool:
     def flush(self) -> None:
         if not self._pending:
             return
-        rows = torch.cat([torch.full((s.numel(),), r, dtype=torch.int64) for r, _, s in self._pending])
-        cols = torch.cat([torch.arange(c, c + s.numel(), dtype=torch.int64) for _, c, s in self._pending])
-        vals = torch.cat([s.to(torch.int32) for _, _, s in self._pending])
+        lens = np.array([s.numel() for _, _, s in self._pending])
+        first = np.cumsum(lens) - lens  # where each write starts in the flat list
+        rows = torch.from_numpy(np.repeat(np.array([r for r, _, _ in self._pending]), lens))
+        cols = np.repeat(np.array([c for _, c, _ in self._pending]) - first, lens)
+        cols = torch.from_numpy(cols + np.arange(int(lens.sum())))
+        vals = torch.cat([s for _, _, s in self._pending]).to(torch.int32)
         self._pending = []
         dev = self.req_to_token.device
         self.req_to_token[rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)] = vals.to(dev, non_blocking=True)

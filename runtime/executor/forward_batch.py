@@ -39,10 +39,20 @@ class ForwardBatch:
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[0])
 
+    _DEVICE_FIELDS = ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "prefix_lens",
+                      "extend_lens", "seq_lens", "logits_indices")
+
     def to(self, device: torch.device) -> "ForwardBatch":
-        for name in ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "prefix_lens",
-                     "extend_lens", "seq_lens", "logits_indices"):
-            setattr(self, name, getattr(self, name).to(device, non_blocking=True))
+        """Move the index tensors in one host->device copy (they are all int64 and 1-D)."""
+        if self.input_ids.device == torch.device(device):
+            return self
+        parts = [getattr(self, name) for name in self._DEVICE_FIELDS]
+        packed = torch.cat(parts)
+        if device.type == "cuda":
+            packed = packed.pin_memory()
+        moved = packed.to(device, non_blocking=True)
+        for name, part in zip(self._DEVICE_FIELDS, torch.split(moved, [p.numel() for p in parts])):
+            setattr(self, name, part)
         return self
 
     @classmethod

@@ -50,7 +50,7 @@ class KVManager:
 
     def extend(self, req: Req, slots: torch.Tensor) -> None:
         self.table.write(req.req_pool_idx, req.num_computed, slots)
-        req.kv_indices = torch.cat([req.kv_indices, slots])
+        req.extend_kv(slots)
 
     def truncate(self, req: Req, keep: int) -> None:
         """Forget the KV of tokens past `keep` (their ids changed); keep >= cache_protected_len."""

@@ -62,20 +62,40 @@ class Planner:
         return plan
 
     def _schedule_running(self, running: list[Req], waiting: list[Req], plan: StepPlan) -> int:
-        budget = self.chunk_size
+        wants, budget = self._wants(running, self.chunk_size)
+        slots = self.kv.alloc(sum(n for _, n in wants))
+        if slots is not None:  # the common case: one allocation for the whole batch
+            for (req, n), part in zip(wants, torch.split(slots, [n for _, n in wants])):
+                plan.add(req, n, part)
+            return budget
+        budget = self.chunk_size  # short of KV: one request at a time, retracting as needed
         for req in list(running):
             if req not in running:  # retracted while making room for an earlier one
                 continue
+            got, _ = self._wants([req], budget)
+            if not got:
+                continue
+            n = got[0][1]
+            if n > 1:
+                budget -= n
+            part = self._alloc_or_retract(n, req, running, waiting, plan)
+            if part is not None:
+                plan.add(req, n, part)
+        return budget
+
+    @staticmethod
+    def _wants(reqs: list[Req], budget: int) -> tuple[list[tuple[Req, int]], int]:
+        """Tokens each request runs this step: 1 when decoding, a budgeted chunk of a prompt."""
+        out = []
+        for req in reqs:
             n = req.seq_len - req.num_computed
-            if n > 1:  # a prompt still being prefilled
+            if n > 1:
                 n = min(n, budget)
                 if n <= 0:
                     continue
                 budget -= n
-            slots = self._alloc_or_retract(n, req, running, waiting, plan)
-            if slots is not None:
-                plan.add(req, n, slots)
-        return budget
+            out.append((req, n))
+        return out, budget
 
     def _alloc_or_retract(self, n: int, req: Req, running: list[Req], waiting: list[Req],
                           plan: StepPlan):
@@ -112,6 +132,8 @@ class Planner:
         self.ratio.bump()
 
     def _admit(self, running: list[Req], waiting: list[Req], plan: StepPlan, budget: int) -> None:
+        if not waiting:
+            return
         reserve = sum(self._reserve(r) for r in running)
         for req in list(waiting):
             if budget <= 0 or len(running) >= self.max_running:

@@ -24,11 +24,13 @@ class Req:
         self.return_logprob, self.logprob_start_len = return_logprob, logprob_start_len
         self.top_logprobs_num = top_logprobs_num
         self.output_ids: list[int] = []
+        self.all_ids: list[int] = list(input_ids)  # prompt + output, kept in step with output_ids
         self.state = ReqState.WAITING
         self.finished_reason: Optional[dict[str, Any]] = None
         # KV bookkeeping (CPU): the slots of tokens [0, num_computed) of all_ids.
         self.req_pool_idx: Optional[int] = None
-        self.kv_indices = torch.empty(0, dtype=torch.int64)
+        self._kv_chunks: list[torch.Tensor] = []  # appended per step, joined only when read
+        self._kv_len = 0
         self.last_node: Any = None        # locked radix node covering kv_indices[:cache_protected_len]
         self.cache_protected_len = 0      # leading slots owned by the radix tree
         self.cached_tokens = 0            # prompt tokens served from the cache at first admission
@@ -48,16 +50,28 @@ class Req:
         self.min_tokens_ids: set[int] = set()
 
     @property
-    def all_ids(self) -> list[int]:
-        return self.origin_input_ids + self.output_ids
+    def seq_len(self) -> int:
+        return len(self.all_ids)
 
     @property
-    def seq_len(self) -> int:
-        return len(self.origin_input_ids) + len(self.output_ids)
+    def kv_indices(self) -> torch.Tensor:
+        """KV slots of tokens [0, num_computed) (CPU int64)."""
+        if len(self._kv_chunks) != 1:
+            joined = torch.cat(self._kv_chunks) if self._kv_chunks else torch.empty(0, dtype=torch.int64)
+            self._kv_chunks = [joined]
+        return self._kv_chunks[0]
+
+    @kv_indices.setter
+    def kv_indices(self, value: torch.Tensor) -> None:
+        self._kv_chunks, self._kv_len = [value], int(value.numel())
+
+    def extend_kv(self, slots: torch.Tensor) -> None:
+        self._kv_chunks.append(slots)
+        self._kv_len += int(slots.numel())
 
     @property
     def num_computed(self) -> int:
-        return int(self.kv_indices.numel())
+        return self._kv_len
 
     @property
     def prompt_len(self) -> int:
@@ -86,12 +100,14 @@ class Req:
     def append_output(self, token: int, logprob: Optional[float] = None,
                       top: Optional[list[tuple[float, int]]] = None) -> None:
         self.output_ids.append(token)
+        self.all_ids.append(token)
         self.output_logprobs.append(logprob)
         self.output_top_logprobs.append(top)
 
     def replace_output(self, new_ids: list[int], keep: int) -> None:
         """Rewrite the output from index `keep` on (jump-forward retokenization)."""
         self.output_ids = list(new_ids)
+        self.all_ids = self.origin_input_ids + self.output_ids
         self.output_logprobs = self.output_logprobs[:keep] + [None] * (len(new_ids) - keep)
         self.output_top_logprobs = self.output_top_logprobs[:keep] + [None] * (len(new_ids) - keep)
         self.first_changed = min(self.first_changed, keep)
