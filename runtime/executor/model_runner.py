@@ -130,7 +130,7 @@ class ModelRunner:
             [r.sampling_params for r in reqs], [r.seed for r in reqs], [len(r.output_ids) for r in reqs],
             [r.origin_input_ids for r in reqs], [r.output_ids for r in reqs],
             [r.min_tokens_ids for r in reqs], self.vocab_size, self.device)
-        rows = logits[torch.tensor(step.sample_rows, device=logits.device)]
+        rows = logits[_on(step.sample_rows, logits.device)]
         mask = step.vocab_mask.to(self.device) if step.vocab_mask is not None else None
         out = self.sampler.forward(rows, info, vocab_mask=mask, top_logprobs_num=step.top_logprobs_num)
         result.next_token_ids = out.next_token_ids.tolist()
@@ -140,13 +140,17 @@ class ModelRunner:
                 result.top_logprobs = _pairs(out.top_logprobs_vals, out.top_logprobs_ids)
 
     def _prompt_logprobs(self, logits: torch.Tensor, step: StepInputs, result: RunResult) -> None:
-        rows = torch.tensor(step.lp_rows, device=logits.device)
-        targets = torch.tensor(step.lp_targets, device=logits.device)
+        rows, targets = _on(step.lp_rows, logits.device), _on(step.lp_targets, logits.device)
         logprobs = torch.log_softmax(logits[rows].float(), dim=-1)
         result.input_logprobs = logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
         if step.top_logprobs_num:
             vals, ids = logprobs.topk(step.top_logprobs_num, dim=-1)
             result.input_top_logprobs = _pairs(vals, ids)
+
+
+def _on(values: list[int], device: torch.device) -> torch.Tensor:
+    """Indices to the device without waiting for the GPU (torch.tensor(..., device=) would)."""
+    return torch.tensor(values, dtype=torch.int64).to(device, non_blocking=True)
 
 
 def _pairs(vals: torch.Tensor, ids: torch.Tensor) -> list[list[tuple[float, int]]]:

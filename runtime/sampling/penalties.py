@@ -30,12 +30,12 @@ class PenaltyTensors:
         rows = [i for i, p in enumerate(params) if _has_penalty(p)]
         if not rows:
             return None
-        f32 = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)
+        f32 = lambda xs: _to_device(torch.tensor(xs, dtype=torch.float32), device)
         sel = [params[i] for i in rows]
         has_counts = any(p.frequency_penalty != 0 or p.presence_penalty != 0 for p in sel)
         has_repetition = any(p.repetition_penalty != 1 for p in sel)
         return cls(
-            rows=torch.tensor(rows, dtype=torch.int64, device=device),
+            rows=_to_device(torch.tensor(rows, dtype=torch.int64), device),
             frequency_penalties=f32([p.frequency_penalty for p in sel]),
             presence_penalties=f32([p.presence_penalty for p in sel]),
             repetition_penalties=f32([p.repetition_penalty for p in sel]),
@@ -63,7 +63,7 @@ def _coo(id_lists: Sequence[Sequence[int]],
     """Row and column index tensors of a ragged list of token-id lists."""
     row_idx = list(itertools.chain.from_iterable([r] * len(ids) for r, ids in enumerate(id_lists)))
     col_idx = list(itertools.chain.from_iterable(id_lists))
-    as_long = lambda xs: torch.tensor(xs, dtype=torch.int64, device=device)
+    as_long = lambda xs: _to_device(torch.tensor(xs, dtype=torch.int64), device)
     return as_long(row_idx), as_long(col_idx)
 
 
@@ -80,3 +80,8 @@ def _seen_mask(prompt_lists: Sequence[Sequence[int]], output_lists: Sequence[Seq
     rows, cols = _coo([list(p) + list(o) for p, o in zip(prompt_lists, output_lists)], device)
     mask = torch.zeros((len(prompt_lists), vocab_size), dtype=torch.bool, device=device)
     return mask.index_put_((rows, cols), torch.ones(rows.shape, dtype=torch.bool, device=device))
+
+
+def _to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """An async host->device copy: a plain torch.tensor(..., device=cuda) waits for the GPU."""
+    return t.to(device, non_blocking=True) if torch.device(device).type != "cpu" else t

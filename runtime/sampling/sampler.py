@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from sgl.kernels.sampling import gumbel_noise, min_p_mask, top_k_mask, top_p_mask
 from sgl.runtime.sampling.params import SamplingParams
-from sgl.runtime.sampling.penalties import PenaltyTensors
+from sgl.runtime.sampling.penalties import PenaltyTensors, _to_device
 
 _NEG_INF = float("-inf")
 
@@ -32,9 +32,9 @@ class SparseEntries:
         if not entries:
             return None
         rows, cols, values = zip(*entries)
-        return cls(rows=torch.tensor(rows, dtype=torch.int64, device=device),
-                   cols=torch.tensor(cols, dtype=torch.int64, device=device),
-                   values=torch.tensor(values, dtype=torch.float32, device=device))
+        return cls(rows=_to_device(torch.tensor(rows, dtype=torch.int64), device),
+                   cols=_to_device(torch.tensor(cols, dtype=torch.int64), device),
+                   values=_to_device(torch.tensor(values, dtype=torch.float32), device))
 
 
 @dataclass
@@ -87,7 +87,7 @@ class SamplingBatchInfo:
         sampled = [p for p, g in zip(params, greedy) if not g]
         top_ks = [vocab_size if g or p.top_k < 1 else min(p.top_k, vocab_size)
                   for p, g in zip(params, greedy)]
-        tensor = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)
+        tensor = lambda xs, dtype: _to_device(torch.tensor(xs, dtype=dtype), device)
         return cls(
             vocab_size=vocab_size,
             temperatures=tensor([1.0 if g else p.temperature for p, g in zip(params, greedy)],
@@ -217,3 +217,4 @@ def _min_tokens_entries(params: Sequence[SamplingParams], output_ids: Sequence[S
         [(i, tok, _NEG_INF) for tok in sorted(stops)]
         for i, (p, out, stops) in enumerate(zip(params, output_ids, stop_ids))
         if len(out) < p.min_new_tokens))
+
