@@ -14,7 +14,8 @@ from sgl.runtime.request import ParsedRequest, parse_generate
 class ReqState:
     """Everything the front end keeps about one sequence while it runs."""
 
-    def __init__(self, req: TokenizedGenerateReq, tokenizer: Any, text_in_logprobs: bool) -> None:
+    def __init__(self, req: TokenizedGenerateReq, tokenizer: Any, text_in_logprobs: bool,
+                 event: Optional[asyncio.Event] = None) -> None:
         self.req, self.tokenizer, self.text_in_logprobs = req, tokenizer, text_in_logprobs
         sp = req.sampling_params
         self.detok = IncrementalDetokenizer(tokenizer, sp.skip_special_tokens,
@@ -28,7 +29,7 @@ class ReqState:
         self.in_lp: Optional[list] = None
         self.in_top: Optional[list] = None
         self.remote_text: Optional[str] = None  # decoded by a detokenizer process, when there is one
-        self.event = asyncio.Event()
+        self.event = event or asyncio.Event()  # shared by the sequences of one request
 
     def update(self, out: TokenOutput) -> None:
         if out.num_rewritten:
@@ -136,13 +137,12 @@ class TokenizerManager:
         parsed = parsed or self.parse(obj)
         if len(parsed.reqs) > len(parsed.prompts):  # n > 1
             await self._warm_prefixes(parsed)
-        states = [self._submit(r, parsed.return_text_in_logprobs) for r in parsed.reqs]
+        event = asyncio.Event()  # one wake-up per step for the whole batch, however large
+        states = [self._submit(r, parsed.return_text_in_logprobs, event) for r in parsed.reqs]
         try:
             while True:
-                await asyncio.wait([asyncio.ensure_future(s.event.wait()) for s in states],
-                                   return_when=asyncio.FIRST_COMPLETED)
-                for s in states:
-                    s.event.clear()
+                await event.wait()
+                event.clear()
                 done = all(s.finished for s in states)
                 if parsed.stream or done:
                     yield [s.result() for s in states]
@@ -160,20 +160,21 @@ class TokenizerManager:
         distinct = {tuple(p) for p in parsed.prompts}
         warm = [TokenizedGenerateReq(f"warm-{id(parsed)}-{i}", list(p), SamplingParams(max_new_tokens=0))
                 for i, p in enumerate(distinct)]
-        states = [self._submit(r, False) for r in warm]
+        event = asyncio.Event()
+        states = [self._submit(r, False, event) for r in warm]
         try:
-            for s in states:
-                while not s.finished:
-                    await s.event.wait()
-                    s.event.clear()
+            while not all(s.finished for s in states):
+                await event.wait()
+                event.clear()
         finally:
             for s in states:
                 self.states.pop(s.req.rid, None)
 
-    def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool) -> ReqState:
+    def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool,
+                event: Optional[asyncio.Event] = None) -> ReqState:
         if req.rid in self.states:
             raise ValueError(f"rid {req.rid!r} is already running")
-        state = ReqState(req, self.tokenizer, text_in_logprobs)
+        state = ReqState(req, self.tokenizer, text_in_logprobs, event)
         self.states[req.rid] = state
         self.send(req)
         return state

@@ -94,8 +94,9 @@ class ServerTokenizerManager(TokenizerManager):
             self.send(AbortReq(other))
 
     # -- hooks on the shared front end ---------------------------------------------------------
-    def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool) -> ReqState:
-        state = super()._submit(req, text_in_logprobs)
+    def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool,
+                event: Optional[asyncio.Event] = None) -> ReqState:
+        state = super()._submit(req, text_in_logprobs, event)
         # kept apart from `states`: an aborted request leaves `states` before its last output
         self._timings[req.rid] = _Timing(time.perf_counter())
         if self.log_requests:

@@ -222,8 +222,7 @@ def _parse_native(front: Any, obj: dict[str, Any]) -> Any:
 
 
 def _add_openai_routes(app: FastAPI, ctx: ServerContext) -> None:
-    serving = OpenAIServing(ctx.front, ctx.model_names, ctx.info["context_length"],
-                            ctx.chat_template)
+    serving = OpenAIServing.from_context(ctx)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

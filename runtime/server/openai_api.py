@@ -12,9 +12,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from sgl.runtime.grammar import ANY_JSON_OBJECT, validate
 from sgl.runtime.server import openai_format as fmt
+from sgl.runtime.server import tools as tl
 from sgl.runtime.server.errors import ApiError, from_value_error, pydantic_error, read_json
-from sgl.runtime.server.protocol import ChatCompletionRequest, CompletionRequest
+from sgl.runtime.server.protocol import ChatCompletionRequest, CompletionRequest, ResponseFormat
 from sgl.runtime.server.streaming import collect, error_event, sse, sse_response, stream_results
 
 # Internal names in parse errors -> the OpenAI field the client actually sent.
@@ -26,10 +28,19 @@ _CHAT_ALIASES = {**_COMPLETION_ALIASES, "input_ids": "messages", "text": "messag
 
 class OpenAIServing:
     def __init__(self, front: Any, model_names: list[str], context_len: int,
-                 chat_template: Optional[str] = None) -> None:
+                 chat_template: Optional[str] = None, tool_call_parser: Optional[str] = None,
+                 model_path: str = "") -> None:
         self.front, self.model_names = front, model_names
         self.context_len, self.chat_template = context_len, chat_template
         self.created = int(time.time())
+        name = tool_call_parser or tl.default_parser_name(model_path, self._template_text())
+        self.tool_parser = tl.parser_class(name)
+
+    @classmethod
+    def from_context(cls, ctx: Any) -> OpenAIServing:
+        """From the HTTP server's ServerContext."""
+        return cls(ctx.front, ctx.model_names, ctx.info["context_length"], ctx.chat_template,
+                   ctx.args.tool_call_parser, ctx.model_path)
 
     def models(self) -> dict[str, Any]:
         name = self.model_names[0]
@@ -68,8 +79,12 @@ class OpenAIServing:
     # -- /v1/chat/completions --------------------------------------------------------------
     async def chat(self, request: Request) -> Any:
         req = self._validate(ChatCompletionRequest, await read_json(request))
+        plan = tl.plan_tools(req, self.tool_parser, self.front.grammar_backend)
         max_new = req.num_new_tokens if req.num_new_tokens is not None else self.context_len
-        obj = {"input_ids": self._chat_ids(req), "sampling_params": self._sampling(req, max_new),
+        sampling = self._sampling(req, max_new)
+        if plan is not None:
+            plan.apply(sampling)
+        obj = {"input_ids": self._chat_ids(req, plan), "sampling_params": sampling,
                "rid": req.rid, "stream": req.stream}
         if req.logprobs:
             obj.update(return_logprob=True, top_logprobs_num=req.top_logprobs or 0,
@@ -77,26 +92,43 @@ class OpenAIServing:
         elif req.top_logprobs:
             raise ApiError("top_logprobs requires logprobs=true", param="top_logprobs")
         parsed = self._parse(obj, _CHAT_ALIASES)
-        view = fmt.ChatView(req, f"chatcmpl-{uuid.uuid4().hex}", self.model_names[0])
+        view = fmt.ChatView(req, f"chatcmpl-{uuid.uuid4().hex}", self.model_names[0],
+                            plan.parser if plan is not None else None)
         if req.stream:
             return sse_response(self._stream(view, obj, parsed))
         results = await collect(request, self.front, obj, parsed)
         return JSONResponse(view.response(results))
 
-    def _chat_ids(self, req: ChatCompletionRequest) -> list[int]:
+    def _chat_ids(self, req: ChatCompletionRequest, plan: Optional[tl.ToolPlan]) -> list[int]:
         tokenizer = self.front.tokenizer
         if tokenizer is None:
             raise ApiError("chat needs a tokenizer; the server runs with --skip-tokenizer-init",
                            param="messages")
-        try:
-            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-            text = tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=not req.continue_final_message,
+
+        def render(messages: list[dict[str, Any]], tools: Optional[list] = None) -> str:
+            return tokenizer.apply_chat_template(
+                messages, tools=tools, tokenize=False,
+                add_generation_prompt=not req.continue_final_message,
                 continue_final_message=req.continue_final_message, chat_template=self.chat_template)
+        try:
+            messages = self._messages(req, plan)
+            if plan is None or not plan.offered:
+                text = render(messages)
+            else:
+                text = tl.render_with_tools(render, messages, plan.offered, plan.parser)
         except Exception as e:  # template errors (jinja raise_exception, bad role order, ...)
             raise ApiError(f"messages: cannot apply the chat template: {e}",
                            param="messages") from None
         return self.front.tokenize(text)
+
+    def _messages(self, req: ChatCompletionRequest, plan: Optional[tl.ToolPlan]) -> list[dict]:
+        native = "tool_calls" in (self._template_text() or "")
+        parser = plan.parser if plan is not None else self.tool_parser()
+        return tl.template_messages(req.messages, native, parser)
+
+    def _template_text(self) -> Optional[str]:
+        template = self.chat_template or getattr(self.front.tokenizer, "chat_template", None)
+        return template if isinstance(template, str) else None
 
     # -- shared ----------------------------------------------------------------------------
     def _validate(self, model: type, obj: dict[str, Any]) -> Any:
@@ -115,15 +147,12 @@ class OpenAIServing:
         except ValueError as e:
             raise from_value_error(e, aliases) from None
 
-    @staticmethod
-    def _sampling(req: Any, max_new_tokens: Optional[int]) -> dict[str, Any]:
-        json_schema = req.json_schema
-        fmt_ = getattr(req, "response_format", None)
-        if fmt_ is not None and fmt_.type == "json_schema":
-            schema = fmt_.json_schema.schema_ if fmt_.json_schema else None
-            json_schema = json.dumps(schema or {"type": "object"})
-        elif fmt_ is not None and fmt_.type == "json_object":
-            json_schema = json.dumps({"type": "object"})
+    def _sampling(self, req: Any, max_new_tokens: Optional[int]) -> dict[str, Any]:
+        json_schema = self._response_format(req.response_format)
+        if json_schema is not None and req.json_schema is not None:
+            raise ApiError("give response_format or json_schema, not both",
+                           param="response_format")
+        json_schema = json_schema or req.json_schema
         sp = {"max_new_tokens": max_new_tokens, "min_new_tokens": req.min_tokens,
               "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
               "min_p": req.min_p, "frequency_penalty": req.frequency_penalty,
@@ -134,6 +163,29 @@ class OpenAIServing:
               "seed": req.seed, "n": req.n, "logit_bias": req.logit_bias, "regex": req.regex,
               "json_schema": json_schema, "ebnf": req.ebnf}
         return {k: v for k, v in sp.items() if v is not None}
+
+    def _response_format(self, rf: Optional[ResponseFormat]) -> Optional[str]:
+        """response_format -> the json_schema sampling param, checked here so that a bad schema
+        is a 400 naming response_format."""
+        if rf is None or rf.type == "text":
+            return None
+        if self.front.grammar_backend == "none":
+            raise ApiError("response_format needs a grammar backend; the server runs with "
+                           "--grammar-backend none", param="response_format")
+        if rf.type == "json_object":
+            return ANY_JSON_OBJECT
+        if rf.json_schema is None:
+            raise ApiError("response_format: type 'json_schema' needs a `json_schema` object "
+                           "({name, schema, strict})", param="response_format")
+        if rf.json_schema.schema_ is None:
+            return ANY_JSON_OBJECT
+        text = json.dumps(rf.json_schema.schema_)
+        try:
+            validate("json", text, self.front.grammar_backend)
+        except ValueError as e:
+            raise ApiError(f"response_format.json_schema.schema: {e}",
+                           param="response_format") from None
+        return text
 
     async def _stream(self, view: Any, obj: dict[str, Any], parsed: Any) -> AsyncIterator[str]:
         last = None

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
+from sgl.runtime.server.tools import ToolCallParser, ToolStream
+
 Result = dict[str, Any]
 
 
@@ -18,6 +20,7 @@ class _Cursor:
     offset: int = 0        # text_offset of the next logprob entry (completions)
     started: bool = False
     finished: bool = False
+    tools: Optional[ToolStream] = None  # tool-call parsing state (chat with tools)
 
 
 def finish_reason(r: Result) -> tuple[Optional[str], Any]:
@@ -119,14 +122,28 @@ class CompletionView(_View):
 
 
 class ChatView(_View):
+    """Chat bodies. With a tool parser, the output is read for calls: they become
+    `message.tool_calls` (content: the text outside them, or None) and finish_reason
+    "tool_calls"; streamed, each call is one complete tool-call delta (see tools/stream.py)."""
     object_name = "chat.completion"
     _chunk_suffix = ".chunk"
+
+    def __init__(self, req: Any, rid: str, model: str,
+                 parser: Optional[ToolCallParser] = None) -> None:
+        super().__init__(req, rid, model)
+        self.parser = parser
 
     def response(self, results: list[Result]) -> dict[str, Any]:
         choices = []
         for i, r in enumerate(results):
             reason, matched = finish_reason(r)
-            choices.append({"index": i, "message": {"role": "assistant", "content": r["text"]},
+            message: dict[str, Any] = {"role": "assistant", "content": r["text"]}
+            parsed = self.parser.parse(r["text"]) if self.parser is not None else None
+            if parsed is not None and parsed.calls:
+                message = {"role": "assistant", "content": parsed.content or None,
+                           "tool_calls": [c.to_openai() for c in parsed.calls]}
+                reason = _calls_reason(reason)
+            choices.append({"index": i, "message": message,
                             "logprobs": self._logprobs(r, _Cursor()), "finish_reason": reason,
                             "matched_stop": matched})
         return dict(self._envelope(choices), usage=usage(results, self.req.n))
@@ -138,13 +155,28 @@ class ChatView(_View):
                 continue
             if not cur.started:
                 cur.started = True
+                if self.parser is not None:
+                    cur.tools = ToolStream(self.parser)
                 yield self._chunk(i, {"role": "assistant", "content": ""}, None, None, None)
-            text, logprobs = self._text_delta(r, cur), self._logprobs(r, cur)
             reason, matched = finish_reason(r)
-            if not text and reason is None and not (logprobs and logprobs["content"]):
+            delta = self._delta(r, cur, reason is not None)
+            logprobs = self._logprobs(r, cur)
+            if not delta and reason is None and not (logprobs and logprobs["content"]):
                 continue
             cur.finished = reason is not None
-            yield self._chunk(i, {"content": text} if text else {}, logprobs, reason, matched)
+            if cur.tools is not None and cur.tools.num_calls:
+                reason = _calls_reason(reason)
+            yield self._chunk(i, delta, logprobs, reason, matched)
+
+    def _delta(self, r: Result, cur: _Cursor, finished: bool) -> dict[str, Any]:
+        if cur.tools is None:
+            text = self._text_delta(r, cur)
+            return {"content": text} if text else {}
+        text, calls = cur.tools.update(r["text"], finished)
+        delta: dict[str, Any] = {"content": text} if text else {}
+        if calls:
+            delta["tool_calls"] = cur.tools.call_deltas(calls)
+        return delta
 
     def _chunk(self, i: int, delta: dict[str, Any], logprobs: Any, reason: Optional[str],
                matched: Any) -> dict[str, Any]:
@@ -159,6 +191,11 @@ class ChatView(_View):
         tops = meta["output_top_logprobs"][cur.tokens:]
         cur.tokens += len(entries)
         return {"content": [_chat_token(lp, tok, top) for (lp, _, tok), top in zip(entries, tops)]}
+
+
+def _calls_reason(reason: Optional[str]) -> Optional[str]:
+    """finish_reason of a choice that made calls: "tool_calls", unless it was cut short."""
+    return "tool_calls" if reason == "stop" else reason
 
 
 def _chat_token(lp: float, tok: Optional[str], top: Optional[list]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ value is reported under the OpenAI field name; responses are built as plain dict
 openai_api.py. Unknown fields are ignored, as OpenAI-style servers commonly do."""
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -12,6 +13,22 @@ TokenIds = list[int]
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: Optional[str] = None
+    description: Optional[str] = None
+    schema_: Optional[dict[str, Any]] = Field(None, alias="schema")
+    strict: Optional[bool] = None  # accepted; the schema is always enforced
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: "text" (no constraint), "json_object" (any JSON object),
+    "json_schema" (the given schema; enforced by the grammar backend)."""
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
 
 
 class _Sampling(BaseModel):
@@ -44,6 +61,7 @@ class _Sampling(BaseModel):
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
     rid: Optional[str] = None
+    response_format: Optional[ResponseFormat] = None
 
     @field_validator("top_k")
     @classmethod
@@ -102,11 +120,27 @@ class ContentPart(BaseModel):
     text: Optional[str] = None
 
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    arguments: Union[str, dict[str, Any]]
+
+
+class MessageToolCall(BaseModel):
+    """A past call in an assistant message of the history."""
+    model_config = ConfigDict(extra="ignore")
+    id: Optional[str] = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Optional[Union[str, list[ContentPart]]] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[MessageToolCall]] = None
+    tool_call_id: Optional[str] = None
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -117,15 +151,56 @@ class ChatMessage(BaseModel):
         return "".join(part.text or "" for part in self.content)
 
 
-class JsonSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-    name: Optional[str] = None
-    schema_: Optional[dict[str, Any]] = Field(None, alias="schema")
+_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class ResponseFormat(BaseModel):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: Optional[JsonSchemaFormat] = None
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None
+    strict: Optional[bool] = None  # accepted; forced calls always follow the schema
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _FUNCTION_NAME.fullmatch(v):
+            raise ValueError("must be 1-64 characters of a-z, A-Z, 0-9, _ and -")
+        return v
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, v: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        if v:
+            check_json_schema(v)
+        return v
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ChosenFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """tool_choice={"type": "function", "function": {"name": ...}}: call exactly that one."""
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: ChosenFunction
+
+
+def check_json_schema(schema: Any) -> None:
+    """ValueError when `schema` is not a valid JSON schema (jsonschema's meta-schema check)."""
+    import jsonschema
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise ValueError(f"invalid JSON schema: {e.message}") from None
 
 
 class ChatCompletionRequest(_Sampling):
@@ -133,8 +208,19 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Optional[int] = Field(None, ge=0)
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
-    response_format: Optional[ResponseFormat] = None
     continue_final_message: bool = False
+    tools: Optional[list[Tool]] = None
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: bool = True
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, v: Optional[list[Tool]]) -> Optional[list[Tool]]:
+        names = [t.function.name for t in v or []]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"function names must be unique; {dup!r} appears twice")
+        return v
 
     @property
     def num_new_tokens(self) -> Optional[int]:
