@@ -10,6 +10,7 @@ import torch
 from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
+from sgl.runtime.grammar import bitmask_to_bool
 from sgl.runtime.loader import load_model
 from sgl.runtime.loader.bundled import bundled_model_path
 from sgl.runtime.sampling.sampler import Sampler, SamplingBatchInfo
@@ -131,7 +132,9 @@ class ModelRunner:
             [r.origin_input_ids for r in reqs], [r.output_ids for r in reqs],
             [r.min_tokens_ids for r in reqs], self.vocab_size, self.device)
         rows = logits[_on(step.sample_rows, logits.device)]
-        mask = step.vocab_mask.to(self.device) if step.vocab_mask is not None else None
+        mask = None
+        if step.vocab_mask is not None:  # packed grammar bitmask -> (bs, vocab) bool, on the device
+            mask = bitmask_to_bool(step.vocab_mask.to(self.device, non_blocking=True), self.vocab_size)
         out = self.sampler.forward(rows, info, vocab_mask=mask, top_logprobs_num=step.top_logprobs_num)
         result.next_token_ids = out.next_token_ids.tolist()
         if step.need_logprobs:

@@ -124,9 +124,9 @@ def tokenizer_info(tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     special = (set(tokenizer.all_special_ids) | {i for i, t in added.items() if t.special}) - set(
         stop_token_ids)
-    encoded = [""] * (max(vocab.values()) + 1)
+    encoded = [""] * min(max(vocab.values()) + 1, vocab_size)
     for piece, token_id in vocab.items():
-        if token_id not in special:
+        if token_id not in special and token_id < vocab_size:  # ids past the model's vocab never occur
             encoded[token_id] = piece
     return xgr.TokenizerInfo(encoded, info.vocab_type, vocab_size=vocab_size,
                              stop_token_ids=stop_token_ids, add_prefix_space=info.add_prefix_space)

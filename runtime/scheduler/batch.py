@@ -22,7 +22,7 @@ class StepInputs:
     prefill_done: list[Req] = field(default_factory=list)  # max_new_tokens=0 requests now complete
     top_logprobs_num: int = 0
     need_logprobs: bool = False
-    vocab_mask: Optional[Any] = None                        # (num_samples, vocab) bool, from grammars
+    vocab_mask: Optional[Any] = None  # packed (num_samples, ceil(vocab/32)) int32 grammar bitmask
 
 
 def build_step(plan: StepPlan, kv: KVManager) -> StepInputs:

@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 import torch
 
-from sgl.runtime.grammar import (GrammarManager, allocate_token_bitmask, bitmask_to_bool,
-                                 common_prefix_len, create_grammar_backend, retokenize_with_jump)
+from sgl.runtime.grammar import (GrammarManager, allocate_token_bitmask, common_prefix_len,
+                                 create_grammar_backend, retokenize_with_jump)
 from sgl.runtime.sampling.params import SamplingParams
 from sgl.runtime.scheduler.req import Req
 
@@ -68,7 +68,8 @@ class GrammarCoordinator:
         return ready, failed
 
     def vocab_mask(self, reqs: list[Req]) -> Optional[torch.Tensor]:
-        """(num_reqs, vocab) bool, True = allowed; None when no request is constrained."""
+        """Packed (num_reqs, ceil(vocab/32)) int32 bitmask, bit set = allowed; None when no
+        request is constrained. The runner unpacks it on its device (32x fewer bytes to move)."""
         if not any(r.grammar is not None for r in reqs):
             return None
         bitmask = allocate_token_bitmask(len(reqs), self.vocab_size)
@@ -77,7 +78,7 @@ class GrammarCoordinator:
                 req.grammar.fill_bitmask(bitmask, i)
             else:
                 bitmask[i] = -1  # every bit set: all tokens allowed
-        return bitmask_to_bool(bitmask, self.vocab_size)
+        return bitmask
 
     def after_token(self, req: Req, token: int, kv: Any) -> None:
         g = req.grammar
