@@ -38,8 +38,9 @@ def split_sampling_kwargs(kwargs: dict[str, Any]) -> tuple[SglSamplingParams, di
 class SglFunction:
     """A program: `func(s, *args)` appends expressions to the state `s`.
 
-    `num_api_spec_tokens` is accepted for SGLang compatibility; API speculative execution is
-    not implemented, so programs run exactly as without it."""
+    `num_api_spec_tokens=N` turns on SGLang's API speculative execution on completion (non-chat)
+    backends: one call of up to N tokens serves several gens while the program's constant text
+    matches what was speculated (see `sgl.spec_exec`)."""
     def __init__(self, func: Callable, num_api_spec_tokens: int | None = None,
                  bind_arguments: dict[str, Any] | None = None) -> None:
         self.func = func

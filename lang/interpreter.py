@@ -31,6 +31,7 @@ from sgl.ir import (
     SglVarScopeEnd,
     as_expr,
 )
+from sgl.spec_exec import make_speculator
 
 
 class ProgramError(RuntimeError):
@@ -39,12 +40,14 @@ class ProgramError(RuntimeError):
 
 class StreamExecutor:
     def __init__(self, backend: Any, arguments: dict[str, Any], default_sampling_para: SglSamplingParams,
-                 chat_template: Any = None, stream: bool = False) -> None:
+                 chat_template: Any = None, stream: bool = False,
+                 num_api_spec_tokens: int | None = None) -> None:
         self.sid = uuid.uuid4().hex
         self.backend = backend
         self.arguments = arguments
         self.default_sampling_para = default_sampling_para
         self.stream = stream
+        self.speculator = make_speculator(num_api_spec_tokens, backend, stream)  # see spec_exec.py
         self._init_state(chat_template)
         self._init_events()
         self._init_worker()
@@ -178,7 +181,11 @@ class StreamExecutor:
         handler = _HANDLERS.get(type(expr))
         if handler is None:
             raise TypeError(f"the interpreter cannot execute {type(expr).__name__}")
+        if self.speculator is None or isinstance(expr, SglExprList):
+            return handler(self, expr)
+        start = len(self.text_)
         handler(self, expr)
+        self.speculator.advance(self.text_[start:])  # all appended text is checked, gens' too
 
     def _init_var_events(self, expr: SglExpr) -> None:
         if isinstance(expr, SglExprList):
@@ -208,7 +215,10 @@ class StreamExecutor:
         name = expr.name
         if self.stream:
             return self._execute_gen_stream(name, params)
-        comp, meta_info = self.backend.generate(self, sampling_params=params)
+        if self.speculator is not None and self.speculator.can_serve(params):
+            comp, meta_info = self.speculator.gen(self, params)
+        else:
+            comp, meta_info = self.backend.generate(self, sampling_params=params)
         self.cached_text_len = len(self.text_)
         self.text_ += comp[0] if isinstance(comp, list) else comp
         if name is not None:

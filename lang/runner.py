@@ -34,7 +34,8 @@ def run_program(program: Any, backend: Any, args: tuple, kwargs: dict[str, Any],
                 raise_error: bool = True) -> ProgramState:
     backend = pick_backend(backend)
     kwargs = {**kwargs, **program.bind_arguments}
-    executor = StreamExecutor(backend, kwargs, default_sampling_para, stream=stream)
+    executor = StreamExecutor(backend, kwargs, default_sampling_para, stream=stream,
+                              num_api_spec_tokens=program.num_api_spec_tokens)
     state = ProgramState(executor)
     if stream:
         ctx = contextvars.copy_context()

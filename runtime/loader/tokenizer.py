@@ -3,8 +3,12 @@ else the folder's HF tokenizer files."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import shutil
+import tempfile
 
+import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -26,7 +30,39 @@ def get_tokenizer(model_path: str, tokenizer_path: str | None = None,
 
 @functools.lru_cache(maxsize=4)
 def _load_gguf_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    # Parsing the vocabulary out of GGUF metadata takes seconds: do it once per file per process.
+    # Building a fast tokenizer out of GGUF metadata takes seconds (~15 on a small CPU): do it
+    # once per file, keep the result as ordinary tokenizer files in a cache folder, and load
+    # those afterwards (well under a second).
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file {path} does not exist")
-    return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    cache = _cache_dir(path)
+    if cache is not None and os.path.isfile(os.path.join(cache, "tokenizer.json")):
+        try:
+            return AutoTokenizer.from_pretrained(cache)
+        except (OSError, ValueError):
+            pass  # a damaged cache: rebuild it below
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    if cache is not None:
+        _save_atomically(tok, cache)
+    return tok
+
+
+def _cache_dir(path: str) -> str | None:
+    root = os.environ.get("SGL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sgl")
+    st = os.stat(path)
+    key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}".encode())
+    return os.path.join(root, "gguf-tokenizers", key.hexdigest()[:24])
+
+
+def _save_atomically(tok: PreTrainedTokenizerBase, cache: str) -> None:
+    parent = os.path.dirname(cache)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=parent)
+    except OSError:
+        return  # an unwritable cache folder: work without a cache
+    try:
+        tok.save_pretrained(tmp)
+        os.replace(tmp, cache)  # concurrent builders: one rename wins, the others fail here
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)

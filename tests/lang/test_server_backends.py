@@ -98,3 +98,27 @@ def test_openai_backend_completions_and_chat(server_url):
     assert reply and reply == talk.run(backend=native, **GREEDY)["reply"]
     streamed = talk.run(backend=chat, stream=True, **GREEDY)
     assert "".join(streamed.text_iter("reply")) == reply
+
+
+def test_openai_completion_speculative_execution_needs_fewer_requests(server_url):
+    backend = sgl.OpenAI(_model_name(server_url), base_url=server_url + "/v1", api_key="none",
+                         is_chat_model=False)
+    routes: list[str] = []  # one per HTTP request the backend makes
+    request = backend.http.request
+    backend.http.request = lambda method, route, *a, **k: (routes.append(route), request(method, route, *a, **k))[1]
+
+    def character(spec):
+        @sgl.function(num_api_spec_tokens=spec)
+        def prog(s):
+            s += "Name: Steve Jobs.\nBirthday: February 24, 1955.\nJob: Apple CEO.\n\n"
+            s += "Name: Bill Gates.\nBirthday: October 28, 1955.\nJob: Microsoft CEO.\n\n"
+            s += "Name:" + sgl.gen("name", max_tokens=16, stop="\n")
+            s += "\nBirthday:" + sgl.gen("birthday", max_tokens=16, stop="\n")
+            s += "\nJob:" + sgl.gen("job", max_tokens=16, stop="\n") + "\n"
+        return prog
+
+    spec_state = character(128).run(backend=backend, **GREEDY)
+    num_spec_requests = len(routes)
+    plain_state = character(None).run(backend=backend, **GREEDY)
+    assert len(routes) - num_spec_requests == 3 and num_spec_requests < 3
+    assert spec_state["name"] == plain_state["name"]
