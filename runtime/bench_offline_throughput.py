@@ -8,10 +8,10 @@ every request produces its drawn length."""
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 
+from sgl.runtime.bench_utils import append_jsonl
 from sgl.runtime.config import ServerArgs
 
 
@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("====== Offline Throughput Benchmark Result ======")
     for k, v in r.items():
         print(f"{k:<24} {v:.2f}" if isinstance(v, float) else f"{k:<24} {v}")
-    if args.result_filename:
-        with open(args.result_filename, "a") as f:
-            f.write(json.dumps(r) + "\n")
+    append_jsonl(args.result_filename, r)
     return r
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 from typing import Any
 
 import torch
 
+from sgl.runtime.bench_utils import append_jsonl
 from sgl.runtime.config import ServerArgs
 from sgl.runtime.executor.model_runner import ModelRunner
 from sgl.runtime.io_struct import TokenizedGenerateReq
@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['median_decode_throughput']:.2f} token/s")
                 print(f"Total. latency: {r['total_latency']:.3f} s, throughput: {r['output_throughput']:.2f} token/s "
                       f"(batch {bs}, input {il}, output {ol})")
-                if args.result_filename:
-                    with open(args.result_filename, "a") as f:
-                        f.write(json.dumps(r) + "\n")
+                append_jsonl(args.result_filename, r)
 
 
 if __name__ == "__main__":

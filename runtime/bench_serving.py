@@ -16,12 +16,15 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import requests
+
+from sgl.runtime.bench_utils import append_jsonl
 
 _local = threading.local()
 
@@ -243,7 +246,7 @@ def print_report(s: dict[str, Any]) -> None:
         print("error:", err)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sgl.bench_serving",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--backend", choices=sorted(BACKENDS), default="sgl")
@@ -271,7 +274,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     base_url = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
     reqs = random_requests(args, _vocab_size(base_url, args))
@@ -282,9 +285,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     results, duration = asyncio.run(run_benchmark(args, base_url, reqs))
     summary = summarize(args, results, duration)
     print_report(summary)
-    if args.output_file:
-        with open(args.output_file, "a") as f:
-            f.write(json.dumps(summary) + "\n")
+    append_jsonl(args.output_file, summary)
     return summary
 
 

@@ -11,6 +11,7 @@ import argparse
 import json
 import time
 
+from sgl.runtime.bench_utils import append_jsonl
 from sgl.runtime.config import ServerArgs
 
 SCHEMA = {"type": "object", "properties": {
@@ -55,9 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
          "json_time_no_jump_s": t_mask, "json_time_jump_s": t_jf, "jump_forward_speedup": t_mask / t_jf,
          "json_tokens_no_jump": n_mask, "json_tokens_jump": n_jf}
     print(json.dumps(r, indent=1))
-    if args.result_filename:
-        with open(args.result_filename, "a") as f:
-            f.write(json.dumps(r) + "\n")
+    append_jsonl(args.result_filename, r)
     return r
 
 

@@ -12,6 +12,7 @@ import time
 import torch
 import transformers
 
+from sgl.runtime.bench_utils import append_jsonl
 from sgl.runtime.loader import resolve_model_path
 
 
@@ -46,9 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
          "input_len": args.input_len, "output_len": args.output_len, "total_latency": dur,
          "output_throughput": args.batch_size * args.output_len / dur}
     print(json.dumps(r))
-    if args.result_filename:
-        with open(args.result_filename, "a") as f:
-            f.write(json.dumps(r) + "\n")
+    append_jsonl(args.result_filename, r)
     return r
 
 
