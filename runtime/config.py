@@ -10,6 +10,7 @@ from typing import Any, Optional
 SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs", "random")
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TOOL_CALL_PARSERS = ("smollm2", "qwen25", "llama3", "qwen", "hermes")  # see runtime/server/tools
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -50,7 +51,8 @@ class ServerArgs:
     # Structured output
     grammar_backend: str = _f("xgrammar", "Grammar backend.", choices=("xgrammar", "outlines", "none"))
     disable_jump_forward: bool = _f(False, "Sample forced grammar spans token by token.")
-    tool_call_parser: Optional[str] = _f(None, "Tool-call format: qwen25, llama3, or the model's own.")
+    tool_call_parser: Optional[str] = _f(None, "Tool-call format (default: picked from the model).",
+                                         choices=TOOL_CALL_PARSERS)
     # Parallelism
     tp_size: int = _f(1, "Tensor-parallel ranks.")
     dp_size: int = _f(1, "Data-parallel replicas.")
@@ -70,6 +72,8 @@ class ServerArgs:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
+            raise ValueError(f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {self.tool_call_parser!r}")
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError("max_total_tokens must be at least 2")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:

@@ -1,0 +1,36 @@
+"""Server arguments: validation at construction, the CLI generated from the dataclass."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from sgl.runtime.config import TOOL_CALL_PARSERS, ServerArgs
+from sgl.runtime.server.tools.parsers import ALIASES, PARSERS
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"schedule_policy": "lifo"}, "schedule_policy"), ({"load_format": "pt"}, "load_format"),
+    ({"dtype": "int8"}, "dtype"), ({"tool_call_parser": "mistral9"}, "tool_call_parser"),
+    ({"max_total_tokens": 1}, "max_total_tokens"), ({"mem_fraction_static": 1.5}, "mem_fraction_static"),
+    ({"no_such_flag": 1}, "no_such_flag"),
+])
+def test_bad_server_args_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        ServerArgs.from_kwargs(**kwargs)
+
+
+def test_tool_call_parser_choices_match_the_parsers():
+    assert set(TOOL_CALL_PARSERS) == set(PARSERS) | set(ALIASES)
+
+
+def test_cli_round_trip():
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    args = ServerArgs.from_cli_args(parser.parse_args(
+        ["--max-total-tokens", "512", "--disable-radix-cache", "--cuda-graph-bs", "1", "2", "4",
+         "--schedule-policy", "lpm", "--tool-call-parser", "qwen25"]))
+    assert (args.max_total_tokens, args.disable_radix_cache, args.cuda_graph_bs) == (512, True, [1, 2, 4])
+    assert (args.schedule_policy, args.tool_call_parser, args.port) == ("lpm", "qwen25", 30000)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--schedule-policy", "lifo"])
