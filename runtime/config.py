@@ -55,6 +55,7 @@ class ServerArgs:
                                          choices=TOOL_CALL_PARSERS)
     # Parallelism
     tp_size: int = _f(1, "Tensor-parallel ranks.")
+    dist_init_addr: Optional[str] = _f(None, "host:port of rank 0 for torch.distributed (auto: a free local port).")
     dp_size: int = _f(1, "Data-parallel replicas.")
     # Server
     host: str = _f("127.0.0.1", "HTTP host.")

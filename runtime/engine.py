@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import multiprocessing
 import queue
 import threading
 from typing import Any, AsyncIterator, Iterator, Optional, Union
 
 from sgl.runtime.config import ServerArgs
 from sgl.runtime.executor.model_runner import ModelRunner
+from sgl.runtime.executor.tensor_parallel import free_port, run_tp_worker
 from sgl.runtime.loader.tokenizer import get_tokenizer
 from sgl.runtime.scheduler.loop import Call, run_scheduler_loop
 from sgl.runtime.scheduler.scheduler import Scheduler
@@ -27,11 +30,26 @@ class Engine:
         self._init_front()
 
     def _init_model(self) -> None:
+        self._tp_workers = self._start_tp_workers()
         args = self.server_args
         self.runner = ModelRunner(args)
         self.model_path = self.runner.model_path
         self.tokenizer = None if args.skip_tokenizer_init else get_tokenizer(
             self.model_path, args.tokenizer_path, args.trust_remote_code)
+
+    def _start_tp_workers(self) -> list:
+        """Ranks 1..tp_size-1 as spawned processes; this process is rank 0."""
+        args = self.server_args
+        if args.tp_size <= 1:
+            return []
+        if args.dist_init_addr is None:
+            self.server_args = args = dataclasses.replace(args, dist_init_addr=f"127.0.0.1:{free_port()}")
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=run_tp_worker, args=(args, rank), daemon=True)
+                 for rank in range(1, args.tp_size)]
+        for p in procs:
+            p.start()
+        return procs
 
     def _init_scheduler(self) -> None:
         self.scheduler = Scheduler(self.server_args, self.runner, self.tokenizer,
@@ -137,6 +155,11 @@ class Engine:
         self._sched_thread.join(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(timeout=30)
+        self.runner.shutdown()
+        for p in self._tp_workers:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
 
     def __enter__(self) -> "Engine":
         return self

@@ -88,9 +88,10 @@ class ReqToTokenPool:
         if slots.numel():
             self._pending.append((row, start, slots))
 
-    def flush(self) -> None:
+    def flush(self) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Apply the queued writes; returns them (rows, cols, slots) for other TP ranks' tables."""
         if not self._pending:
-            return
+            return None
         lens = np.array([s.numel() for _, _, s in self._pending])
         first = np.cumsum(lens) - lens  # where each write starts in the flat list
         rows = torch.from_numpy(np.repeat(np.array([r for r, _, _ in self._pending]), lens))
@@ -98,5 +99,12 @@ class ReqToTokenPool:
         cols = torch.from_numpy(cols + np.arange(int(lens.sum())))
         vals = torch.cat([s for _, _, s in self._pending]).to(torch.int32)
         self._pending = []
+        self.apply(rows, cols, vals)
+        return rows, cols, vals
+
+    def apply(self, rows: Optional[torch.Tensor] = None, cols: Optional[torch.Tensor] = None,
+              vals: Optional[torch.Tensor] = None) -> None:
+        if rows is None:
+            return
         dev = self.req_to_token.device
         self.req_to_token[rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)] = vals.to(dev, non_blocking=True)

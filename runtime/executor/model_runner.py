@@ -2,14 +2,17 @@
 sampler) and turns a step's inputs into sampled tokens."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 
 from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
+from sgl.runtime.executor.tensor_parallel import agree_min, broadcast_step, init_tensor_parallel
 from sgl.runtime.grammar import bitmask_to_bool
 from sgl.runtime.loader import load_model
 from sgl.runtime.loader.bundled import bundled_model_path
@@ -35,16 +38,25 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class ModelRunner:
-    def __init__(self, server_args: Any) -> None:
+    def __init__(self, server_args: Any, tp_rank: int = 0) -> None:
         self.args = server_args
         self.device = resolve_device(server_args.device)
         self.dtype = resolve_dtype(server_args.dtype, self.device)
-        self.tp_size = server_args.tp_size
-        self._init_model()
-        self._init_memory()
-        self.attn_backend = get_attention_backend(self._attention_backend_name())()
-        self.sampler = Sampler()
-        self._init_cuda_graphs()
+        self.tp_size, self.tp_rank = server_args.tp_size, tp_rank
+        if self.tp_size > 1:
+            init_tensor_parallel(tp_rank, self.tp_size, server_args.dist_init_addr, self.device)
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", torch.cuda.current_device())
+        try:
+            self._init_model()
+            self._init_memory()
+            self.attn_backend = get_attention_backend(self._attention_backend_name())()
+            self.sampler = Sampler()
+            self._init_cuda_graphs()
+        except Exception:
+            if self.tp_size > 1 and dist.is_initialized():
+                dist.destroy_process_group()  # so this process can start another engine
+            raise
         self.last_used_cuda_graph = False
 
     def _init_model(self) -> None:
@@ -52,7 +64,8 @@ class ModelRunner:
         torch.manual_seed(self.args.random_seed)
         self.loaded = load_model(self.model_path, self.args.load_format, dtype=self.dtype,
                                  device=self.device, seed=self.args.random_seed,
-                                 context_length=self.args.context_length)
+                                 context_length=self.args.context_length, tp_rank=self.tp_rank,
+                                 tp_size=self.tp_size)
         self.model = self.loaded.model
         self.vocab_size = self.loaded.vocab_size
         self.context_len = self.loaded.context_len
@@ -61,6 +74,8 @@ class ModelRunner:
         L = self.loaded
         probe = MHATokenToKVPool(1, L.num_kv_heads, L.head_dim, L.num_layers, self.dtype, "meta")
         self.max_total_tokens = self.args.max_total_tokens or self._auto_pool_tokens(probe.bytes_per_token())
+        if self.tp_size > 1:  # every rank must hold the same slots
+            self.max_total_tokens = agree_min(self.max_total_tokens)
         default_running = 256 if self.device.type == "cpu" else 1024
         self.max_running_requests = self.args.max_running_requests or default_running
         max_reqs = min(self.max_running_requests, self.max_total_tokens) + 1
@@ -82,6 +97,12 @@ class ModelRunner:
         frac = self.args.mem_fraction_static or _GPU_MEM_FRACTION
         budget = total * frac - (total - free)  # what is left of our share after the weights
         return max(int(budget // bytes_per_token), 1024)
+
+    def shutdown(self) -> None:
+        """Rank 0: release the other tensor-parallel ranks."""
+        if self.tp_size > 1 and self.tp_rank == 0 and dist.is_initialized():
+            broadcast_step(None)
+            dist.destroy_process_group()
 
     def _attention_backend_name(self) -> str:
         if self.args.attention_backend:
@@ -117,6 +138,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run_batch(self, step: StepInputs) -> RunResult:
+        if self.tp_size > 1:  # the other ranks run the same forward (rank 0 alone samples)
+            broadcast_step((dataclasses.replace(step.batch), step.table_writes))
         logits = self.forward_logits(step.batch)
         result = RunResult(next_token_ids=[])
         if step.sample_reqs:

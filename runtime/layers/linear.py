@@ -31,7 +31,9 @@ def tp_all_gather(x: torch.Tensor, tp_size: int) -> torch.Tensor:
 
 
 def divide(numerator: int, denominator: int) -> int:
-    assert numerator % denominator == 0, f"{numerator} is not divisible by {denominator}"
+    if numerator % denominator:
+        raise ValueError(f"{numerator} is not divisible by {denominator}: choose a tp_size that "
+                         "divides the model's attention heads and intermediate size")
     return numerator // denominator
 
 

@@ -22,6 +22,7 @@ class StepInputs:
     prefill_done: list[Req] = field(default_factory=list)  # max_new_tokens=0 requests now complete
     top_logprobs_num: int = 0
     need_logprobs: bool = False
+    table_writes: Any = (None, None, None)  # this step's request->token writes, for other TP ranks
     vocab_mask: Optional[Any] = None  # packed (num_samples, ceil(vocab/32)) int32 grammar bitmask
 
 
@@ -47,7 +48,7 @@ def build_step(plan: StepPlan, kv: KVManager) -> StepInputs:
                 logit_rows.append(offset + n - 1)
                 step.sample_reqs.append(req)
         offset += n
-    kv.table.flush()
+    step.table_writes = kv.table.flush() or (None, None, None)
     step.batch = ForwardBatch.build(ids, pos, locs, rows_pool, prefix, extend, logit_rows)
     asking = [r for r in step.sample_reqs + step.lp_owners if r.return_logprob]
     step.need_logprobs = bool(asking)

@@ -1,0 +1,60 @@
+"""Tensor parallelism on torch.distributed (gloo on CPU, NCCL on GPU). Rank 0 runs the scheduler;
+every other rank runs `run_tp_worker`, which receives each step's ForwardBatch (and the step's
+request->token table writes) from rank 0 and runs the same forward, so the collectives inside
+the layers meet. Only rank 0 samples: the logits are gathered whole on every rank."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger("sgl.tp")
+_OBJECT_GROUP: Any = None  # a gloo group for Python objects, whatever the tensor backend
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: torch.device) -> None:
+    global _OBJECT_GROUP
+    if device.type == "cuda":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://{dist_init_addr}", rank=rank, world_size=tp_size)
+    _OBJECT_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+
+
+def agree_min(value: int) -> int:
+    """The smallest value over the ranks (e.g. a KV pool size every rank can afford)."""
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_OBJECT_GROUP)
+    return int(t.item())
+
+
+def broadcast_step(msg: Optional[Any]) -> Any:
+    """Rank 0 sends `msg` (None: stop); the others receive it."""
+    box = [msg]
+    dist.broadcast_object_list(box, src=0, group=_OBJECT_GROUP)
+    return box[0]
+
+
+def run_tp_worker(server_args: Any, rank: int) -> None:
+    """Entry point of ranks 1..tp_size-1 (a spawned process)."""
+    from sgl.runtime.executor.model_runner import ModelRunner
+    logging.basicConfig(level=getattr(logging, server_args.log_level.upper(), logging.INFO))
+    runner = ModelRunner(server_args, tp_rank=rank)
+    while True:
+        msg = broadcast_step(None)
+        if msg is None:
+            break
+        batch, table_writes = msg
+        runner.req_to_token_pool.apply(*table_writes)
+        runner.forward_logits(dataclasses.replace(batch))
+    dist.destroy_process_group()

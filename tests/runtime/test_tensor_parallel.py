@@ -1,0 +1,54 @@
+"""Tensor parallelism over gloo on CPU: N ranks (spawned processes, rank 0 schedules) give the
+same greedy tokens as one rank, with query/KV heads split, KV heads replicated when there are
+fewer than ranks, and the vocab-parallel embedding and LM head."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from sgl.runtime.engine import Engine
+from sgl.runtime.loader.bundled import bundled_model_path
+
+PROMPTS = [[5, 17, 99, 3, 42, 8], list(range(10, 40)), [7, 7, 7]]
+GREEDY = {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}
+
+
+def greedy(path: str, prompts: list, **kw) -> list[list[int]]:
+    with Engine(path, skip_tokenizer_init=True, chunked_prefill_size=16, **kw) as e:
+        out = [o["output_ids"] for o in e.generate(input_ids=prompts, sampling_params=GREEDY)]
+        e.call_in_scheduler(lambda s: s.check_pool_invariant())
+        return out
+
+
+def tiny(tmp_path, cls: type, **cfg) -> str:
+    torch.manual_seed(0)
+    config = cls(vocab_size=211, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 max_position_embeddings=512, initializer_range=0.3, **cfg)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("cls,cfg", [
+    (transformers.LlamaConfig, {"num_attention_heads": 8, "num_key_value_heads": 2}),
+    (transformers.LlamaConfig, {"num_attention_heads": 4, "num_key_value_heads": 1}),  # KV replicated
+    (transformers.Qwen3Config, {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                                "tie_word_embeddings": False}),
+], ids=["llama-gqa", "llama-kv-replicated", "qwen3"])
+def test_tp2_matches_tp1_on_tiny_models(tmp_path, cls, cfg):
+    path = tiny(tmp_path, cls, **cfg)
+    assert greedy(path, PROMPTS, tp_size=2) == greedy(path, PROMPTS)
+
+
+def test_tp3_matches_tp1_on_the_bundled_model():
+    # SmolLM2-135M has 9 query and 3 KV heads: 3 ranks is its tensor-parallel degree (2 does not divide 9).
+    prompts = [[504, 3575, 282, 4649, 314], [1604, 3987, 46477, 24, 94, 727]]
+    path = bundled_model_path()
+    assert greedy(path, prompts, tp_size=3) == greedy(path, prompts)
+
+
+def test_tp_size_that_does_not_divide_the_heads_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="9 is not divisible by 2"):
+        Engine(bundled_model_path(), skip_tokenizer_init=True, tp_size=2)
+    path = tiny(tmp_path, transformers.LlamaConfig, num_attention_heads=4, num_key_value_heads=2)
+    assert greedy(path, PROMPTS[:1], tp_size=2) == greedy(path, PROMPTS[:1])  # the process recovered
