@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
+import threading
+import time
 from typing import Any, Optional
 
 import torch
@@ -49,6 +52,7 @@ def run_tp_worker(server_args: Any, rank: int) -> None:
     """Entry point of ranks 1..tp_size-1 (a spawned process)."""
     from sgl.runtime.executor.model_runner import ModelRunner
     logging.basicConfig(level=getattr(logging, server_args.log_level.upper(), logging.INFO))
+    _exit_with_parent()
     runner = ModelRunner(server_args, tp_rank=rank)
     while True:
         msg = broadcast_step(None)
@@ -58,3 +62,16 @@ def run_tp_worker(server_args: Any, rank: int) -> None:
         runner.req_to_token_pool.apply(*table_writes)
         runner.forward_logits(dataclasses.replace(batch))
     dist.destroy_process_group()
+
+
+def _exit_with_parent() -> None:
+    """A rank whose parent is gone would wait for rank 0 forever: leave instead."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="sgl-tp-parent-watch", daemon=True).start()

@@ -119,6 +119,7 @@ def run_scheduler_process(args: ServerArgs, endpoints: Endpoints, parent_pid: in
         out.send_pyobj(OutputBatch(outputs, inbox.take_params()))
 
     run_scheduler_loop(sched, inbox, emit, stop)
+    sched.runner.shutdown()  # releases the other tensor-parallel ranks
     ctx.destroy(linger=0)
 
 
