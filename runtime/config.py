@@ -56,6 +56,8 @@ class ServerArgs:
     # Parallelism
     tp_size: int = _f(1, "Tensor-parallel ranks.")
     dist_init_addr: Optional[str] = _f(None, "host:port of rank 0 for torch.distributed (auto: a free local port).")
+    nnodes: int = _f(1, "Nodes the tensor-parallel ranks are spread over.")
+    node_rank: int = _f(0, "This node's index; node 0 runs the scheduler and the HTTP server.")
     dp_size: int = _f(1, "Data-parallel replicas.")
     # Server
     host: str = _f("127.0.0.1", "HTTP host.")
@@ -75,6 +77,11 @@ class ServerArgs:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise ValueError(f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {self.tool_call_parser!r}")
+        if self.nnodes < 1 or self.tp_size % self.nnodes or not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"nnodes ({self.nnodes}) must divide tp_size ({self.tp_size}) and "
+                             f"node_rank ({self.node_rank}) must be in [0, nnodes)")
+        if self.nnodes > 1 and not self.dist_init_addr:
+            raise ValueError("dist_init_addr (host:port of node 0) is required when nnodes > 1")
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError("max_total_tokens must be at least 2")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:

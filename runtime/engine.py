@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import multiprocessing
 import queue
@@ -12,7 +11,7 @@ from typing import Any, AsyncIterator, Iterator, Optional, Union
 
 from sgl.runtime.config import ServerArgs
 from sgl.runtime.executor.model_runner import ModelRunner
-from sgl.runtime.executor.tensor_parallel import free_port, run_tp_worker
+from sgl.runtime.executor.tensor_parallel import start_tp_workers
 from sgl.runtime.loader.tokenizer import get_tokenizer
 from sgl.runtime.scheduler.loop import Call, run_scheduler_loop
 from sgl.runtime.scheduler.scheduler import Scheduler
@@ -38,18 +37,9 @@ class Engine:
             self.model_path, args.tokenizer_path, args.trust_remote_code)
 
     def _start_tp_workers(self) -> list:
-        """Ranks 1..tp_size-1 as spawned processes; this process is rank 0."""
-        args = self.server_args
-        if args.tp_size <= 1:
-            return []
-        if args.dist_init_addr is None:
-            self.server_args = args = dataclasses.replace(args, dist_init_addr=f"127.0.0.1:{free_port()}")
-        ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=run_tp_worker, args=(args, rank), daemon=True)
-                 for rank in range(1, args.tp_size)]
-        for p in procs:
-            p.start()
-        return procs
+        """This node's follower ranks as spawned processes; this process is rank 0."""
+        self.server_args, procs = start_tp_workers(self.server_args, multiprocessing.get_context("spawn"))
+        return list(procs.values())
 
     def _init_scheduler(self) -> None:
         self.scheduler = Scheduler(self.server_args, self.runner, self.tokenizer,

@@ -48,6 +48,27 @@ def broadcast_step(msg: Optional[Any]) -> Any:
     return box[0]
 
 
+def local_ranks(args: Any) -> list[int]:
+    """The ranks this node runs: tp_size / nnodes consecutive ones."""
+    per_node = args.tp_size // args.nnodes
+    return list(range(args.node_rank * per_node, (args.node_rank + 1) * per_node))
+
+
+def start_tp_workers(args: Any, ctx: Any) -> tuple[Any, dict[str, Any]]:
+    """Spawn this node's follower ranks (all but rank 0). Returns the arguments every rank
+    uses (with a rendezvous address filled in) and the processes by name."""
+    if args.tp_size <= 1:
+        return args, {}
+    if args.dist_init_addr is None:
+        args = dataclasses.replace(args, dist_init_addr=f"127.0.0.1:{free_port()}")
+    procs = {}
+    for rank in [r for r in local_ranks(args) if r != 0]:
+        procs[f"tp{rank}"] = ctx.Process(target=run_tp_worker, args=(args, rank), name=f"sgl-tp{rank}",
+                                         daemon=True)
+        procs[f"tp{rank}"].start()
+    return args, procs
+
+
 def run_tp_worker(server_args: Any, rank: int) -> None:
     """Entry point of ranks 1..tp_size-1 (a spawned process)."""
     from sgl.runtime.executor.model_runner import ModelRunner

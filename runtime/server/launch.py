@@ -22,11 +22,27 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      "(SGLang native and OpenAI-compatible routes).")
     ServerArgs.add_cli_args(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    server_args = ServerArgs.from_cli_args(args)
     try:
-        launch_server(ServerArgs.from_cli_args(args))
+        if server_args.node_rank > 0:
+            serve_follower_node(server_args)
+        else:
+            launch_server(server_args)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def serve_follower_node(args: ServerArgs) -> None:
+    """A node other than 0: only its tensor-parallel ranks, following node 0's scheduler."""
+    import multiprocessing
+    from sgl.runtime.executor.tensor_parallel import start_tp_workers
+    configure_logging(args.log_level)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _, procs = start_tp_workers(args, multiprocessing.get_context("spawn"))
+    logger.info("node %d: ranks %s following %s", args.node_rank, sorted(procs), args.dist_init_addr)
+    for proc in procs.values():
+        proc.join()
 
 
 def launch_server(args: ServerArgs) -> None:

@@ -4,14 +4,13 @@ Start-up overlaps the slow parts: both children are spawned first; the scheduler
 while this process loads the tokenizer once and hands it to both over their pipes."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing as mp
 import os
 from typing import Any, Callable, Optional
 
 from sgl.runtime.config import ServerArgs
-from sgl.runtime.executor.tensor_parallel import free_port, run_tp_worker
+from sgl.runtime.executor.tensor_parallel import start_tp_workers
 from sgl.runtime.server.detokenizer_process import run_detokenizer_process
 from sgl.runtime.server.ipc import Endpoints
 from sgl.runtime.server.scheduler_process import run_scheduler_process
@@ -34,14 +33,8 @@ class ServerProcesses:
         """Spawn both children, hand them the tokenizer, wait until both are ready. Returns the
         scheduler's model info and the tokenizer."""
         pid = os.getpid()
-        if self.args.tp_size > 1:  # ranks 1.. follow the scheduler's rank 0 step by step
-            if self.args.dist_init_addr is None:
-                self.args = dataclasses.replace(self.args, dist_init_addr=f"127.0.0.1:{free_port()}")
-            for rank in range(1, self.args.tp_size):
-                proc = self.ctx.Process(target=run_tp_worker, args=(self.args, rank), name=f"sgl-tp{rank}",
-                                        daemon=True)
-                proc.start()
-                self.procs[f"tp{rank}"] = proc
+        self.args, tp_workers = start_tp_workers(self.args, self.ctx)  # follow rank 0 step by step
+        self.procs.update(tp_workers)
         self._spawn("scheduler", run_scheduler_process, (self.args, self.endpoints, pid))
         self._spawn("detokenizer", run_detokenizer_process,
                     (self.args.log_level, self.endpoints, pid))
