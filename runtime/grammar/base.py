@@ -60,14 +60,19 @@ class Grammar(ABC):
         """The continuation the grammar forces from the current state, or None when nothing
         (or too little to be worth an extend step) is forced. Does not change the state."""
 
-    @abstractmethod
+    # Subclasses keep their compiled grammar and backend here, and count accepted tokens.
+    _compiled: Any
+    _backend: Any
+    _num_accepted: int = 0
+
     def copy(self) -> Grammar:
         """A fresh matcher (initial state) over the same compiled grammar."""
+        return type(self)(self._compiled, self._backend)
 
     @property
-    @abstractmethod
     def num_accepted(self) -> int:
         """Tokens accepted so far (and not rolled back), the stop token included."""
+        return self._num_accepted
 
     def jump_forward_string(self) -> str | None:
         """Alias of `jump_forward_str` (the name used in DESIGN.md)."""

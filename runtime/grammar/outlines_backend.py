@@ -103,12 +103,6 @@ class OutlinesGrammar(Grammar):
             self._compiled.jump_cache[state] = s
         return s if len(s) >= self._backend.jump_forward_min_chars else None
 
-    def copy(self) -> OutlinesGrammar:
-        return OutlinesGrammar(self._compiled, self._backend)
-
-    @property
-    def num_accepted(self) -> int:
-        return self._num_accepted
 
 
 @register_grammar_backend("outlines")

@@ -60,12 +60,6 @@ class XGrammarGrammar(Grammar):
         s = self._matcher.find_jump_forward_string()
         return s if len(s) >= self._backend.jump_forward_min_chars else None
 
-    def copy(self) -> XGrammarGrammar:
-        return XGrammarGrammar(self._compiled, self._backend)
-
-    @property
-    def num_accepted(self) -> int:
-        return self._num_accepted
 
 
 @register_grammar_backend("xgrammar")
