@@ -13,6 +13,7 @@ from sgl.runtime.config import ServerArgs
 from sgl.runtime.executor.model_runner import ModelRunner
 from sgl.runtime.executor.tensor_parallel import start_tp_workers
 from sgl.runtime.loader.tokenizer import get_tokenizer
+from sgl.runtime.request import ParsedRequest
 from sgl.runtime.scheduler.loop import Call, run_scheduler_loop
 from sgl.runtime.scheduler.scheduler import Scheduler
 from sgl.runtime.tokenizer_manager import TokenizerManager
@@ -71,10 +72,10 @@ class Engine:
                  rid: Union[str, list, None] = None) -> Union[dict, list, Iterator[dict]]:
         obj = _request(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
                        top_logprobs_num, return_text_in_logprobs, stream, rid)
-        self.tm.parse(obj)  # raise ValueError here, in the caller's thread
+        parsed = self.tm.parse(obj)  # raise ValueError here, in the caller's thread
         if stream:
-            return self._stream_sync(obj)
-        fut = asyncio.run_coroutine_threadsafe(_collect(self.tm, obj), self._loop)
+            return self._stream_sync(obj, parsed)
+        fut = asyncio.run_coroutine_threadsafe(_collect(self.tm, obj, parsed), self._loop)
         return fut.result()
 
     async def async_generate(self, prompt: Prompt = None, sampling_params: Union[dict, list, None] = None,
@@ -85,13 +86,14 @@ class Engine:
                              rid: Union[str, list, None] = None) -> Union[dict, list, AsyncIterator[dict]]:
         obj = _request(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
                        top_logprobs_num, return_text_in_logprobs, stream, rid)
-        self.tm.parse(obj)
+        parsed = self.tm.parse(obj)
         if stream:
-            return self._stream_async(obj)
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_collect(self.tm, obj), self._loop))
+            return self._stream_async(obj, parsed)
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(_collect(self.tm, obj, parsed), self._loop))
 
-    def _stream_sync(self, obj: dict) -> Iterator[dict]:
-        agen = self.tm.generate(obj)
+    def _stream_sync(self, obj: dict, parsed: ParsedRequest) -> Iterator[dict]:
+        agen = self.tm.generate(obj, parsed)
         deltas = _Deltas()
         try:
             while True:
@@ -103,8 +105,8 @@ class Engine:
         finally:
             asyncio.run_coroutine_threadsafe(agen.aclose(), self._loop).result()
 
-    async def _stream_async(self, obj: dict) -> AsyncIterator[dict]:
-        agen = self.tm.generate(obj)
+    async def _stream_async(self, obj: dict, parsed: ParsedRequest) -> AsyncIterator[dict]:
+        agen = self.tm.generate(obj, parsed)
         deltas = _Deltas()
         try:
             while True:
@@ -185,9 +187,9 @@ class _Deltas:
             yield chunk
 
 
-async def _collect(tm: TokenizerManager, obj: dict) -> Union[dict, list]:
+async def _collect(tm: TokenizerManager, obj: dict, parsed: ParsedRequest) -> Union[dict, list]:
     last = None
-    async for results in tm.generate(obj):
+    async for results in tm.generate(obj, parsed):
         last = results
     parsed_batch = isinstance(obj.get("text"), list) or _is_batch_ids(obj.get("input_ids")) or len(last) > 1
     return last if parsed_batch else last[0]

@@ -21,12 +21,12 @@ from sgl.runtime.router.policies import make_policy
 from sgl.runtime.router.proxy import Proxy, error_response, request_headers
 from sgl.runtime.router.request_text import request_text
 from sgl.runtime.router.worker import Worker, WorkerPool
+from sgl.runtime.server.streaming import ClientGone, unless_disconnected
 
 logger = logging.getLogger("sgl.router")
 
 GENERATE_ROUTES = ("/generate", "/v1/completions", "/v1/chat/completions")
 INFO_ROUTES = ("/v1/models", "/get_model_info", "/health_generate")
-_DISCONNECT_POLL_S = 0.25
 
 
 class Router:
@@ -188,15 +188,10 @@ def _add_router_routes(app: FastAPI, router: Router) -> None:
 async def _unless_disconnected(request: Request, forward: Any) -> Response:
     """Await `forward`, but cancel it when the client goes away: closing the connection to the
     worker makes the worker abort the request and free its KV."""
-    task = asyncio.ensure_future(forward)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            return Response(status_code=499)
+    try:
+        return await unless_disconnected(request, forward)
+    except ClientGone:
+        return Response(status_code=499)
 
 
 def _json_or_none(body: bytes) -> Any:

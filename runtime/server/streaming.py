@@ -28,13 +28,19 @@ async def collect(request: Request, front: Any, obj: dict[str, Any], parsed: Any
             last = results
         return last
 
-    task = asyncio.ensure_future(run())
+    return await unless_disconnected(request, run())
+
+
+async def unless_disconnected(request: Request, work: Any) -> Any:
+    """Await `work`, cancelling it (and raising ClientGone) as soon as the client goes away."""
+    task = asyncio.ensure_future(work)
     while True:
         done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
         if done:
             return task.result()
         if await request.is_disconnected():
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
             raise ClientGone()
 
 
