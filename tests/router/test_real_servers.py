@@ -7,7 +7,6 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -47,31 +46,30 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
 
 def _workload() -> list[list[str]]:
     """8 long system prompts (~70 tokens, different from their first word) x 3 questions, in
-    two waves of concurrent requests in random order: first one question per system prompt,
-    then all the others. (Requests prefilled in the same batch cannot reuse each other's
-    prefix, so one all-at-once wave would measure batching, not routing.)"""
-    waves: list[list[str]] = [[], []]
+    three waves with one question per system prompt each, every wave in its own random order.
+    Requests go one at a time, so round_robin's choice depends only on the order and neither
+    policy gains hits from two requests of one prefix meeting in a batch."""
+    waves: list[list[str]] = [[] for _ in range(NUM_QUESTIONS)]
     for k in range(NUM_SYSTEM_PROMPTS):
         rng = random.Random(k)
         system = f"{_WORDS[k].title()} protocol {k}. " + " ".join(
             rng.choice(_WORDS) for _ in range(60)) + "\n"
         for q in range(NUM_QUESTIONS):
-            waves[min(q, 1)].append(system + f"Question {q}: what is {q} plus {k}?")
-    for wave in waves:
-        random.Random(1234).shuffle(wave)
+            waves[q].append(system + f"Question {q}: what is {q} plus {k}?")
+    for i, wave in enumerate(waves):
+        random.Random(1234 + i).shuffle(wave)
     return waves
 
 
 def _run(router: RouterThread, prompts: list[str]) -> list[tuple[str, int, int]]:
-    """Send all prompts at once; (worker, prompt_tokens, cached_tokens) of each answer."""
+    """Send the prompts one after another; (worker, prompt_tokens, cached_tokens) of each."""
     def one(prompt: str) -> tuple[str, int, int]:
         res = requests.post(router.url + "/generate", timeout=300, json={
             "text": prompt, "sampling_params": {"max_new_tokens": 1, "temperature": 0}})
         assert res.status_code == 200, res.text
         meta = res.json()["meta_info"]
         return res.headers["x-sgl-worker"], meta["prompt_tokens"], meta["cached_tokens"]
-    with ThreadPoolExecutor(len(prompts)) as pool:
-        return list(pool.map(one, prompts))
+    return [one(prompt) for prompt in prompts]
 
 
 def _hit_rates(results: list[tuple[str, int, int]]) -> dict[str, float]:
@@ -99,7 +97,7 @@ def test_cache_aware_beats_round_robin_on_shared_prefixes(servers: list[Any]) ->
         print(f"\n{policy}: {elapsed:.1f} s, requests per worker {counts[policy]}, "
               f"hit rates " + ", ".join(f"{k}={v:.3f}" for k, v in rates[policy].items()))
     rr, ca = rates["round_robin"]["overall"], rates["cache_aware"]["overall"]
-    # expected ~0.58 vs ~0.35: cache_aware hits on every second-wave request, round_robin on
-    # about half of them (one miss per prefix on the worker that lacks it)
-    assert ca > 0.5 and ca > rr + 0.15, (rr, ca)
+    # cache_aware hits on every request after the first wave (~0.57); round_robin only where the
+    # order sends a prefix back to a worker that has seen it (~0.36 expected over orders)
+    assert ca > 0.5 and ca > rr + 0.12, (rr, ca)
     assert min(counts["cache_aware"].values()) >= NUM_QUESTIONS  # both workers were used
