@@ -10,6 +10,7 @@ from typing import Any, Optional
 SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs", "random")
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+SPECULATIVE_ALGORITHMS = ("NGRAM", "EAGLE", "EAGLE3", "STANDALONE")
 TOOL_CALL_PARSERS = ("smollm2", "qwen25", "llama3", "qwen", "hermes")  # see runtime/server/tools
 
 
@@ -53,6 +54,16 @@ class ServerArgs:
     disable_jump_forward: bool = _f(False, "Sample forced grammar spans token by token.")
     tool_call_parser: Optional[str] = _f(None, "Tool-call format (default: picked from the model).",
                                          choices=TOOL_CALL_PARSERS)
+    # Speculative decoding
+    speculative_algorithm: Optional[str] = _f(None, "Draft tokens and verify them in one target forward.",
+                                              choices=SPECULATIVE_ALGORITHMS)
+    speculative_draft_model_path: Optional[str] = _f(None, "Draft model (EAGLE/EAGLE3 head or STANDALONE model).")
+    speculative_num_steps: Optional[int] = _f(None, "Draft depth: draft forward steps per verify (default 3).")
+    speculative_eagle_topk: Optional[int] = _f(None, "Branching: candidates kept per draft step (default 1).")
+    speculative_num_draft_tokens: Optional[int] = _f(None, "Tokens verified per request, the last accepted one included (default num_steps + 1; NGRAM 8).")
+    speculative_ngram_min_match_window_size: int = _f(1, "NGRAM: shortest suffix looked up.")
+    speculative_ngram_max_match_window_size: int = _f(12, "NGRAM: longest suffix looked up.")
+    speculative_ngram_max_bfs_breadth: int = _f(8, "NGRAM: most earlier matches merged into the draft tree.")
     # Parallelism
     tp_size: int = _f(1, "Tensor-parallel ranks.")
     dist_init_addr: Optional[str] = _f(None, "host:port of rank 0 for torch.distributed (auto: a free local port).")
@@ -82,10 +93,44 @@ class ServerArgs:
                              f"node_rank ({self.node_rank}) must be in [0, nnodes)")
         if self.nnodes > 1 and not self.dist_init_addr:
             raise ValueError("dist_init_addr (host:port of node 0) is required when nnodes > 1")
+        self._check_speculative()
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError("max_total_tokens must be at least 2")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
             raise ValueError("mem_fraction_static must be in (0, 1)")
+
+    def _check_speculative(self) -> None:
+        algo = self.speculative_algorithm
+        if algo is None:
+            return
+        if algo not in SPECULATIVE_ALGORITHMS:
+            raise ValueError(f"speculative_algorithm must be one of {SPECULATIVE_ALGORITHMS}, got {algo!r}")
+        if algo in ("EAGLE", "EAGLE3", "STANDALONE") and not self.speculative_draft_model_path:
+            raise ValueError(f"speculative_draft_model_path is required for speculative_algorithm={algo}")
+        for name in ("speculative_num_steps", "speculative_eagle_topk", "speculative_num_draft_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if algo != "NGRAM":
+            steps, topk, tokens = self.speculative_settings()
+            most = 1 + topk + (steps - 1) * topk * topk  # the root plus every candidate drafted
+            if tokens > most:
+                raise ValueError(f"speculative_num_draft_tokens ({tokens}) exceeds what {steps} steps "
+                                 f"of topk {topk} can draft ({most})")
+        if self.tp_size > 1:
+            raise ValueError("speculative decoding runs with tp_size 1 (each data-parallel replica may speculate)")
+
+    def speculative_settings(self) -> tuple[int, int, int]:
+        """(num_steps, topk, num_draft_tokens) with SGLang's defaults filled in."""
+        steps = self.speculative_num_steps or 3
+        topk = self.speculative_eagle_topk or 1
+        if self.speculative_num_draft_tokens is not None:
+            tokens = self.speculative_num_draft_tokens
+        elif self.speculative_algorithm == "NGRAM":
+            tokens = 8
+        else:
+            tokens = steps + 1 if topk == 1 else min(2 * steps * topk, 1 + topk + (steps - 1) * topk * topk)
+        return steps, topk, tokens
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "ServerArgs":
