@@ -34,6 +34,14 @@ class ForwardBatch:
     req_to_token: Optional[torch.Tensor] = None  # (max_reqs, max_context_len) int32
     kv_pool: Any = None                          # MHATokenToKVPool
     attn_backend: Any = None                     # AttentionBackend
+    # Speculative decoding. A tree mask replaces causal order among the new tokens (layout as in
+    # kernels/attention/torch_ref.py: per request an (extend_len x seq_len) row-major bool block,
+    # blocks concatenated; mask_indptr (bs + 1,) their offsets). None: causal.
+    custom_mask: Optional[torch.Tensor] = None
+    mask_indptr: Optional[torch.Tensor] = None
+    # Set by a model whose `layers_to_capture` is non-empty (EAGLE-3 targets): (num_tokens,
+    # len(layers_to_capture) * hidden) hidden states entering those layers, concatenated.
+    aux_hidden_states: Optional[torch.Tensor] = None
 
     @property
     def num_tokens(self) -> int:
