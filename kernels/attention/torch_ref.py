@@ -1,9 +1,10 @@
 """Paged attention references: read K/V of every request from the token pool through the
-request -> token table, attend causally in float32. The CPU path, and the oracle that the
-Triton extend/decode kernels are tested against."""
+request -> token table, attend causally (or under a custom tree mask) in float32. The CPU path,
+and the oracle that the Triton extend/decode kernels are tested against."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate, pairwise
 
 import torch
 import torch.nn.functional as F
@@ -13,15 +14,23 @@ Lengths = torch.Tensor | Sequence[int]
 
 def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                          req_to_token: torch.Tensor, req_pool_indices: Lengths,
-                         prefix_lens: Lengths, extend_lens: Lengths,
-                         scaling: float) -> torch.Tensor:
-    """Causal attention of a ragged batch of new tokens over their requests' whole sequences.
+                         prefix_lens: Lengths, extend_lens: Lengths, scaling: float, *,
+                         custom_mask: torch.Tensor | None = None,
+                         mask_indptr: Lengths | None = None) -> torch.Tensor:
+    """Causal (or custom-masked) attention of a ragged batch of new tokens over their requests'
+    whole sequences.
 
     q: (num_tokens, Hq, D), the new tokens of all requests concatenated.
     k_buffer: (num_slots, Hkv, D), v_buffer: (num_slots, Hkv, Dv); Hq = G * Hkv (GQA).
     The K/V of request i (prefix and new tokens, already written) sit at slots
     req_to_token[req_pool_indices[i], :prefix_lens[i] + extend_lens[i]]. New token j of request i
     is at position prefix_lens[i] + j and sees keys 0..prefix_lens[i] + j.
+    custom_mask: optional 1-D bool tensor replacing the causal mask (speculative tree
+    verification). Request i owns the block custom_mask[mask_indptr[i]:mask_indptr[i + 1]] of
+    extend_lens[i] * seq_len entries, seq_len = prefix_lens[i] + extend_lens[i], row-major:
+    row j = new token j, column c = key position c; True = may attend. mask_indptr: (bs + 1,)
+    block offsets; when None the blocks are taken as packed back to back (cumsum of the sizes).
+    A row that sees no key gives zeros (SDPA's safe softmax).
     Returns (num_tokens, Hq, Dv) in q's dtype.
     """
     rows, prefixes, extends = _as_list(req_pool_indices), _as_list(prefix_lens), _as_list(extend_lens)
@@ -29,13 +38,14 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
     assert sum(extends) == q.shape[0], f"sum(extend_lens)={sum(extends)} != num_tokens={q.shape[0]}"
     assert q.shape[1] % k_buffer.shape[1] == 0, "num q heads must be a multiple of num kv heads"
     out = q.new_empty((q.shape[0], q.shape[1], v_buffer.shape[-1]))
+    masks = _mask_blocks(custom_mask, mask_indptr, prefixes, extends)
     start = 0
-    for row, prefix_len, extend_len in zip(rows, prefixes, extends):
+    for row, prefix_len, extend_len, mask in zip(rows, prefixes, extends, masks):
         seq_len = prefix_len + extend_len
         slots = req_to_token[row, :seq_len].long()
         q_req = q[start:start + extend_len]  # (extend_len, Hq, D)
         out[start:start + extend_len] = _attend(q_req, k_buffer[slots], v_buffer[slots],
-                                                prefix_len, scaling).to(q.dtype)
+                                                prefix_len, scaling, mask).to(q.dtype)
         start += extend_len
     return out
 
@@ -50,13 +60,31 @@ def decode_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
                                 [s - 1 for s in seqs], [1] * len(seqs), scaling)
 
 
+def _mask_blocks(custom_mask: torch.Tensor | None, mask_indptr: Lengths | None,
+                 prefixes: list[int], extends: list[int]) -> list[torch.Tensor | None]:
+    """Each request's (extend_len, seq_len) block of custom_mask; all None without one."""
+    if custom_mask is None:
+        return [None] * len(extends)
+    assert custom_mask.dim() == 1 and custom_mask.dtype == torch.bool, "custom_mask: 1-D bool"
+    sizes = [e * (p + e) for p, e in zip(prefixes, extends)]
+    indptr = [0, *accumulate(sizes)] if mask_indptr is None else _as_list(mask_indptr)
+    assert len(indptr) == len(sizes) + 1, "mask_indptr must be (bs + 1,)"
+    assert [b - a for a, b in pairwise(indptr)] == sizes, \
+        f"mask_indptr {indptr} does not hold blocks of extend_len * seq_len = {sizes}"
+    assert indptr[-1] <= custom_mask.numel(), "custom_mask is shorter than its blocks"
+    return [custom_mask[start:start + size].view(e, p + e)
+            for start, size, p, e in zip(indptr, sizes, prefixes, extends)]
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int,
-            scaling: float) -> torch.Tensor:
+            scaling: float, mask: torch.Tensor | None = None) -> torch.Tensor:
     # q: (E, Hq, D)  k: (S, Hkv, D)  v: (S, Hkv, Dv)  with S = prefix_len + E
-    extend_len, seq_len = q.shape[0], k.shape[0]
-    query_pos = torch.arange(extend_len, device=q.device).unsqueeze(1) + prefix_len  # (E, 1)
-    key_pos = torch.arange(seq_len, device=q.device).unsqueeze(0)  # (1, S)
-    mask = key_pos <= query_pos  # (E, S): True = may attend
+    # mask: (E, S) bool, True = may attend; None = causal
+    if mask is None:
+        extend_len, seq_len = q.shape[0], k.shape[0]
+        query_pos = torch.arange(extend_len, device=q.device).unsqueeze(1) + prefix_len  # (E, 1)
+        key_pos = torch.arange(seq_len, device=q.device).unsqueeze(0)  # (1, S)
+        mask = key_pos <= query_pos
     out = F.scaled_dot_product_attention(
         q.float().transpose(0, 1), k.float().transpose(0, 1), v.float().transpose(0, 1),
         attn_mask=mask, scale=scaling, enable_gqa=True)  # (Hq, E, Dv)

@@ -1,10 +1,15 @@
 """Prefill / extend attention over the paged KV pool: a ragged batch of new tokens, each request
-with its own cached prefix, causal, GQA.
+with its own cached prefix, causal (or under a custom mask), GQA.
 
 One kernel reads both parts through req_to_token (the new tokens' K/V are already stored in the
 pool): grid (query blocks, bs, Hq); a program holds BLOCK_M new tokens of one request and one
 query head, sweeps the keys before its first token without a mask, then the diagonal keys with a
 causal mask, and stops there (later keys are invisible). Online softmax in float32 (base 2).
+
+With a custom mask (speculative tree verification; USE_CUSTOM_MASK, a separate compilation) both
+sweeps read the request's (extend_len, seq_len) block of the mask instead, and the second one
+runs to the end of the sequence so that any mask is honoured (verification extends fit in one
+query block, so that costs nothing there).
 
 FLOPs (the floor, matrix units): 4 * Hq * D * sum over new tokens of the keys each one sees
 (prefix_len + j + 1 for new token j), with D = Dv.
@@ -24,23 +29,31 @@ CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None
 
 
 @triton.jit
-def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, n0, key_mask_end, q_pos,
-                 stride_kt, stride_vt, scale_log2, offs_d, offs_dv, mask_d, mask_dv,
-                 CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows, mask_m, n0, key_mask_end,
+                 q_pos, stride_kt, stride_vt, scale_log2, offs_d, offs_dv, mask_d, mask_dv,
+                 CAUSAL: tl.constexpr, USE_CUSTOM_MASK: tl.constexpr, BLOCK_N: tl.constexpr):
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_n = offs_n < key_mask_end
     slots = tl.load(slot_row + offs_n, mask=mask_n, other=0).to(tl.int64)
     k = tl.load(k_head + slots[None, :] * stride_kt + offs_d[:, None],
                 mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # (BLOCK_D, BLOCK_N)
     s = tl.dot(q, k) * scale_log2  # (BLOCK_M, BLOCK_N) float32, log2 domain
-    if CAUSAL:
+    if USE_CUSTOM_MASK:  # mask_rows: (BLOCK_M,) pointers to each query's row of the mask
+        tile_mask = mask_m[:, None] & mask_n[None, :]
+        visible = tl.load(mask_rows[:, None] + offs_n[None, :], mask=tile_mask, other=0) != 0
+    elif CAUSAL:
         visible = mask_n[None, :] & (offs_n[None, :] <= q_pos[:, None])
     else:
         visible = mask_n[None, :]
     s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    p = tl.exp2(s - m_new[:, None])
-    alpha = tl.exp2(m_i - m_new)
+    if USE_CUSTOM_MASK:
+        # A row may have seen no key yet (m_new = -inf): subtract 0 there, not -inf (NaN).
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_shift = m_new  # causal: the first tile a row meets holds a key it sees
+    p = tl.exp2(s - m_shift[:, None])
+    alpha = tl.exp2(m_i - m_shift)
     v = tl.load(v_head + slots[:, None] * stride_vt + offs_dv[None, :],
                 mask=mask_n[:, None] & mask_dv[None, :], other=0.0)  # (BLOCK_N, BLOCK_DV)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
@@ -49,11 +62,11 @@ def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, n0, key_mask_end, q
 
 @triton.jit
 def _extend_kernel(
-        Q, KBuf, VBuf, Out, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, QStart,
-        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-        stride_r2t, scale_log2, HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr,
+        Q, KBuf, VBuf, Out, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, QStart, CustomMask,
+        MaskIndptr, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot,
+        stride_oh, stride_r2t, scale_log2, HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr,
         GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, USE_CUSTOM_MASK: tl.constexpr):
     m_block = tl.program_id(0)
     bid = tl.program_id(1)
     head = tl.program_id(2)
@@ -81,19 +94,29 @@ def _extend_kernel(
         k_head = KBuf + kv_head * stride_kh
         v_head = VBuf + kv_head * stride_vh
         slot_row = ReqToToken + row * stride_r2t
-        # Keys before this block's first query: every query sees all of them.
+        if USE_CUSTOM_MASK:  # row j of the request's block starts at mask_start + j * seq_len
+            mask_start = tl.load(MaskIndptr + bid).to(tl.int64)
+            mask_rows = CustomMask + mask_start + offs_m.to(tl.int64) * (prefix_len + extend_len)
+            causal_end = prefix_len + extend_len
+        else:
+            mask_rows = CustomMask  # unused
+            causal_end = prefix_len + tl.minimum(m_start + BLOCK_M, extend_len)
+        # Keys before this block's first query: every query sees all of them (unless masked).
         full_end = prefix_len + m_start
         for n0 in range(0, full_end, BLOCK_N):
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, n0,
-                                         full_end, q_pos, stride_kt, stride_vt, scale_log2,
-                                         offs_d, offs_dv, mask_d, mask_dv, False, BLOCK_N)
-        # The diagonal: this block's own tokens, causal.
-        causal_end = prefix_len + tl.minimum(m_start + BLOCK_M, extend_len)
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows,
+                                         mask_m, n0, full_end, q_pos, stride_kt, stride_vt,
+                                         scale_log2, offs_d, offs_dv, mask_d, mask_dv, False,
+                                         USE_CUSTOM_MASK, BLOCK_N)
+        # The diagonal: this block's own tokens, causal (the mask: the rest of the sequence).
         for n0 in range(full_end, causal_end, BLOCK_N):
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, n0,
-                                         causal_end, q_pos, stride_kt, stride_vt, scale_log2,
-                                         offs_d, offs_dv, mask_d, mask_dv, True, BLOCK_N)
-        out = acc / l_i[:, None]  # every query sees at least itself: l_i > 0
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows,
+                                         mask_m, n0, causal_end, q_pos, stride_kt, stride_vt,
+                                         scale_log2, offs_d, offs_dv, mask_d, mask_dv, True,
+                                         USE_CUSTOM_MASK, BLOCK_N)
+        if USE_CUSTOM_MASK:  # a row that sees no key: acc = 0, l_i = 0; give zeros, not NaN
+            l_i = tl.where(l_i > 0, l_i, 1.0)
+        out = acc / l_i[:, None]  # causal: every query sees at least itself, l_i > 0
         tl.store(Out + q_tok[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
                  out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :])
 
@@ -134,22 +157,51 @@ def _check(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
             raise ValueError(f"{name}: last dim must be contiguous, strides {t.stride()}")
 
 
+def _mask_indptr(custom_mask: torch.Tensor, mask_indptr: torch.Tensor | None,
+                 prefix_lens: torch.Tensor, extend_lens: torch.Tensor) -> torch.Tensor:
+    """Check the custom mask's layout; mask_indptr (bs + 1,), made on the device when None."""
+    require_cuda(custom_mask=custom_mask, extend_lens=extend_lens,
+                 **({"mask_indptr": mask_indptr} if mask_indptr is not None else {}))
+    if custom_mask.dim() != 1 or custom_mask.dtype != torch.bool or custom_mask.stride(0) != 1:
+        raise ValueError(f"custom_mask must be a contiguous 1-D bool tensor, got "
+                         f"{custom_mask.dtype} {tuple(custom_mask.shape)}")
+    bs = extend_lens.shape[0]
+    if mask_indptr is None:
+        block_sizes = extend_lens.long() * (prefix_lens.long() + extend_lens.long())
+        return torch.nn.functional.pad(torch.cumsum(block_sizes, 0), (1, 0))
+    require_dtype("mask_indptr", mask_indptr, (torch.int32, torch.int64))
+    if mask_indptr.shape != (bs + 1,):
+        raise ValueError(f"mask_indptr must be ({bs + 1},), got {tuple(mask_indptr.shape)}")
+    return mask_indptr
+
+
 def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                      req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                      prefix_lens: torch.Tensor, extend_lens: torch.Tensor, scaling: float, *,
                      q_start: torch.Tensor | None = None, max_extend_len: int | None = None,
-                     out: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal attention of the new tokens q (T, Hq, D) (requests concatenated) over their
-    requests' whole sequences, read from k_buffer (slots, Hkv, D) / v_buffer (slots, Hkv, Dv) at
-    req_to_token[req_pool_indices[i], :prefix_lens[i] + extend_lens[i]] (new tokens' K/V already
-    stored). New token j of request i sits at position prefix_lens[i] + j.
+                     out: torch.Tensor | None = None, custom_mask: torch.Tensor | None = None,
+                     mask_indptr: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal (or custom-masked) attention of the new tokens q (T, Hq, D) (requests
+    concatenated) over their requests' whole sequences, read from k_buffer (slots, Hkv, D) /
+    v_buffer (slots, Hkv, Dv) at req_to_token[req_pool_indices[i], :prefix_lens[i] +
+    extend_lens[i]] (new tokens' K/V already stored). New token j of request i sits at position
+    prefix_lens[i] + j.
     q_start: (bs,) first row of each request in q (exclusive cumsum of extend_lens; computed on
     the device when None). max_extend_len: host int, max(extend_lens); when None it is read back
-    from the device (a sync). Returns out (T, Hq, Dv) in q's dtype. Indices are not
-    bounds-checked on the device."""
+    from the device (a sync).
+    custom_mask: optional 1-D bool tensor replacing the causal mask (speculative tree
+    verification): request i owns custom_mask[mask_indptr[i]:mask_indptr[i + 1]], its
+    (extend_lens[i], seq_len) block row-major (seq_len = prefix_lens[i] + extend_lens[i]; row j =
+    new token j, column c = key position c; True = may attend). mask_indptr: (bs + 1,) block
+    offsets; computed on the device as packed back to back when None. A row that sees no key
+    gives zeros. Returns out (T, Hq, Dv) in q's dtype. Indices are not bounds-checked on the
+    device."""
     _check(q, k_buffer, v_buffer, req_to_token,
            {"req_pool_indices": req_pool_indices, "prefix_lens": prefix_lens,
             "extend_lens": extend_lens, **({"q_start": q_start} if q_start is not None else {})})
+    use_mask = custom_mask is not None
+    if use_mask:
+        mask_indptr = _mask_indptr(custom_mask, mask_indptr, prefix_lens, extend_lens)
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads, v_head_dim = k_buffer.shape[1], v_buffer.shape[2]
     if out is None:
@@ -167,12 +219,14 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     config = CONFIG_OVERRIDE or _block_config(head_dim, max_extend_len)
     block_m, block_n, num_warps, num_stages = config
     grid = (triton.cdiv(max_extend_len, block_m), bs, num_q_heads)
+    # The kernel reads the mask as bytes; without one it gets placeholders it never reads.
+    mask_args = (custom_mask.view(torch.uint8), mask_indptr) if use_mask else (q, q_start)
     _extend_kernel[grid](
         q, k_buffer, v_buffer, out, req_to_token, req_pool_indices, prefix_lens, extend_lens,
-        q_start, q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1),
+        q_start, *mask_args, q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1),
         v_buffer.stride(0), v_buffer.stride(1), out.stride(0), out.stride(1),
         req_to_token.stride(0), scaling * _LOG2E, HEAD_DIM=head_dim, V_HEAD_DIM=v_head_dim,
         GROUP=num_q_heads // num_kv_heads, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(v_head_dim), num_warps=num_warps,
-        num_stages=num_stages)
+        BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(v_head_dim),
+        USE_CUSTOM_MASK=use_mask, num_warps=num_warps, num_stages=num_stages)
     return out

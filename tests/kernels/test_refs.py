@@ -121,15 +121,23 @@ def test_rotary_rejects_unknown_type():
 
 # ---- paged attention ------------------------------------------------------------------------
 
-def _dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int,
+def _dense_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                   scaling: float) -> torch.Tensor:
-    # q: (E, Hq, D), k/v: (S, Hkv, D): explicit float64 attention with GQA by head repetition.
+    # q: (E, Hq, D), k/v: (S, Hkv, D), mask: (E, S) bool: explicit float64 attention with GQA by
+    # head repetition.
     group = q.shape[1] // k.shape[1]
     k, v = k.double().repeat_interleave(group, dim=1), v.double().repeat_interleave(group, dim=1)
     scores = torch.einsum("ehd,shd->hes", q.double(), k) * scaling  # (Hq, E, S)
-    for j in range(q.shape[0]):
-        scores[:, j, prefix_len + j + 1:] = -math.inf
+    scores = scores.masked_fill(~mask, -math.inf)
     return torch.einsum("hes,shd->ehd", scores.softmax(-1), v)
+
+
+def _dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int,
+                  scaling: float) -> torch.Tensor:
+    mask = torch.ones(q.shape[0], k.shape[0], dtype=torch.bool)
+    for j in range(q.shape[0]):
+        mask[j, prefix_len + j + 1:] = False
+    return _dense_masked(q, k, v, mask, scaling)
 
 
 def _paged_case(prefix_lens, extend_lens, num_q_heads, num_kv_heads, head_dim, seed=0):
@@ -192,3 +200,72 @@ def test_extend_attention_keeps_low_precision_dtype():
     assert out.dtype == torch.bfloat16
     expected = _dense_causal(q, *seqs[0], 2, 0.25)
     torch.testing.assert_close(out.double(), expected, atol=5e-2, rtol=5e-2)
+
+
+# ---- custom (tree) masks: speculative verification --------------------------------------------
+
+def _tree_mask(prefix_len: int, extend_len: int, g: torch.Generator) -> torch.Tensor:
+    """(E, S) bool for a random draft tree: new token j's parent is an earlier new token or the
+    root (the prefix); it sees the prefix, its ancestors and itself."""
+    mask = torch.zeros(extend_len, prefix_len + extend_len, dtype=torch.bool)
+    mask[:, :prefix_len] = True
+    for j in range(extend_len):
+        parent = int(torch.randint(-1, j, (1,), generator=g))  # -1: the root
+        if parent >= 0:
+            mask[j] = mask[parent]  # the parent's row: prefix + its ancestors + itself
+        mask[j, prefix_len + j] = True
+    return mask
+
+
+def _causal_mask(prefix_len: int, extend_len: int) -> torch.Tensor:
+    return torch.ones(extend_len, prefix_len + extend_len, dtype=torch.bool).tril(prefix_len)
+
+
+def _packed(masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """custom_mask and mask_indptr in SGLang's layout: the row-major blocks back to back."""
+    sizes = torch.tensor([0] + [m.numel() for m in masks])
+    return torch.cat([m.flatten() for m in masks]), torch.cumsum(sizes, 0)
+
+
+MASK_CASES = [  # (prefix_lens, extend_lens, num_q_heads, num_kv_heads, head_dim)
+    ([0], [5], 2, 2, 8),
+    ([0, 5, 3], [9, 1, 6], 8, 2, 16),
+    ([7, 0, 12], [4, 8, 9], 6, 1, 32),
+]
+
+
+@pytest.mark.parametrize("prefix_lens,extend_lens,num_q_heads,num_kv_heads,head_dim", MASK_CASES)
+@pytest.mark.parametrize("pass_indptr", [True, False])
+def test_extend_attention_causal_custom_mask_is_causal(prefix_lens, extend_lens, num_q_heads,
+                                                       num_kv_heads, head_dim, pass_indptr):
+    q, k_buffer, v_buffer, req_to_token, rows, _ = _paged_case(
+        prefix_lens, extend_lens, num_q_heads, num_kv_heads, head_dim, seed=1)
+    masks = [_causal_mask(p, e) for p, e in zip(prefix_lens, extend_lens)]
+    custom_mask, mask_indptr = _packed(masks)
+    args = (q, k_buffer, v_buffer, req_to_token, rows, prefix_lens, extend_lens, head_dim ** -0.5)
+    out = extend_attention_ref(*args, custom_mask=custom_mask,
+                               mask_indptr=mask_indptr if pass_indptr else None)
+    torch.testing.assert_close(out, extend_attention_ref(*args), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("prefix_lens,extend_lens,num_q_heads,num_kv_heads,head_dim", MASK_CASES)
+def test_extend_attention_tree_mask_matches_dense(prefix_lens, extend_lens, num_q_heads,
+                                                  num_kv_heads, head_dim):
+    q, k_buffer, v_buffer, req_to_token, rows, seqs = _paged_case(
+        prefix_lens, extend_lens, num_q_heads, num_kv_heads, head_dim, seed=2)
+    g = torch.Generator().manual_seed(len(prefix_lens))
+    masks = [_tree_mask(p, e, g) for p, e in zip(prefix_lens, extend_lens)]
+    if max(extend_lens) > 2:  # the trees must differ from causal order, or nothing is tested
+        assert any(not torch.equal(m, _causal_mask(p, e))
+                   for m, p, e in zip(masks, prefix_lens, extend_lens))
+    custom_mask, mask_indptr = _packed(masks)
+    scaling = head_dim ** -0.5
+    out = extend_attention_ref(q, k_buffer, v_buffer, req_to_token, rows,
+                               torch.tensor(prefix_lens), torch.tensor(extend_lens), scaling,
+                               custom_mask=custom_mask, mask_indptr=mask_indptr)
+    start = 0
+    for (k, v), mask, extend_len in zip(seqs, masks, extend_lens):
+        expected = _dense_masked(q[start:start + extend_len], k, v, mask, scaling)
+        torch.testing.assert_close(out[start:start + extend_len].double(), expected,
+                                   atol=1e-5, rtol=1e-5)
+        start += extend_len

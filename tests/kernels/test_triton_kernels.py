@@ -231,6 +231,86 @@ def test_extend_attention(prefix_lens, extend_lens, hq, hkv, head_dim):
     _assert_close(out, ref, BF16_TOL)
 
 
+def _tree_masks(prefix_lens: list[int], extend_lens: list[int], seed: int) -> list[torch.Tensor]:
+    """(extend_len, seq_len) bool per request for a random draft tree: each new token's parent is
+    an earlier new token or the root; it sees the prefix, its ancestors and itself."""
+    rng, masks = random.Random(seed), []
+    for prefix_len, extend_len in zip(prefix_lens, extend_lens):
+        mask = torch.zeros(extend_len, prefix_len + extend_len, dtype=torch.bool)
+        mask[:, :prefix_len] = True
+        for j in range(extend_len):
+            parent = rng.randint(-1, j - 1)  # -1: the root
+            if parent >= 0:
+                mask[j] = mask[parent]
+            mask[j, prefix_len + j] = True
+        masks.append(mask)
+    return masks
+
+
+TREE_MASK_CASES = [  # (prefix_lens, extend_lens, Hq, Hkv, D)
+    ([0], [1], 8, 8, 64), ([0, 17, 5], [9, 4, 1], 32, 8, 128),
+    ([70, 0, 3, 1], [7, 9, 2, 8], 9, 3, 64), ([130, 64], [9, 6], 12, 4, 128),
+    pytest.param(_lens(random.Random(7), 48, 0, 3000), _lens(random.Random(8), 48, 1, 9),
+                 32, 8, 128, marks=BIG),
+]
+
+
+@pytest.mark.parametrize("prefix_lens,extend_lens,hq,hkv,head_dim", TREE_MASK_CASES)
+@pytest.mark.parametrize("pass_indptr", [True, False])
+def test_extend_attention_tree_mask(prefix_lens, extend_lens, hq, hkv, head_dim, pass_indptr):
+    from sgl.kernels.attention.torch_ref import extend_attention_ref
+    from sgl.kernels.triton.extend_attention import extend_attention
+    dtype, bs = ATTN_DTYPE, len(prefix_lens)
+    seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+    k_buf, v_buf, req_to_token, rows = _paged_setup(seq_lens, hkv, head_dim, dtype, seed=bs + 21)
+    num_tokens = sum(extend_lens)
+    q = _randn(num_tokens, hq, head_dim, dtype=dtype, gen=_gen(bs + 1))
+    masks = _tree_masks(prefix_lens, extend_lens, seed=bs)
+    custom_mask = torch.cat([m.flatten() for m in masks]).to(DEVICE)
+    mask_indptr = torch.tensor([0] + [m.numel() for m in masks], device=DEVICE).cumsum(0)
+    scaling = head_dim ** -0.5
+    to_dev = lambda x: torch.tensor(x, device=DEVICE)
+    out = extend_attention(q, k_buf, v_buf, req_to_token, rows, to_dev(prefix_lens),
+                           to_dev(extend_lens), scaling, custom_mask=custom_mask,
+                           mask_indptr=mask_indptr if pass_indptr else None,
+                           out=_poisoned((num_tokens, hq, head_dim), dtype))
+    ref = extend_attention_ref(q.float(), k_buf.float(), v_buf.float(), req_to_token, rows,
+                               prefix_lens, extend_lens, scaling, custom_mask=custom_mask,
+                               mask_indptr=mask_indptr)
+    _assert_close(out, ref, BF16_TOL)
+
+
+def test_extend_attention_custom_mask_small_blocks(monkeypatch):
+    """16 x 16 tiles: several query blocks per request and several prefix tiles; a row whose
+    first key tiles are all masked before the one key it sees (a child of the root with no
+    prefix), a row that sees a later token (any mask is honoured, not only trees), and a row
+    that sees no key at all, which must give zeros, not NaN."""
+    from sgl.kernels.attention.torch_ref import extend_attention_ref
+    from sgl.kernels.triton import extend_attention as mod
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", (16, 16, 4, 1))
+    prefix_lens, extend_lens = [0, 3, 20], [40, 37, 1]
+    dtype, hq, hkv, head_dim = ATTN_DTYPE, 4, 2, 64
+    seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+    k_buf, v_buf, req_to_token, rows = _paged_setup(seq_lens, hkv, head_dim, dtype, seed=5)
+    num_tokens = sum(extend_lens)
+    q = _randn(num_tokens, hq, head_dim, dtype=dtype, gen=_gen(6))
+    masks = _tree_masks(prefix_lens, extend_lens, seed=9)
+    masks[0][30] = False
+    masks[0][30, 30] = True  # token 30 sees only itself: key tile 0 is all masked for it
+    masks[0][-1] = False  # the last new token of the first request sees no key
+    masks[1][0, 3 + 36] = True  # a later query block's token
+    custom_mask = torch.cat([m.flatten() for m in masks]).to(DEVICE)
+    to_dev = lambda x: torch.tensor(x, device=DEVICE)  # mask_indptr left to the wrapper
+    out = mod.extend_attention(q, k_buf, v_buf, req_to_token, rows, to_dev(prefix_lens),
+                               to_dev(extend_lens), head_dim ** -0.5, custom_mask=custom_mask,
+                               out=_poisoned((num_tokens, hq, head_dim), dtype))
+    ref = extend_attention_ref(q.float(), k_buf.float(), v_buf.float(), req_to_token, rows,
+                               prefix_lens, extend_lens, head_dim ** -0.5,
+                               custom_mask=custom_mask)
+    _assert_close(out, ref, BF16_TOL)
+    assert (out[extend_lens[0] - 1] == 0).all()
+
+
 # ---- the backend ------------------------------------------------------------------------------
 
 def _backend_batch(prefix_lens: list[int], extend_lens: list[int], hkv: int, head_dim: int,
