@@ -11,6 +11,7 @@ SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs", "random")
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SPECULATIVE_ALGORITHMS = ("NGRAM", "EAGLE", "EAGLE3", "STANDALONE")
+LOAD_BALANCE_METHODS = ("round_robin", "shortest_queue")
 TOOL_CALL_PARSERS = ("smollm2", "qwen25", "llama3", "qwen", "hermes")  # see runtime/server/tools
 
 
@@ -69,7 +70,9 @@ class ServerArgs:
     dist_init_addr: Optional[str] = _f(None, "host:port of rank 0 for torch.distributed (auto: a free local port).")
     nnodes: int = _f(1, "Nodes the tensor-parallel ranks are spread over.")
     node_rank: int = _f(0, "This node's index; node 0 runs the scheduler and the HTTP server.")
-    dp_size: int = _f(1, "Data-parallel replicas.")
+    dp_size: int = _f(1, "Data-parallel replicas: full copies of the model behind one front end.")
+    load_balance_method: str = _f("round_robin", "How the front end picks a data-parallel replica.",
+                                  choices=LOAD_BALANCE_METHODS)
     # Server
     host: str = _f("127.0.0.1", "HTTP host.")
     port: int = _f(30000, "HTTP port.")
@@ -93,6 +96,13 @@ class ServerArgs:
                              f"node_rank ({self.node_rank}) must be in [0, nnodes)")
         if self.nnodes > 1 and not self.dist_init_addr:
             raise ValueError("dist_init_addr (host:port of node 0) is required when nnodes > 1")
+        if self.dp_size < 1:
+            raise ValueError(f"dp_size must be >= 1, got {self.dp_size}")
+        if self.load_balance_method not in LOAD_BALANCE_METHODS:
+            raise ValueError(f"load_balance_method must be one of {LOAD_BALANCE_METHODS}, "
+                             f"got {self.load_balance_method!r}")
+        if self.dp_size > 1 and self.nnodes > 1:
+            raise ValueError("dp_size > 1 runs every replica on node 0: use nnodes 1")
         self._check_speculative()
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError("max_total_tokens must be at least 2")

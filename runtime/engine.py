@@ -23,8 +23,14 @@ Prompt = Union[str, list[str], None]
 
 
 class Engine:
+    """One replica in this process. Data parallelism (dp_size > 1) is the server's: its replicas
+    are processes behind one front end (`sgl serve --dp-size N`, or `sgl.Runtime(dp_size=N)`)."""
+
     def __init__(self, model_path: Optional[str] = None, **kwargs: Any) -> None:
         self.server_args = ServerArgs.from_kwargs(model_path=model_path, **kwargs)
+        if self.server_args.dp_size > 1:
+            raise ValueError("sgl.Engine runs one replica in this process; dp_size > 1 is for the "
+                             "server: `sgl serve --dp-size N` or sgl.Runtime(dp_size=N)")
         self._init_model()
         self._init_scheduler()
         self._init_front()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from sgl.runtime.layers.lazy_tensor import Loaded
 from sgl.runtime.layers.linear import ShardId, tp_all_gather, tp_all_reduce
 from torch import nn
 
@@ -25,11 +26,13 @@ class VocabParallelEmbedding(nn.Module):
                                    requires_grad=False)
         self.weight.weight_loader = self.weight_loader
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: ShardId = None) -> None:
         if loaded.shape[1:] != param.shape[1:] or loaded.shape[0] != self.num_embeddings:
             raise ValueError(f"shape mismatch: embedding ({self.num_embeddings}, {self.embedding_dim}) "
                              f"vs checkpoint {tuple(loaded.shape)}")
-        rows = loaded[self.vocab_start:self.vocab_end]
+        start = min(self.vocab_start, self.num_embeddings)
+        end = min(self.vocab_end, self.num_embeddings)
+        rows = loaded.narrow(0, start, end - start)  # a LazyTensor reads only this block from disk
         param.data[:rows.shape[0]].copy_(rows)
         param.data[rows.shape[0]:].zero_()  # padding rows of the last rank
 

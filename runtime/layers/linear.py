@@ -1,5 +1,6 @@
 """Tensor-parallel linear layers. Each rank holds a slice of the weight; `weight_loader` cuts the
-rank's slice out of the full checkpoint tensor. With tp_size == 1 they are plain linears.
+rank's slice out of the checkpoint tensor, which may be a LazyTensor (safetensors): then only
+that slice is read from disk. With tp_size == 1 they are plain linears.
 
 Column-parallel: the output dim is split (no communication; each rank owns some heads/channels).
 Row-parallel: the input dim is split and partial outputs are summed with an all-reduce."""
@@ -11,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from sgl.runtime.layers.lazy_tensor import Loaded, full_weight
 
 ShardId = int | str | None
 
@@ -37,12 +40,12 @@ def divide(numerator: int, denominator: int) -> int:
     return numerator // denominator
 
 
-def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor,
+def default_weight_loader(param: nn.Parameter, loaded: Loaded,
                           shard_id: ShardId = None) -> None:
     """Copy a replicated tensor whole (dtype/device converted by the copy)."""
     if param.shape != loaded.shape:
         raise ValueError(f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint {tuple(loaded.shape)}")
-    param.data.copy_(loaded)
+    param.data.copy_(full_weight(loaded))
 
 
 class _ParallelLinear(nn.Module):
@@ -59,10 +62,10 @@ class _ParallelLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(output_size, dtype=dtype), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
 
-    def _copy_rank_slice(self, param: nn.Parameter, loaded: torch.Tensor, dim: int,
+    def _copy_rank_slice(self, param: nn.Parameter, loaded: Loaded, dim: int,
                          param_offset: int, size: int, loaded_offset: int) -> None:
         # Copy loaded[loaded_offset : +size] (along dim) into param[param_offset : +size].
-        src = loaded.narrow(dim, loaded_offset, size)
+        src = loaded.narrow(dim, loaded_offset, size)  # a LazyTensor reads only this from disk
         dst = param.data.narrow(dim, param_offset, size)
         if dst.shape != src.shape:
             raise ValueError(f"shape mismatch: parameter slice {tuple(dst.shape)} vs checkpoint {tuple(src.shape)}")
@@ -78,7 +81,7 @@ class ColumnParallelLinear(_ParallelLinear):
         super().__init__(input_size, divide(output_size, tp_size), bias, tp_rank, tp_size, params_dtype)
         self.gather_output = gather_output
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: ShardId = None) -> None:
         size = param.shape[0]
         self._copy_rank_slice(param, loaded, 0, 0, size, self.tp_rank * size)
 
@@ -97,7 +100,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         self.output_sizes = list(output_sizes)
         super().__init__(input_size, sum(output_sizes), bias, tp_rank, tp_size, params_dtype=params_dtype)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: ShardId = None) -> None:
         if shard_id is None:  # already fused in the checkpoint
             raise ValueError("MergedColumnParallelLinear needs the shard index of the loaded tensor")
         shard_size = divide(self.output_sizes[shard_id], self.tp_size)
@@ -121,7 +124,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         output_size = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp_size
         super().__init__(hidden_size, output_size, bias, tp_rank, tp_size, params_dtype=params_dtype)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: ShardId = None) -> None:
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         kv_rank = self.tp_rank // self.kv_replicas
         offset, size, src_offset = {
@@ -142,7 +145,7 @@ class RowParallelLinear(_ParallelLinear):
         super().__init__(divide(input_size, tp_size), output_size, bias, tp_rank, tp_size, params_dtype)
         self.reduce_results = reduce_results
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: ShardId = None) -> None:
         if param.dim() == 1:  # bias: replicated
             default_weight_loader(param, loaded)
             return

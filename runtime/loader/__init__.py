@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from sgl.runtime.loader import dummy, hf
 from sgl.runtime.loader.bundled import bundled_model_path
-from sgl.runtime.models.registry import get_model_class, resolve_architecture
+from sgl.runtime.models.registry import DRAFT_ARCHITECTURES, get_model_class, resolve_architecture
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PretrainedConfig
@@ -57,6 +57,9 @@ def load_model(model_path: str, load_format: str = "auto",
     dtype = _resolve_dtype(dtype, config)
     context_len = _fit_context(config, context_length)
     architecture = resolve_architecture(config)
+    if architecture in DRAFT_ARCHITECTURES:
+        raise ValueError(f"{model_path} is a {architecture} draft head: load it beside its target "
+                         "with sgl.runtime.loader.draft.load_draft_model")
     model_cls = get_model_class(architecture)
     with _default_dtype(dtype), torch.device(device):
         model = model_cls(config, tp_rank=tp_rank, tp_size=tp_size)
@@ -139,7 +142,8 @@ def _weights(model_path: str, load_format: str,
              checkpoint: GGUFCheckpoint | None) -> tuple[Iterator, int | None]:
     if checkpoint is not None:
         return checkpoint.iterate_weights(), checkpoint.num_tensors
-    return hf.iterate_hf_weights(model_path), hf.count_hf_tensors(model_path) or None
+    # lazy: each tensor-parallel rank reads only its shard of every sharded tensor
+    return hf.iterate_hf_weights(model_path, lazy=True), hf.count_hf_tensors(model_path) or None
 
 
 def _progress(weights: Iterator, total: int | None) -> Iterator:

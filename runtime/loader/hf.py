@@ -1,5 +1,6 @@
 """HF checkpoint folders: config.json plus *.safetensors (sharded with model.safetensors.index.json),
-or pytorch_model*.bin as a fallback."""
+or pytorch_model*.bin as a fallback. With lazy=True safetensors tensors are yielded unread
+(LazyTensor), so each tensor-parallel rank's weight loaders read only the rank's shard."""
 from __future__ import annotations
 
 import glob
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 import torch
 from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig
+
+from sgl.runtime.layers.lazy_tensor import Loaded, LazyTensor
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
@@ -39,14 +42,16 @@ def count_hf_tensors(model_dir: str) -> int:
     return total
 
 
-def iterate_hf_weights(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, CPU tensor) for every tensor of the checkpoint, one at a time."""
+def iterate_hf_weights(model_dir: str, lazy: bool = False) -> Iterator[tuple[str, Loaded]]:
+    """(HF name, CPU tensor) for every tensor of the checkpoint, one at a time. lazy: from
+    safetensors, a LazyTensor instead (read on use; valid until the next item is drawn), for
+    consumers whose weight loaders take one (the layers in runtime/layers do)."""
     files = safetensors_files(model_dir)
     if files:
         for path in files:
             with safe_open(path, framework="pt", device="cpu") as f:
                 for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-                    yield name, f.get_tensor(name)
+                    yield name, LazyTensor(f.get_slice(name)) if lazy else f.get_tensor(name)
         return
     bin_files = sorted(glob.glob(os.path.join(model_dir, "pytorch_model*.bin")))
     if not bin_files:

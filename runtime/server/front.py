@@ -1,6 +1,6 @@
-"""The HTTP process's TokenizerManager: the shared front end, wired to the scheduler and the
-detokenizer over ZMQ, plus what only a server needs: control calls (RPC) to the scheduler,
-latency metrics, and request logging."""
+"""The HTTP process's TokenizerManager: the shared front end, wired to the scheduler(s) and the
+detokenizer over ZMQ, plus what only a server needs: data-parallel dispatch, control calls (RPC)
+to the schedulers, latency metrics, and request logging."""
 from __future__ import annotations
 
 import asyncio
@@ -8,12 +8,14 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 
 import zmq
 import zmq.asyncio
 
 from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput
+from sgl.runtime.request import ParsedRequest
+from sgl.runtime.server.data_parallel import ReplicaDispatcher
 from sgl.runtime.server.ipc import (
     Endpoints,
     OutputBatch,
@@ -31,10 +33,12 @@ logger = logging.getLogger("sgl.server")
 class ServerTokenizerManager(TokenizerManager):
     def __init__(self, tokenizer: Any, vocab_size: int, context_len: int, endpoints: Endpoints,
                  metrics: ServerMetrics, log_requests: bool = False,
-                 stream_interval: int = 1, grammar_backend: str = "xgrammar") -> None:
+                 stream_interval: int = 1, grammar_backend: str = "xgrammar",
+                 load_balance_method: str = "round_robin") -> None:
         self._sync_ctx = zmq.Context()
-        self._send_sock = push_socket(self._sync_ctx, endpoints.to_scheduler)
-        super().__init__(tokenizer, vocab_size, context_len, self._send_sock.send_pyobj, grammar_backend)
+        socks = [push_socket(self._sync_ctx, addr) for addr in endpoints.to_schedulers]
+        self.dispatcher = ReplicaDispatcher([s.send_pyobj for s in socks], load_balance_method)
+        super().__init__(tokenizer, vocab_size, context_len, self.dispatcher.send, grammar_backend)
         self.endpoints, self.metrics, self.log_requests = endpoints, metrics, log_requests
         self.stream_interval = max(stream_interval, 1)
         self._rpc_ids = itertools.count()
@@ -68,11 +72,17 @@ class ServerTokenizerManager(TokenizerManager):
                 logger.exception("failed to handle a message from the detokenizer")
 
     # -- control calls -------------------------------------------------------------------------
-    async def rpc(self, name: str, *args: Any, timeout_s: float = 60.0) -> Any:
+    async def rpc_all(self, name: str, *args: Any, timeout_s: float = 60.0) -> list[Any]:
+        """Run control call `name` on every replica; their results in dp_rank order."""
+        calls = [self.rpc(name, *args, replica=i, timeout_s=timeout_s)
+                 for i in range(self.dispatcher.dp_size)]
+        return list(await asyncio.gather(*calls))
+
+    async def rpc(self, name: str, *args: Any, replica: int = 0, timeout_s: float = 60.0) -> Any:
         rid = next(self._rpc_ids)
         fut = asyncio.get_running_loop().create_future()
         self._rpc_waiters[rid] = fut
-        self.send(RpcReq(rid, name, args))
+        self.dispatcher.send_to(replica, RpcReq(rid, name, args))
         try:
             return await asyncio.wait_for(fut, timeout_s)
         finally:
@@ -94,6 +104,17 @@ class ServerTokenizerManager(TokenizerManager):
             self.send(AbortReq(other))
 
     # -- hooks on the shared front end ---------------------------------------------------------
+    async def generate(self, obj: dict[str, Any], parsed: Optional[ParsedRequest] = None
+                       ) -> AsyncIterator[list[dict[str, Any]]]:
+        parsed = parsed or self.parse(obj)
+        if len(parsed.reqs) <= len(parsed.prompts):
+            async for results in super().generate(obj, parsed):
+                yield results
+            return
+        with self.dispatcher.pinned(parsed.prompts):  # n>1: warm-up and copies on one replica
+            async for results in super().generate(obj, parsed):
+                yield results
+
     def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool,
                 event: Optional[asyncio.Event] = None) -> ReqState:
         state = super()._submit(req, text_in_logprobs, event)
@@ -111,6 +132,7 @@ class ServerTokenizerManager(TokenizerManager):
             if timing is not None:
                 self._observe(timing, out, now)
         super()._dispatch(outputs)
+        self.dispatcher.on_outputs(outputs)
         if self.log_requests:
             for out in outputs:
                 if out.finished_reason is not None:

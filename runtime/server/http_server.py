@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sgl.runtime.config import ServerArgs
+from sgl.runtime.server.data_parallel import merge_states
 from sgl.runtime.server.errors import ApiError, error_body, from_value_error, read_json
 from sgl.runtime.server.openai_api import OpenAIServing
 from sgl.runtime.server.streaming import ClientGone, collect, native_stream, sse_response
@@ -71,7 +72,9 @@ def _lifespan(ctx: ServerContext) -> Any:
 
 
 async def _warmup(ctx: ServerContext) -> None:
-    if await _generate_one(ctx):
+    # one request per data-parallel replica, sent together: both policies spread them
+    ok = await asyncio.gather(*(_generate_one(ctx) for _ in range(ctx.args.dp_size)))
+    if all(ok):
         logger.info("The server is fired up and ready to roll!")
     else:
         logger.error("warm-up request failed")
@@ -166,16 +169,18 @@ def _add_native_routes(app: FastAPI, ctx: ServerContext) -> None:
 
     @app.get("/get_server_info")
     async def get_server_info() -> dict[str, Any]:
-        state = await front.rpc("internal_state")
+        """Flags, model info and scheduler state: summed over the data-parallel replicas at
+        the top level, each replica's own (with its dp_rank) in `internal_states`."""
+        states = await front.rpc_all("internal_state")
         info = dataclasses.asdict(ctx.args)
         info["api_key"] = None if ctx.args.api_key is None else "<hidden>"
-        info.update(ctx.info, **state, internal_states=[state], version=_version())
+        info.update(ctx.info, **merge_states(states), internal_states=states, version=_version())
         return info
 
     if ctx.args.enable_metrics:
         @app.get("/metrics")
         async def metrics() -> Response:
-            state = await front.rpc("internal_state")
+            state = merge_states(await front.rpc_all("internal_state"))
             return PlainTextResponse(front.metrics.render(state),
                                      media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -185,7 +190,7 @@ def _add_control_routes(app: FastAPI, ctx: ServerContext) -> None:
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache() -> Response:
-        if await front.rpc("flush_cache"):
+        if all(await front.rpc_all("flush_cache")):  # a busy replica keeps its cache: say so
             return PlainTextResponse("Cache flushed.\n")
         raise ApiError("cache not flushed: requests are running or waiting; retry when idle",
                        status=400, param=None, code="server_busy")

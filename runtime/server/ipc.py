@@ -1,9 +1,11 @@
 """What crosses the process boundaries of the server, and the plumbing shared by its processes:
 ZMQ endpoints, parent watching, logging set-up.
 
-    HTTP process (TokenizerManager) --reqs--> scheduler --OutputBatch--> detokenizer --+
-          ^                                                                            |
-          +------------------------- OutputBatch (text_delta set) / RpcResult ---------+
+    HTTP process (TokenizerManager) --reqs--> scheduler(s) --OutputBatch--> detokenizer --+
+          ^                                                                               |
+          +------------------------- OutputBatch (text_delta set) / RpcResult ------------+
+
+With --dp-size N there are N schedulers (data_parallel.py routes the requests).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ DetokParams = tuple[bool, bool, bool]
 
 @dataclass
 class RpcReq:
-    """HTTP process -> scheduler: run a named control function (see scheduler_process.RPCS)."""
+    """HTTP process -> a scheduler: run a named control function (see scheduler_process.RPCS).
+    `id` is unique over all replicas, so replies need no replica tag."""
     id: int
     name: str
     args: tuple = ()
@@ -48,14 +51,17 @@ class OutputBatch:
 
 @dataclass(frozen=True)
 class Endpoints:
-    """ipc:// addresses in a private temp folder, one per direction."""
-    to_scheduler: str
+    """ipc:// addresses in a private temp folder, one per direction; one per data-parallel
+    replica towards the schedulers (they all push to the one detokenizer)."""
+    to_schedulers: tuple[str, ...]
     to_detokenizer: str
     to_tokenizer: str
 
     @classmethod
-    def in_dir(cls, folder: str) -> Endpoints:
-        return cls(*(f"ipc://{os.path.join(folder, name)}" for name in ("sched", "detok", "tok")))
+    def in_dir(cls, folder: str, dp_size: int = 1) -> Endpoints:
+        def addr(name: str) -> str:
+            return f"ipc://{os.path.join(folder, name)}"
+        return cls(tuple(addr(f"sched{i}") for i in range(dp_size)), addr("detok"), addr("tok"))
 
 
 def pull_socket(ctx: zmq.Context, addr: str) -> zmq.Socket:

@@ -1,4 +1,4 @@
-"""`sgl serve` / `python -m sgl.launch_server`: start the scheduler and detokenizer processes,
+"""`sgl serve` / `python -m sgl.launch_server`: start the scheduler(s) and detokenizer processes,
 then serve HTTP from this process until SIGINT/SIGTERM, and take every child down on the way out."""
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def launch_server(args: ServerArgs) -> None:
         watch_pid(int(os.environ[OWNER_PID_ENV]))
     from sgl.runtime.server.processes import ServerProcesses
     with tempfile.TemporaryDirectory(prefix=ipc_dir_prefix(os.getpid())) as ipc_dir:
-        procs = ServerProcesses(args, Endpoints.in_dir(ipc_dir))
+        procs = ServerProcesses(args, Endpoints.in_dir(ipc_dir, args.dp_size))
         try:
             _serve(args, procs)
         finally:
@@ -76,7 +76,8 @@ def _serve(args: ServerArgs, procs: Any) -> None:
     name = args.served_model_name or info["model_path"]
     front = ServerTokenizerManager(tokenizer, info["vocab_size"], info["context_length"],
                                    procs.endpoints, ServerMetrics(name), args.log_requests,
-                                   args.stream_interval, args.grammar_backend)
+                                   args.stream_interval, args.grammar_backend,
+                                   args.load_balance_method)
     app = build_app(ServerContext(args, front, info, procs, chat_template))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
                             timeout_graceful_shutdown=3, timeout_keep_alive=5)

@@ -1,7 +1,8 @@
-"""Starting and stopping the scheduler and detokenizer processes (spawn start method).
+"""Starting and stopping the scheduler and detokenizer processes (spawn start method): one
+scheduler per data-parallel replica (--dp-size), each with its tensor-parallel followers.
 
-Start-up overlaps the slow parts: both children are spawned first; the scheduler loads the model
-while this process loads the tokenizer once and hands it to both over their pipes."""
+Start-up overlaps the slow parts: every child is spawned first; the schedulers load the model
+while this process loads the tokenizer once and hands it to each over their pipes."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,7 @@ from typing import Any, Callable, Optional
 
 from sgl.runtime.config import ServerArgs
 from sgl.runtime.executor.tensor_parallel import start_tp_workers
+from sgl.runtime.server.data_parallel import merge_ready_infos, replica_args, replica_environment
 from sgl.runtime.server.detokenizer_process import run_detokenizer_process
 from sgl.runtime.server.ipc import Endpoints
 from sgl.runtime.server.scheduler_process import run_scheduler_process
@@ -27,22 +29,39 @@ class ServerProcesses:
         self.args, self.endpoints = args, endpoints
         self.ctx = mp.get_context("spawn")
         self.procs: dict[str, Any] = {}
+        self.followers: set[str] = set()  # tensor-parallel ranks 1.., released by their rank 0
         self.conns: dict[str, Any] = {}
 
+    @property
+    def scheduler_names(self) -> list[str]:
+        if self.args.dp_size == 1:
+            return ["scheduler"]
+        return [f"scheduler-dp{i}" for i in range(self.args.dp_size)]
+
     def start(self, load_tokenizer: Callable[[], Any]) -> tuple[dict[str, Any], Any]:
-        """Spawn both children, hand them the tokenizer, wait until both are ready. Returns the
-        scheduler's model info and the tokenizer."""
+        """Spawn every child, hand them the tokenizer, wait until all are ready. Returns the
+        schedulers' model info and the tokenizer."""
         pid = os.getpid()
-        self.args, tp_workers = start_tp_workers(self.args, self.ctx)  # follow rank 0 step by step
-        self.procs.update(tp_workers)
-        self._spawn("scheduler", run_scheduler_process, (self.args, self.endpoints, pid))
+        for dp_rank in range(self.args.dp_size):
+            self._start_replica(dp_rank, pid)
         self._spawn("detokenizer", run_detokenizer_process,
                     (self.args.log_level, self.endpoints, pid))
         tokenizer = load_tokenizer()
-        for name in ("detokenizer", "scheduler"):
+        for name in ("detokenizer", *self.scheduler_names):
             self._send(name, tokenizer)
         self._ready("detokenizer")
-        return self._ready("scheduler"), tokenizer
+        return merge_ready_infos([self._ready(name) for name in self.scheduler_names]), tokenizer
+
+    def _start_replica(self, dp_rank: int, pid: int) -> None:
+        """The scheduler (rank 0) of replica dp_rank and its follower ranks, which follow it
+        step by step; they see only the replica's own GPUs or share of the CPU cores."""
+        name = self.scheduler_names[dp_rank]
+        prefix = "" if self.args.dp_size == 1 else f"dp{dp_rank}-"
+        with replica_environment(self.args, dp_rank):
+            args, tp_workers = start_tp_workers(replica_args(self.args, dp_rank), self.ctx)
+            self.procs.update({prefix + k: p for k, p in tp_workers.items()})
+            self.followers.update(prefix + k for k in tp_workers)
+            self._spawn(name, run_scheduler_process, (args, self.endpoints, dp_rank, pid))
 
     def _spawn(self, name: str, target: Callable, args: tuple) -> None:
         parent_conn, child_conn = self.ctx.Pipe()
@@ -80,14 +99,22 @@ class ServerProcesses:
         return [p.pid for p in self.procs.values() if p.pid is not None]
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
-        for proc in self.procs.values():
+        """Schedulers and detokenizer first: a scheduler releases its follower ranks as it
+        stops, so they are seldom still there to terminate (and rank 0 sees no broken pipe)."""
+        leaders = [p for name, p in self.procs.items() if name not in self.followers]
+        self._stop(leaders, timeout_s)
+        self._stop([self.procs[name] for name in self.followers], timeout_s)
+        for conn in self.conns.values():
+            conn.close()
+
+    @staticmethod
+    def _stop(procs: list[Any], timeout_s: float) -> None:
+        for proc in procs:
             if proc.is_alive():
                 proc.terminate()
-        for proc in self.procs.values():
+        for proc in procs:
             proc.join(timeout_s)
             if proc.is_alive():
                 logger.warning("%s did not stop in %.0f s; killing it", proc.name, timeout_s)
                 proc.kill()
                 proc.join(5)
-        for conn in self.conns.values():
-            conn.close()

@@ -30,10 +30,11 @@ from sgl.runtime.server.ipc import (
 logger = logging.getLogger("sgl.scheduler")
 
 
-def internal_state(sched: Any) -> dict[str, Any]:
-    """What /get_server_info and /metrics report about the scheduler."""
+def internal_state(sched: Any, inbox: ZmqInbox) -> dict[str, Any]:
+    """What /get_server_info and /metrics report about this replica's scheduler."""
     alloc, tree, stats = sched.allocator, sched.tree, sched.stats
     return {
+        "dp_rank": inbox.dp_rank, "num_received_reqs": inbox.num_received_reqs,
         "num_running_reqs": len(sched.running), "num_queue_reqs": len(sched.waiting),
         "token_usage": sched.token_usage(), "max_total_tokens": alloc.size,
         "available_kv_tokens": alloc.available_size() + tree.evictable_size(),
@@ -46,19 +47,15 @@ def internal_state(sched: Any) -> dict[str, Any]:
     }
 
 
-RPCS: dict[str, Callable[..., Any]] = {
-    "internal_state": internal_state,
-    "flush_cache": lambda sched: sched.flush_cache(),
-}
-
-
 class ZmqInbox:
     """The queue interface `run_scheduler_loop` reads (get with timeout, get_nowait) over a ZMQ
     socket. Control calls become `Call`s so they run in order with the requests around them."""
 
-    def __init__(self, sock: zmq.Socket, reply: Callable[[RpcResult], None]) -> None:
-        self.sock, self.reply = sock, reply
+    def __init__(self, sock: zmq.Socket, reply: Callable[[RpcResult], None],
+                 dp_rank: int = 0) -> None:
+        self.sock, self.reply, self.dp_rank = sock, reply, dp_rank
         self.new_params: dict[str, DetokParams] = {}
+        self.num_received_reqs = 0  # requests the front sent this replica
 
     def get(self, timeout: float) -> Any:
         if not self.sock.poll(int(timeout * 1000)):
@@ -71,6 +68,7 @@ class ZmqInbox:
         except zmq.Again:
             raise queue.Empty from None
         if isinstance(msg, TokenizedGenerateReq):
+            self.num_received_reqs += 1
             sp = msg.sampling_params
             self.new_params[msg.rid] = (sp.skip_special_tokens, sp.spaces_between_special_tokens,
                                         sp.no_stop_trim)
@@ -80,7 +78,7 @@ class ZmqInbox:
 
     def _call(self, msg: RpcReq) -> Call:
         fn = RPCS.get(msg.name, _unknown_rpc)
-        call = Call(lambda sched: fn(sched, *msg.args))
+        call = Call(lambda sched: fn(sched, self, *msg.args))
         call.future.add_done_callback(lambda f: self.reply(_rpc_result(msg.id, f)))
         return call
 
@@ -94,17 +92,25 @@ def _rpc_result(rid: int, fut: Any) -> RpcResult:
     return RpcResult(rid, error=repr(err)) if err else RpcResult(rid, value=fut.result())
 
 
-def _unknown_rpc(sched: Any, *args: Any) -> None:
+def _unknown_rpc(sched: Any, inbox: ZmqInbox, *args: Any) -> None:
     raise ValueError("unknown control call")
 
 
-def run_scheduler_process(args: ServerArgs, endpoints: Endpoints, parent_pid: int,
+# name -> fn(scheduler, inbox, *args), run on the scheduler's thread
+RPCS: dict[str, Callable[..., Any]] = {
+    "internal_state": internal_state,
+    "flush_cache": lambda sched, inbox: sched.flush_cache(),
+}
+
+
+def run_scheduler_process(args: ServerArgs, endpoints: Endpoints, dp_rank: int, parent_pid: int,
                           conn: Connection) -> None:
-    """Process entry. Sends {"ready": info} or {"error": text} on `conn` once loaded; the
-    tokenizer (loaded once by the HTTP process) arrives on `conn` too."""
+    """Process entry of data-parallel replica `dp_rank`. Sends {"ready": info} or
+    {"error": text} on `conn` once loaded; the tokenizer (loaded once by the HTTP process)
+    arrives on `conn` too."""
     watch_parent(parent_pid)
     stop = child_signals()
-    configure_logging(args.log_level, "TP0")
+    configure_logging(args.log_level, f"DP{dp_rank} TP0" if args.dp_size > 1 else "TP0")
     try:
         sched, info = _load(args, conn)
     except BaseException:
@@ -112,7 +118,7 @@ def run_scheduler_process(args: ServerArgs, endpoints: Endpoints, parent_pid: in
         return
     ctx = zmq.Context()
     out = push_socket(ctx, endpoints.to_detokenizer)
-    inbox = ZmqInbox(pull_socket(ctx, endpoints.to_scheduler), out.send_pyobj)
+    inbox = ZmqInbox(pull_socket(ctx, endpoints.to_schedulers[dp_rank]), out.send_pyobj, dp_rank)
     conn.send({"ready": info})
 
     def emit(outputs: list) -> None:
