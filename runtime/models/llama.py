@@ -65,10 +65,13 @@ class LlamaMLP(nn.Module):
 
 class LlamaAttention(nn.Module):
     def __init__(self, config: PretrainedConfig, layer_id: int, rotary_emb: RotaryEmbedding,
-                 options: LayerOptions, tp_rank: int, tp_size: int) -> None:
+                 options: LayerOptions, tp_rank: int, tp_size: int,
+                 input_size: int | None = None) -> None:
         super().__init__()
         self.head_dim = head_dim = get_head_dim(config)
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, head_dim, config.num_attention_heads,
+        # input_size: width of the q/k/v input when it is not hidden_size (EAGLE-3's 2 * hidden).
+        self.qkv_proj = QKVParallelLinear(input_size or config.hidden_size, head_dim,
+                                          config.num_attention_heads,
                                           config.num_key_value_heads, options.qkv_bias, tp_rank, tp_size)
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
@@ -130,14 +133,24 @@ class LlamaModel(nn.Module):
             LlamaDecoderLayer(config, i, self.rotary_emb, options, tp_rank, tp_size)
             for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # EAGLE-3 targets: the hidden states entering these layers (num_layers: the last layer's
+        # output before the final norm) go to `batch.aux_hidden_states`, in this order.
+        self.layers_to_capture: tuple[int, ...] = ()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 batch: ForwardBatch) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # (T, hidden)
         residual = None
-        for layer in self.layers:
+        captured: dict[int, torch.Tensor] | None = {} if self.layers_to_capture else None
+        for i, layer in enumerate(self.layers):
+            if captured is not None and i in self.layers_to_capture:
+                captured[i] = hidden if residual is None else hidden + residual
             hidden, residual = layer(positions, hidden, residual, batch)
-        hidden, _ = self.norm(hidden, residual)
+        hidden, pre_norm = self.norm(hidden, residual)
+        if captured is not None:
+            captured[len(self.layers)] = pre_norm
+            # (T, len(layers_to_capture) * hidden)
+            batch.aux_hidden_states = torch.cat([captured[i] for i in self.layers_to_capture], -1)
         return hidden
 
 
@@ -170,8 +183,9 @@ class LlamaForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors, fusing q/k/v and gate/up into the merged parameters. Raises if
         any parameter is left unloaded."""
-        params = dict(self.named_parameters())
-        loaded: set[tuple[str, object]] = set()  # (parameter, shard): fused ones load in pieces
+        load_params(dict(self.named_parameters()), self._checkpoint_names(weights))
+
+    def _checkpoint_names(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name:
                 continue
@@ -180,17 +194,27 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if self.tie_word_embeddings and name.startswith("lm_head."):
                 name = name.replace("lm_head.", "model.embed_tokens.")
-            name, shard_id = _to_param_name(name)
-            if name not in params:
-                logger.warning("ignoring checkpoint tensor %s: no such parameter", name)
-                continue
-            param = params[name]
-            getattr(param, "weight_loader", default_weight_loader)(param, tensor, shard_id)
-            loaded.add((name, shard_id))
-        missing = [name for name in params
-                   if any((name, shard) not in loaded for shard in _expected_shards(name))]
-        if missing:
-            raise ValueError(f"checkpoint lacks (parts of) {len(missing)} parameters, e.g. {missing[:5]}")
+            yield name, tensor
+
+
+def load_params(params: dict[str, nn.Parameter], weights: Iterable[tuple[str, torch.Tensor]],
+                what: str = "checkpoint") -> None:
+    """Load HF-named tensors into `params`, fusing q/k/v and gate/up into the merged parameters
+    (each parameter's weight_loader picks its slice). Raises if a parameter is left (partly)
+    unloaded."""
+    loaded: set[tuple[str, object]] = set()  # (parameter, shard): fused ones load in pieces
+    for name, tensor in weights:
+        name, shard_id = _to_param_name(name)
+        if name not in params:
+            logger.warning("ignoring %s tensor %s: no such parameter", what, name)
+            continue
+        param = params[name]
+        getattr(param, "weight_loader", default_weight_loader)(param, tensor, shard_id)
+        loaded.add((name, shard_id))
+    missing = [name for name in params
+               if any((name, shard) not in loaded for shard in _expected_shards(name))]
+    if missing:
+        raise ValueError(f"{what} lacks (parts of) {len(missing)} parameters, e.g. {missing[:5]}")
 
 
 def _expected_shards(param_name: str) -> list[object]:

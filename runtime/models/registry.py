@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from sgl.runtime.models.llama import LlamaForCausalLM
+from sgl.runtime.models.llama_eagle import LlamaForCausalLMEagle
+from sgl.runtime.models.llama_eagle3 import LlamaForCausalLMEagle3
 from sgl.runtime.models.qwen2 import Qwen2ForCausalLM
 from sgl.runtime.models.qwen3 import Qwen3ForCausalLM
 from torch import nn
@@ -11,7 +13,14 @@ _MODELS: dict[str, type[nn.Module]] = {
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    # Speculative-decoding draft heads (load them with loader/draft.py, beside their target).
+    "LlamaForCausalLMEagle": LlamaForCausalLMEagle,
+    "LlamaForCausalLMEagle3": LlamaForCausalLMEagle3,
+    "Eagle3LlamaForCausalLM": LlamaForCausalLMEagle3,
 }
+
+# Heads that draft for a target: never loaded on their own.
+DRAFT_ARCHITECTURES = ("LlamaForCausalLMEagle", "LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM")
 
 # config.model_type -> architecture, for configs that do not list `architectures` (GGUF, dummy).
 _MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",

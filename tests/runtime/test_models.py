@@ -8,13 +8,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
-from sgl.runtime.executor.attention import get_attention_backend
-from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.loader import LoadedModel, bundled_model_path, load_model
 from sgl.runtime.loader.gguf_loader import dequantize_tensor
 from sgl.runtime.loader.tokenizer import get_tokenizer
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+
+from tests.runtime.pools import Pools
 
 TINY = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 128, "max_position_embeddings": 256,
@@ -55,35 +54,17 @@ def _hf_logits(hf_model, tokens: list[int]) -> torch.Tensor:
 
 
 class Runner:
-    """Just enough of a model runner: pools, slot bookkeeping and ForwardBatch building."""
+    """The model over test pools: each step's logits of the new tokens."""
 
     def __init__(self, loaded: LoadedModel, num_slots: int = 96, seed: int = 0) -> None:
         self.loaded = loaded
-        self.kv_pool = MHATokenToKVPool(num_slots, loaded.num_kv_heads, loaded.head_dim,
-                                        loaded.num_layers, loaded.dtype, "cpu")
-        self.req_to_token = ReqToTokenPool(4, 64, "cpu")
-        self.free_slots = (torch.randperm(num_slots, generator=torch.Generator().manual_seed(seed)) + 1).tolist()
-        self.backend = get_attention_backend("torch_native")()
-        self.seq_lens: dict[int, int] = {}
+        self.pools = Pools(loaded.num_kv_heads, loaded.head_dim, loaded.num_layers, num_slots,
+                           seed, loaded.dtype)
 
     def step(self, chunks: dict[int, list[int]]) -> list[torch.Tensor]:
         """chunks: request row -> new tokens. Returns each request's logits of its new tokens."""
-        input_ids, positions, out_loc, prefix_lens, extend_lens = [], [], [], [], []
-        for row, tokens in chunks.items():
-            prefix_len = self.seq_lens.get(row, 0)
-            slots = [self.free_slots.pop() for _ in tokens]
-            self.req_to_token.write(row, prefix_len, torch.tensor(slots))
-            input_ids += tokens
-            positions += range(prefix_len, prefix_len + len(tokens))
-            out_loc += slots
-            prefix_lens.append(prefix_len)
-            extend_lens.append(len(tokens))
-            self.seq_lens[row] = prefix_len + len(tokens)
-        self.req_to_token.flush()
-        batch = ForwardBatch.build(input_ids, positions, out_loc, list(chunks), prefix_lens,
-                                   extend_lens, list(range(len(input_ids))))
-        batch.req_to_token, batch.kv_pool, batch.attn_backend = (
-            self.req_to_token.req_to_token, self.kv_pool, self.backend)
+        batch = self.pools.batch(chunks)
+        input_ids, extend_lens = batch.input_ids, batch.extend_lens_cpu
         model = self.loaded.model
         with torch.no_grad():
             hidden = model.forward(batch.input_ids, batch.positions, batch)
