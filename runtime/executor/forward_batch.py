@@ -61,6 +61,9 @@ class ForwardBatch:
         moved = packed.to(device, non_blocking=True)
         for name, part in zip(self._DEVICE_FIELDS, torch.split(moved, [p.numel() for p in parts])):
             setattr(self, name, part)
+        if self.custom_mask is not None:
+            self.custom_mask = self.custom_mask.to(device, non_blocking=True)
+            self.mask_indptr = self.mask_indptr.to(device, non_blocking=True)
         return self
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -124,24 +124,31 @@ class ModelRunner:
 
     # -- the step -------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward_logits(self, batch: ForwardBatch) -> torch.Tensor:
-        """(num_logit_rows, vocab) float32 logits for batch.logits_indices."""
+    def forward_logits(self, batch: ForwardBatch, keep_hidden: bool = False) -> torch.Tensor:
+        """(num_logit_rows, vocab) float32 logits for batch.logits_indices. With keep_hidden,
+        `self.last_hidden` holds the step's hidden states: the final ones, or the captured
+        layers' (model.model.layers_to_capture, EAGLE-3)."""
         batch.to(self.device)
         batch.req_to_token = self.req_to_token_pool.req_to_token
         batch.kv_pool, batch.attn_backend = self.kv_pool, self.attn_backend
-        self.last_used_cuda_graph = self.graph_runner is not None and self.graph_runner.can_run(batch)
+        self.last_used_cuda_graph = (not keep_hidden and self.graph_runner is not None
+                                     and self.graph_runner.can_run(batch))
         if self.last_used_cuda_graph:
             return self.graph_runner.replay(batch)
         self.attn_backend.init_forward_metadata(batch)
         hidden = self.model(batch.input_ids, batch.positions, batch)  # (num_tokens, hidden)
+        if keep_hidden:
+            self.last_hidden = hidden if batch.aux_hidden_states is None else batch.aux_hidden_states
         return self.model.compute_logits(hidden[batch.logits_indices])
 
     @torch.inference_mode()
     def run_batch(self, step: StepInputs) -> RunResult:
         if self.tp_size > 1:  # the other ranks run the same forward (rank 0 alone samples)
             broadcast_step((dataclasses.replace(step.batch), step.table_writes))
-        logits = self.forward_logits(step.batch)
+        logits = self.forward_logits(step.batch, keep_hidden=step.capture_hidden)
         result = RunResult(next_token_ids=[])
+        if step.capture_hidden:
+            result.hidden_states, self.last_hidden = self.last_hidden, None
         if step.sample_reqs:
             self._sample(logits, step, result)
         if step.lp_rows:
@@ -150,9 +157,12 @@ class ModelRunner:
 
     def _sample(self, logits: torch.Tensor, step: StepInputs, result: RunResult) -> None:
         reqs = step.sample_reqs
+        outputs = [r.output_ids for r in reqs]
+        if step.sample_paths:  # speculative rows sample as if their draft ancestors were output
+            outputs = [out + path if path else out for out, path in zip(outputs, step.sample_paths)]
         info = SamplingBatchInfo.from_requests(
-            [r.sampling_params for r in reqs], [r.seed for r in reqs], [len(r.output_ids) for r in reqs],
-            [r.origin_input_ids for r in reqs], [r.output_ids for r in reqs],
+            [r.sampling_params for r in reqs], [r.seed for r in reqs], [len(o) for o in outputs],
+            [r.origin_input_ids for r in reqs], outputs,
             [r.min_tokens_ids for r in reqs], self.vocab_size, self.device)
         rows = logits[_on(step.sample_rows, logits.device)]
         mask = None

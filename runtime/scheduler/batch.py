@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from sgl.runtime.executor.forward_batch import ForwardBatch
+import torch
+
+from sgl.runtime.executor.forward_batch import ForwardBatch, ForwardMode
 from sgl.runtime.scheduler.kv_manager import KVManager
 from sgl.runtime.scheduler.planner import StepPlan
 from sgl.runtime.scheduler.req import Req
@@ -24,21 +26,47 @@ class StepInputs:
     need_logprobs: bool = False
     table_writes: Any = (None, None, None)  # this step's request->token writes, for other TP ranks
     vocab_mask: Optional[Any] = None  # packed (num_samples, ceil(vocab/32)) int32 grammar bitmask
+    # Per plan request: where its rows start in the forward, and its num_computed before the step.
+    row_starts: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    # Speculative decoding. A verified request owns 1 + len(draft) consecutive sample rows; row
+    # k samples as if the output already held sample_paths[k] (its draft ancestors).
+    verify: dict[int, "VerifyRows"] = field(default_factory=dict)  # id(req) -> its rows
+    sample_paths: list[list[int]] = field(default_factory=list)    # empty when nothing verifies
+    capture_hidden: bool = False  # return the forward's hidden states (EAGLE drafters)
+    num_generated: int = 0        # tokens appended by this step (set when results are processed)
 
 
-def build_step(plan: StepPlan, kv: KVManager) -> StepInputs:
+@dataclass
+class VerifyRows:
+    tree: Any            # DraftTree
+    slots: Any           # (1 + len(tree),) KV slots of the root and the draft nodes
+    first_sample: int    # index of the root's row among the sample rows
+    kept: list[int] = field(default_factory=list)  # rows whose KV the request kept (after accept)
+
+
+def build_step(plan: StepPlan, kv: KVManager, capture_hidden: bool = False) -> StepInputs:
     ids, pos, locs, rows_pool, prefix, extend, logit_rows = [], [], [], [], [], [], []
-    step = StepInputs(batch=None)  # type: ignore[arg-type]
+    step = StepInputs(batch=None, capture_hidden=capture_hidden)  # type: ignore[arg-type]
+    masks: list[Optional[torch.Tensor]] = []  # per request: its tree mask block, None = causal
     offset = 0
     for req, n, slots in zip(plan.reqs, plan.num_new, plan.slots):
         start = req.num_computed
-        kv.extend(req, slots)
-        ids.extend(req.all_ids[start:start + n])
-        pos.extend(range(start, start + n))
-        locs.extend(slots.tolist())
+        step.row_starts.append(offset)
+        step.starts.append(start)
         rows_pool.append(req.req_pool_idx)
         prefix.append(start)
         extend.append(n)
+        locs.extend(slots.tolist())
+        tree = req.draft
+        if tree is not None and n == 1 + len(tree):
+            _add_verify_rows(step, logit_rows, masks, req, tree, start, slots, offset, ids, pos, kv)
+            offset += n
+            continue
+        masks.append(None)
+        kv.extend(req, slots)
+        ids.extend(req.all_ids[start:start + n])
+        pos.extend(range(start, start + n))
         _add_prompt_logprob_rows(step, logit_rows, req, start, n, offset)
         if start + n == req.seq_len:
             if req.is_prefill_only:
@@ -47,13 +75,53 @@ def build_step(plan: StepPlan, kv: KVManager) -> StepInputs:
                 step.sample_rows.append(len(logit_rows))
                 logit_rows.append(offset + n - 1)
                 step.sample_reqs.append(req)
+                if step.verify:
+                    step.sample_paths.append([])
         offset += n
     step.table_writes = kv.table.flush() or (None, None, None)
     step.batch = ForwardBatch.build(ids, pos, locs, rows_pool, prefix, extend, logit_rows)
+    if step.verify:
+        _attach_tree_masks(step.batch, masks, prefix, extend)
     asking = [r for r in step.sample_reqs + step.lp_owners if r.return_logprob]
     step.need_logprobs = bool(asking)
     step.top_logprobs_num = max((r.top_logprobs_num for r in asking), default=0)
     return step
+
+
+def _add_verify_rows(step: StepInputs, logit_rows: list[int], masks: list, req: Req, tree: Any,
+                     start: int, slots: torch.Tensor, offset: int, ids: list[int], pos: list[int],
+                     kv: KVManager) -> None:
+    """The root (last token) and the draft nodes, at positions start + depth; every row samples."""
+    if not step.verify:  # the first verified request: earlier sample rows get empty paths
+        step.sample_paths.extend([] for _ in step.sample_reqs)
+    kv.table.write(req.req_pool_idx, start, slots)  # the request keeps only what is accepted
+    ids.append(req.all_ids[start])
+    ids.extend(tree.tokens)
+    pos.append(start)
+    pos.extend(start + d for d in tree.depths())
+    block = torch.ones((1 + len(tree), start + 1 + len(tree)), dtype=torch.bool)
+    block[:, start:] = tree.tree_mask()
+    masks.append(block)
+    step.verify[id(req)] = VerifyRows(tree, slots, len(step.sample_reqs))
+    for k, path in enumerate(tree.paths()):
+        step.sample_rows.append(len(logit_rows))
+        logit_rows.append(offset + k)
+        step.sample_reqs.append(req)
+        step.sample_paths.append(path)
+
+
+def _attach_tree_masks(batch: ForwardBatch, masks: list, prefix: list[int], extend: list[int]) -> None:
+    """One custom mask for the whole batch: tree blocks for verified requests, causal blocks for
+    the others."""
+    blocks = []
+    for block, p, e in zip(masks, prefix, extend):
+        if block is None:
+            block = torch.ones((e, p + e), dtype=torch.bool).tril(diagonal=p)
+        blocks.append(block.flatten())
+    lens = torch.tensor([b.numel() for b in blocks], dtype=torch.int64)
+    batch.custom_mask = torch.cat(blocks)
+    batch.mask_indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens, 0)])
+    batch.forward_mode = ForwardMode.EXTEND
 
 
 def _add_prompt_logprob_rows(step: StepInputs, logit_rows: list[int], req: Req, start: int, n: int,
@@ -78,3 +146,4 @@ class RunResult:
     top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
     input_logprobs: list[float] = field(default_factory=list)                 # per prompt-logprob row
     input_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+    hidden_states: Optional[Any] = None  # (num_tokens, H) when the step asked to capture them

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
+
 from sgl.runtime.io_struct import TokenOutput
 from sgl.runtime.sampling.params import SamplingParams
 from sgl.runtime.scheduler.batch import RunResult, StepInputs
 from sgl.runtime.scheduler.planner import StepPlan
 from sgl.runtime.scheduler.req import Req
+from sgl.runtime.speculative.tree import verify
 
 
 class StopChecker:
@@ -46,15 +49,28 @@ class StopChecker:
 
 def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: Any) -> list[TokenOutput]:
     _store_prompt_logprobs(step, result)
-    for i, (req, token) in enumerate(zip(step.sample_reqs, result.next_token_ids)):
-        req.append_output(token, result.logprobs[i] if result.logprobs else None,
-                          result.top_logprobs[i] if result.top_logprobs else None)
+    row = 0
+    while row < len(step.sample_reqs):
+        req = step.sample_reqs[row]
+        rows = step.verify.get(id(req))
+        if rows is not None:  # speculative: 1 + len(draft) rows
+            n = 1 + len(rows.tree)
+            step.num_generated += _accept_draft(req, rows, result.next_token_ids[row:row + n], sched)
+            row += n
+            continue
+        token = result.next_token_ids[row]
+        req.append_output(token, result.logprobs[row] if result.logprobs else None,
+                          result.top_logprobs[row] if result.top_logprobs else None)
+        step.num_generated += 1
         if req.grammar is not None:
             sched.grammar.after_token(req, token, sched.kv)
         if not req.is_finished:
             sched.stop_checker.check(req, token)
+        row += 1
     for req in step.prefill_done:
         req.finish({"type": "length", "length": 0})
+    if sched.spec is not None:
+        _observe(plan, step, result, sched)
     sampled = {id(r) for r in step.sample_reqs}
     outputs = []
     for req in plan.reqs:
@@ -65,6 +81,45 @@ def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: 
             continue
         outputs.append(make_output(req))
     return outputs
+
+
+def _accept_draft(req: Req, rows: Any, target_tokens: list[int], sched: Any) -> int:
+    """Emit the verified tokens (stopping where the request stops), keep the KV of the root and
+    of the accepted draft nodes that precede the last emitted token, free the rest."""
+    emitted, accepted = verify(rows.tree, target_tokens)
+    count = 0
+    for token in emitted:
+        req.append_output(token)
+        count += 1
+        sched.stop_checker.check(req, token)
+        if req.is_finished:
+            break
+    keep = [0] + [j + 1 for j in accepted[:count - 1]]
+    rows.kept = keep
+    kept = rows.slots[keep]
+    sched.kv.table.write(req.req_pool_idx, req.num_computed, kept)
+    req.extend_kv(kept)
+    rejected = torch.ones(rows.slots.numel(), dtype=torch.bool)
+    rejected[keep] = False
+    sched.kv.allocator.free(rows.slots[rejected])
+    sched.spec.record(req, count, len(rows.tree))
+    req.draft = None
+    return count
+
+
+def _observe(plan: StepPlan, step: StepInputs, result: RunResult, sched: Any) -> None:
+    """Tell the drafter which positions each request computed, with their hidden states when
+    the step captured them."""
+    hidden = result.hidden_states
+    for req, n, row_start, start in zip(plan.reqs, plan.num_new, step.row_starts, step.starts):
+        rows = step.verify.get(id(req))
+        if hidden is None:
+            sched.spec.observe(req, start, None)
+        elif rows is not None:
+            index = torch.tensor(rows.kept, dtype=torch.int64, device=hidden.device) + row_start
+            sched.spec.observe(req, start, hidden[index])
+        else:
+            sched.spec.observe(req, start, hidden[row_start:row_start + n])
 
 
 def _store_prompt_logprobs(step: StepInputs, result: RunResult) -> None:

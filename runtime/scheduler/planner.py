@@ -72,12 +72,10 @@ class Planner:
         for req in list(running):
             if req not in running:  # retracted while making room for an earlier one
                 continue
-            got, _ = self._wants([req], budget)
+            got, budget = self._wants([req], budget)
             if not got:
                 continue
             n = got[0][1]
-            if n > 1:
-                budget -= n
             part = self._alloc_or_retract(n, req, running, waiting, plan)
             if part is not None:
                 plan.add(req, n, part)
@@ -85,11 +83,14 @@ class Planner:
 
     @staticmethod
     def _wants(reqs: list[Req], budget: int) -> tuple[list[tuple[Req, int]], int]:
-        """Tokens each request runs this step: 1 when decoding, a budgeted chunk of a prompt."""
+        """Tokens each request runs this step: 1 when decoding (plus its draft's tokens when
+        speculating), a budgeted chunk of a prompt."""
         out = []
         for req in reqs:
             n = req.seq_len - req.num_computed
-            if n > 1:
+            if n == 1 and req.draft is not None:
+                n += len(req.draft)
+            elif n > 1:
                 n = min(n, budget)
                 if n <= 0:
                     continue
@@ -124,6 +125,7 @@ class Planner:
     def retract(self, req: Req, running: list[Req], waiting: list[Req], plan: StepPlan) -> None:
         self.kv.release(req)
         running.remove(req)
+        req.draft = None
         req.state = ReqState.WAITING
         waiting.insert(0, req)
         plan.retracted.append(req)

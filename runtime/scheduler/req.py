@@ -48,6 +48,7 @@ class Req:
         self.grammar: Any = None
         self.grammar_handle: Any = None
         self.min_tokens_ids: set[int] = set()
+        self.draft: Any = None          # speculative decoding: this step's DraftTree, if any
 
     @property
     def seq_len(self) -> int:

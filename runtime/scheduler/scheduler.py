@@ -31,6 +31,10 @@ class Scheduler:
         self.stop_checker = StopChecker(tokenizer, eos_token_ids or [])
         self.grammar = GrammarCoordinator(server_args, tokenizer, runner.vocab_size, eos_token_ids or [])
         self._early_outputs: list[TokenOutput] = []  # finished before ever running
+        self.spec = None
+        if server_args.speculative_algorithm:
+            from sgl.runtime.speculative import SpecDecoder
+            self.spec = SpecDecoder(server_args, runner)
         self.stats = StepLogger(server_args, self)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
@@ -81,6 +85,8 @@ class Scheduler:
                 queue.remove(req)
                 if req.state == ReqState.RUNNING:
                     self.kv.release(req)
+                if self.spec is not None:
+                    self.spec.release(req)
                 req.finish({"type": "abort", "message": "aborted by request"})
                 req.state = ReqState.FINISHED
                 out.append(TokenOutput(rid=req.rid, new_token_ids=[], finished_reason=req.finished_reason,
@@ -109,11 +115,13 @@ class Scheduler:
     def step(self) -> list[TokenOutput]:
         outputs = self._take_early_outputs()
         waiting = order_waiting(self.args.schedule_policy, self.waiting, self.kv.match, self.rng)
+        if self.spec is not None:
+            self.spec.propose(self.running, self.kv)
         plan = self.planner.plan(self.running, waiting)
         self.waiting = waiting
         if not plan.reqs:
             return outputs + self._fail_unschedulable()
-        inputs: StepInputs = build_step(plan, self.kv)
+        inputs: StepInputs = build_step(plan, self.kv, self.spec is not None and self.spec.needs_hidden)
         inputs.vocab_mask = self.grammar.vocab_mask(inputs.sample_reqs)
         result = self.runner.run_batch(inputs)
         outputs += process_results(plan, inputs, result, self)
@@ -128,6 +136,8 @@ class Scheduler:
         return outputs
 
     def finish(self, req: Req) -> None:
+        if self.spec is not None:
+            self.spec.release(req)
         self.kv.release(req)
         self.running.remove(req)
         req.state = ReqState.FINISHED

@@ -26,8 +26,8 @@ class StepLogger:
     def log_step(self, plan: Any, step: Any) -> None:
         self.num_forward_passes += 1
         self.num_retracted += len(plan.retracted)
-        self.total_generated_tokens += len(step.sample_reqs)
-        self.tokens_since_log += len(step.sample_reqs)
+        self.total_generated_tokens += step.num_generated
+        self.tokens_since_log += step.num_generated
         s = self.sched
         if plan.num_admitted:
             new_tokens = plan.num_tokens
@@ -46,10 +46,14 @@ class StepLogger:
         self.last_gen_throughput = self.tokens_since_log / max(now - self.last_log, 1e-9)
         self.tokens_since_log, self.last_log = 0, now
         num_tokens = sum(r.seq_len for r in s.running)
+        spec = ""
+        if s.spec is not None:
+            accept_len, accept_rate = s.spec.take_interval()
+            spec = f"accept len: {accept_len:.2f}, accept rate: {accept_rate:.2f}, "
         logger.info(
-            "Decode batch, #running-req: %d, #token: %d, token usage: %.2f, cuda graph: %s, "
+            "Decode batch, #running-req: %d, #token: %d, token usage: %.2f, %scuda graph: %s, "
             "gen throughput (token/s): %.2f, #queue-req: %d", len(s.running), num_tokens,
-            s.token_usage(), self.cuda_graph_used, self.last_gen_throughput, len(s.waiting))
+            s.token_usage(), spec, self.cuda_graph_used, self.last_gen_throughput, len(s.waiting))
 
     def cache_hit_rate(self) -> float:
         return self.total_cached_tokens / max(self.total_prompt_tokens, 1)

@@ -1,0 +1,84 @@
+"""Speculative decoding: draft a tree of tokens per request, verify it in one target forward.
+
+`SpecDecoder` is the scheduler's handle: `propose` sets `req.draft` on the running requests
+before the step is planned; the scheduler's batch builder turns each draft into verify rows with
+a tree mask; `accept` (in scheduler/output.py) keeps the accepted tokens' KV and frees the rest;
+`observe` passes the target's hidden states to drafters that need them (EAGLE)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from sgl.runtime.speculative.tree import DraftTree, verify
+
+__all__ = ["DraftTree", "SpecDecoder", "verify"]
+
+
+class SpecDecoder:
+    def __init__(self, server_args: Any, runner: Any) -> None:
+        self.algorithm = server_args.speculative_algorithm
+        self.num_steps, self.topk, self.num_draft_tokens = server_args.speculative_settings()
+        if self.algorithm == "NGRAM":
+            from sgl.runtime.speculative.ngram import NgramDrafter
+            self.drafter: Any = NgramDrafter(server_args)
+        else:
+            from sgl.runtime.speculative.draft_worker import ModelDrafter
+            self.drafter = ModelDrafter(server_args, runner)
+        # Table columns a draft may use past the sequence: the verify rows, or the draft's
+        # scratch tokens (at most topk per step), whichever is more.
+        self.scratch_cols = max(self.num_draft_tokens, self.topk * self.num_steps + 1)
+        self.table_width = runner.req_to_token_pool.max_context_len
+        self.context_len = runner.context_len
+        # Counters for the log line and /metrics.
+        self.num_verify = 0          # request-verifications
+        self.num_emitted = 0         # tokens they produced
+        self.num_drafted = 0         # draft tokens they checked
+        self.interval_verify = self.interval_emitted = self.interval_drafted = 0
+
+    @property
+    def needs_hidden(self) -> bool:
+        return bool(getattr(self.drafter, "needs_hidden", False))
+
+    def eligible(self, req: Any) -> bool:
+        """Decoding, unconstrained, no logprobs asked, and at least two tokens to go. The rest
+        run as plain one-token steps in the same batch (a draft of size 0)."""
+        return (req.seq_len - req.num_computed == 1 and req.grammar is None
+                and not req.return_logprob and req.remaining_new_tokens() >= 2
+                and req.seq_len + self.scratch_cols < min(self.table_width, self.context_len))
+
+    def propose(self, running: list[Any], kv: Any) -> None:
+        for req in running:
+            req.draft = None
+        reqs = [r for r in running if self.eligible(r)]
+        if not reqs:
+            return
+        limits = [min(self.num_draft_tokens - 1, r.remaining_new_tokens() - 1) for r in reqs]
+        for req, tree in zip(reqs, self.drafter.propose(reqs, limits, kv)):
+            req.draft = tree if len(tree) else None
+
+    def observe(self, req: Any, start: int, hidden: Optional[torch.Tensor]) -> None:
+        if hasattr(self.drafter, "observe"):
+            self.drafter.observe(req, start, hidden)
+
+    def release(self, req: Any) -> None:
+        req.draft = None
+        if hasattr(self.drafter, "release"):
+            self.drafter.release(req)
+
+    def record(self, req: Any, emitted: int, drafted: int) -> None:
+        self.num_verify += 1
+        self.num_emitted += emitted
+        self.num_drafted += drafted
+        self.interval_verify += 1
+        self.interval_emitted += emitted
+        self.interval_drafted += drafted
+        req.meta["spec_verify_ct"] = req.meta.get("spec_verify_ct", 0) + 1
+        req.meta["spec_accepted_tokens"] = req.meta.get("spec_accepted_tokens", 0) + emitted - 1
+
+    def take_interval(self) -> tuple[float, float]:
+        """(accept len, accept rate) since the last call: tokens per verification, and the
+        share of drafted tokens accepted."""
+        n, e, d = self.interval_verify, self.interval_emitted, self.interval_drafted
+        self.interval_verify = self.interval_emitted = self.interval_drafted = 0
+        return (e / n if n else 1.0), ((e - n) / d if d else 0.0)

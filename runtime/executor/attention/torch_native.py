@@ -25,5 +25,6 @@ class TorchNativeBackend(AttentionBackend):
         prefix_lens = batch.prefix_lens_cpu or batch.prefix_lens
         extend_lens = batch.extend_lens_cpu or batch.extend_lens
         out = extend_attention_ref(q, k_buffer, v_buffer, batch.req_to_token,
-                                   batch.req_pool_indices, prefix_lens, extend_lens, layer.scaling)
+                                   batch.req_pool_indices, prefix_lens, extend_lens, layer.scaling,
+                                   custom_mask=batch.custom_mask, mask_indptr=batch.mask_indptr)
         return out.reshape(num_tokens, layer.num_heads * layer.head_dim)

@@ -108,5 +108,6 @@ class TritonBackend(AttentionBackend):
             out = extend_attention(q3, k_buffer, v_buffer, batch.req_to_token,
                                    batch.req_pool_indices, batch.prefix_lens, batch.extend_lens,
                                    layer.scaling, q_start=self.q_start,
-                                   max_extend_len=self.max_extend_len)
+                                   max_extend_len=self.max_extend_len,
+                                   custom_mask=batch.custom_mask, mask_indptr=batch.mask_indptr)
         return out.view(num_tokens, -1).to(q.dtype)  # (T, Hq * Dv)

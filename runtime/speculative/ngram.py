@@ -1,0 +1,76 @@
+"""NGRAM drafting: no draft model. The request's last few tokens are looked up earlier in its own
+prompt and output; what followed each match becomes a branch of the draft tree. Copy-heavy
+outputs (quoting, extracting, rewriting spans of the prompt) accept long drafts."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sgl.runtime.speculative.tree import DraftTree
+
+
+class NgramDrafter:
+    needs_hidden = False
+
+    def __init__(self, server_args: Any) -> None:
+        _, _, num_draft_tokens = server_args.speculative_settings()
+        self.max_nodes = num_draft_tokens - 1
+        self.min_window = max(server_args.speculative_ngram_min_match_window_size, 1)
+        self.max_window = max(server_args.speculative_ngram_max_match_window_size, self.min_window)
+        self.max_breadth = max(server_args.speculative_ngram_max_bfs_breadth, 1)
+
+    def propose(self, reqs: list[Any], limits: list[int], kv: Any = None) -> list[DraftTree]:
+        return [self.draft(req.all_ids, min(limit, self.max_nodes)) for req, limit in zip(reqs, limits)]
+
+    def draft(self, ids: list[int], max_nodes: int) -> DraftTree:
+        tree = DraftTree()
+        if max_nodes <= 0 or len(ids) < self.min_window + 1:
+            return tree
+        seq = np.asarray(ids, dtype=np.int64)
+        continuations = self._continuations(seq, max_nodes)
+        # Merge the continuations into a trie, best match first, then keep a breadth-first
+        # prefix of it (parents before children, shallow nodes first).
+        children: dict[tuple[int, int], int] = {}
+        trie_tokens: list[int] = []
+        trie_parents: list[int] = []
+        for cont in continuations:
+            parent = -1
+            for token in cont:
+                key = (parent, int(token))
+                if key not in children:
+                    children[key] = len(trie_tokens)
+                    trie_tokens.append(int(token))
+                    trie_parents.append(parent)
+                parent = children[key]
+        depth = [0] * len(trie_tokens)
+        for j, p in enumerate(trie_parents):
+            depth[j] = 1 if p < 0 else depth[p] + 1
+        order = sorted(range(len(trie_tokens)), key=lambda j: (depth[j], j))[:max_nodes]
+        new_index: dict[int, int] = {}
+        for j in sorted(order, key=lambda j: (depth[j], j)):
+            p = trie_parents[j]
+            new_index[j] = tree.add(trie_tokens[j], -1 if p < 0 else new_index[p])
+        return tree
+
+    def _continuations(self, seq: np.ndarray, max_len: int) -> list[np.ndarray]:
+        """What followed earlier occurrences of the current suffix: longest windows first, most
+        recent occurrence first within a window, at most max_breadth of them."""
+        n = seq.shape[0]
+        out: list[np.ndarray] = []
+        seen: set[int] = set()
+        for w in range(min(self.max_window, n - 1), self.min_window - 1, -1):
+            suffix = seq[n - w:]
+            # Candidate starts s with seq[s:s+w] == suffix and s + w < n (something follows).
+            hits = np.ones(n - w, dtype=bool)
+            for j in range(w):
+                hits &= seq[j:n - w + j] == suffix[j]
+            for s in np.flatnonzero(hits)[::-1]:
+                follow = int(s) + w
+                if follow in seen:
+                    continue
+                seen.add(follow)
+                out.append(seq[follow:follow + max_len])
+                if len(out) >= self.max_breadth:
+                    return out
+        return out

@@ -1,0 +1,240 @@
+"""Speculative decoding on CPU in float32: the draft tree and its verification rule, NGRAM
+drafting, losslessness of every algorithm against plain decoding on the bundled model (greedy,
+seeded sampling with penalties, min_new_tokens, logprob and grammar requests in the same batch, a
+pool small enough to force retraction), full acceptance when the draft is the target itself, and
+the EAGLE drafter's incremental catch-up against a dense run of the same head."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from sgl.runtime.config import ServerArgs
+from sgl.runtime.engine import Engine
+from sgl.runtime.executor.model_runner import ModelRunner
+from sgl.runtime.io_struct import TokenizedGenerateReq
+from sgl.runtime.loader import load_model
+from sgl.runtime.loader.bundled import bundled_model_path
+from sgl.runtime.loader.draft import write_random_eagle_head
+from sgl.runtime.sampling.params import SamplingParams
+from sgl.runtime.scheduler.scheduler import Scheduler
+from sgl.runtime.speculative.ngram import NgramDrafter
+from sgl.runtime.speculative.tree import DraftTree, verify
+
+import transformers
+
+from tests.runtime.pools import Pools
+from tests.runtime.test_eagle_heads import _tiny_config
+
+# -- the tree and the verification rule --------------------------------------------------------
+
+
+def _tree(*nodes: tuple[int, int]) -> DraftTree:
+    tree = DraftTree()
+    for token, parent in nodes:
+        tree.add(token, parent)
+    return tree
+
+
+def test_tree_mask_depths_and_paths():
+    #        root
+    #       /    \
+    #     a(0)   b(1)
+    #     |
+    #     c(2)
+    tree = _tree((10, -1), (11, -1), (12, 0))
+    assert tree.depths() == [1, 1, 2]
+    assert tree.paths() == [[], [10], [11], [10, 12]]
+    expected = torch.tensor([[1, 0, 0, 0],
+                             [1, 1, 0, 0],
+                             [1, 0, 1, 0],
+                             [1, 1, 0, 1]], dtype=torch.bool)
+    assert torch.equal(tree.tree_mask(), expected)
+
+
+@pytest.mark.parametrize("target, emitted, accepted", [
+    ([99, 0, 0, 0], [99], []),              # root's choice drafted nowhere: one token
+    ([11, 0, 5, 0], [11, 5], [1]),          # takes branch b, b's choice has no child
+    ([10, 12, 0, 7], [10, 12, 7], [0, 2]),  # the whole left path, then the target's own token
+])
+def test_verify_walks_the_targets_choices(target, emitted, accepted):
+    tree = _tree((10, -1), (11, -1), (12, 0))
+    assert verify(tree, target) == (emitted, accepted)
+
+
+def _ngram(max_nodes: int = 7, breadth: int = 8) -> NgramDrafter:
+    return NgramDrafter(ServerArgs(speculative_algorithm="NGRAM", speculative_num_draft_tokens=max_nodes + 1,
+                                   speculative_ngram_max_bfs_breadth=breadth))
+
+
+def test_ngram_drafts_what_followed_the_suffix():
+    ids = [1, 2, 3, 4, 5, 6, 9, 9, 1, 2, 3]
+    tree = _ngram().draft(ids, 4)
+    assert tree.tokens == [4, 5, 6, 9] and tree.parents == [-1, 0, 1, 2]
+
+
+def test_ngram_merges_several_matches_into_a_tree():
+    ids = [7, 1, 2, 8, 7, 1, 3, 8, 7, 1]  # "7 1" was followed by "2 8" and by "3 8"
+    tree = _ngram().draft(ids, 7)
+    branches = {tuple(p) for p in tree.paths() if len(p) == 2}
+    assert {(3, 8), (2, 8)} <= branches
+    assert all(p < j for j, p in enumerate(tree.parents))  # parents first
+    assert _ngram().draft(ids, 2).tokens in ([3, 2], [2, 3])  # the limit keeps the shallow nodes
+    assert len(_ngram().draft([5, 6, 7], 7)) == 0  # nothing repeats
+
+
+# -- losslessness on the bundled model --------------------------------------------------------
+
+PROMPTS = [
+    "Repeat exactly: the quick brown fox jumps over the lazy dog. the quick brown fox jumps over the lazy dog.",
+    "List the numbers from 1 to 20 separated by commas:",
+    "Tell me about Paris.",
+    "What is 2+2? Explain.",
+    "Copy this list: apple, banana, cherry, apple, banana, cherry, apple,",
+    "Write a short poem about the sea.",
+]
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+def _params() -> list[dict]:
+    # ignore_eos: every request runs its 32 tokens, so the pool runs short and some are retracted
+    params = [{"temperature": 0, "max_new_tokens": 32, "ignore_eos": True} for _ in PROMPTS]
+    params[2] = {"temperature": 0.8, "top_p": 0.9, "max_new_tokens": 32, "seed": 3, "ignore_eos": True}
+    params[3] = {"temperature": 1.0, "top_k": 20, "frequency_penalty": 0.5, "max_new_tokens": 32,
+                 "seed": 4, "ignore_eos": True}
+    params[5] = {"temperature": 0, "max_new_tokens": 32, "min_new_tokens": 26}
+    return params
+
+
+def _run(engine: Engine) -> list[dict]:
+    plain = engine.generate(PROMPTS, _params())
+    logprob = engine.generate(PROMPTS[0], {"temperature": 0, "max_new_tokens": 12}, return_logprob=True)
+    grammar = engine.generate("Give me a JSON object with a name:", {
+        "temperature": 0, "max_new_tokens": 30, "json_schema": json.dumps(SCHEMA)})
+    return plain + [logprob, grammar]
+
+
+ENGINE_KW = dict(max_total_tokens=150, chunked_prefill_size=32, schedule_conservativeness=0.05,
+                 random_seed=0)  # admits eagerly into a small pool: requests get retracted
+
+
+@pytest.fixture(scope="module")
+def reference() -> list[dict]:
+    with Engine(**ENGINE_KW) as engine:
+        return _run(engine)
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory) -> dict[str, str]:
+    config = load_model(bundled_model_path()).hf_config
+    out = {}
+    for kind in ("EAGLE", "EAGLE3"):
+        path = str(tmp_path_factory.mktemp(kind.lower()))
+        write_random_eagle_head(config, path, kind, seed=1,
+                                draft_vocab_size=8000 if kind == "EAGLE3" else None)
+        out[kind] = path
+    return out
+
+
+CASES = {
+    "ngram": dict(speculative_algorithm="NGRAM"),
+    "standalone-chain": dict(speculative_algorithm="STANDALONE", speculative_num_steps=3),
+    "standalone-tree": dict(speculative_algorithm="STANDALONE", speculative_num_steps=3,
+                            speculative_eagle_topk=2, speculative_num_draft_tokens=6),
+    "eagle": dict(speculative_algorithm="EAGLE", speculative_num_steps=2, speculative_eagle_topk=2,
+                  speculative_num_draft_tokens=4),
+    "eagle3": dict(speculative_algorithm="EAGLE3", speculative_num_steps=3),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_speculation_is_lossless(case, reference, heads, caplog):
+    kwargs = dict(CASES[case])
+    algo = kwargs["speculative_algorithm"]
+    if algo == "STANDALONE":
+        kwargs["speculative_draft_model_path"] = bundled_model_path()
+    elif algo in heads:
+        kwargs["speculative_draft_model_path"] = heads[algo]
+    with caplog.at_level(logging.INFO, logger="sgl.scheduler"):
+        with Engine(**ENGINE_KW, decode_log_interval=4, **kwargs) as engine:
+            got = _run(engine)
+            engine.call_in_scheduler(lambda s: s.check_pool_invariant())
+            stats = engine.call_in_scheduler(lambda s: (s.spec.num_verify, s.spec.num_emitted, s.stats.num_retracted))
+    for i, (want, have) in enumerate(zip(reference, got)):
+        assert have["text"] == want["text"], (case, i)
+        assert have["meta_info"]["completion_tokens"] == want["meta_info"]["completion_tokens"]
+    # Speculation happened; logprob and grammar requests ran without a draft.
+    assert stats[0] > 0 and got[0]["meta_info"]["spec_verify_ct"] > 0
+    assert "spec_verify_ct" not in got[-1]["meta_info"] and "spec_verify_ct" not in got[-2]["meta_info"]
+    # Same tokens; logprobs equal up to float32 batch-shape noise (its cached prefix was computed
+    # in verify batches here, in decode batches there).
+    for (lp, tok, _), (ref_lp, ref_tok, _) in zip(got[-2]["meta_info"]["output_token_logprobs"],
+                                                  reference[-2]["meta_info"]["output_token_logprobs"]):
+        assert tok == ref_tok and lp == pytest.approx(ref_lp, abs=1e-4)
+    assert stats[2] > 0, "the small pool was meant to force a retraction"
+    assert any("accept len: " in r.getMessage() and "accept rate: " in r.getMessage() for r in caplog.records)
+    if algo == "NGRAM":  # the copy prompt copies
+        meta = got[0]["meta_info"]
+        assert meta["completion_tokens"] / meta["spec_verify_ct"] > 1.5, meta
+
+
+def test_self_draft_is_always_accepted():
+    """STANDALONE with the target as its own draft: every drafted token is the target's choice,
+    so each verification emits num_steps + 1 tokens (the first output token comes from prefill)."""
+    with Engine(max_total_tokens=2000, speculative_algorithm="STANDALONE",
+                speculative_draft_model_path=bundled_model_path(), speculative_num_steps=3) as engine:
+        outs = engine.generate(PROMPTS[:3], {"temperature": 0, "max_new_tokens": 25, "ignore_eos": True})
+    for out in outs:
+        meta = out["meta_info"]
+        assert meta["completion_tokens"] == 25
+        assert meta["spec_verify_ct"] == 6  # 1 + 6 * 4 = 25
+        assert meta["spec_accepted_tokens"] == 6 * 3
+
+
+# -- the EAGLE drafter against a dense run of its head -------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["EAGLE", "EAGLE3"])
+def test_eagle_draft_matches_dense_head(kind, tmp_path):
+    """After a prefill and a few verify steps (hidden states arrive in pieces, some rows
+    rejected), the drafter's chain equals greedy decoding of the head run densely over the whole
+    sequence with the target's hidden states recomputed from scratch."""
+    target_dir, head_dir = tmp_path / "target", tmp_path / "head"
+    torch.manual_seed(3)
+    transformers.LlamaForCausalLM(_tiny_config()).save_pretrained(target_dir)
+    write_random_eagle_head(_tiny_config(), str(head_dir), kind, seed=2,
+                            draft_vocab_size=100 if kind == "EAGLE3" else None)
+    args = ServerArgs(model_path=str(target_dir), speculative_algorithm=kind,
+                      speculative_draft_model_path=str(head_dir), speculative_num_steps=3,
+                      max_total_tokens=256, context_length=128)
+    runner = ModelRunner(args)
+    sched = Scheduler(args, runner, tokenizer=None, eos_token_ids=[])
+    prompt = [5, 17, 3, 99, 42, 8, 8, 61, 23, 7, 77, 1]
+    sched.add_request(TokenizedGenerateReq("r", prompt, SamplingParams(max_new_tokens=60, temperature=0)))
+    req = sched.waiting[0]
+    while len(req.output_ids) < 8:
+        sched.step()
+    drafter = sched.spec.drafter
+    tree = drafter.propose([req], [3], sched.kv)[0]
+    assert tree.parents == [-1, 0, 1]
+
+    seq = req.all_ids  # the target holds K/V of seq[:-1]
+    loaded = runner.loaded
+    pools = Pools(loaded.num_kv_heads, loaded.head_dim, loaded.num_layers, num_slots=128)
+    with torch.no_grad():
+        batch = pools.batch({0: seq[:-1]})
+        hidden = runner.model(batch.input_ids, batch.positions, batch)
+        target_hidden = hidden if kind == "EAGLE" else batch.aux_hidden_states
+        head = drafter.model
+        dpools = Pools(drafter.num_kv_heads, drafter.head_dim, 1, num_slots=128)
+        tokens, h_in, want = seq[1:], target_hidden, []
+        for _ in range(3):
+            b = dpools.batch({0: tokens})
+            nxt, for_logits = head(b.input_ids, b.positions, b, h_in)
+            best = int(head.compute_logits(for_logits[-1:]).argmax(-1))
+            if head.draft_to_target is not None:
+                best = int(head.draft_to_target[best])
+            want.append(best)
+            tokens, h_in = [best], nxt[-1:]
+    assert tree.tokens == want
