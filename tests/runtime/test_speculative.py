@@ -93,6 +93,7 @@ PROMPTS = [
     "What is 2+2? Explain.",
     "Copy this list: apple, banana, cherry, apple, banana, cherry, apple,",
     "Write a short poem about the sea.",
+    "Repeat exactly: the quick brown fox jumps over the lazy dog. the quick brown fox jumps over the lazy dog.",
 ]
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
 
@@ -104,6 +105,7 @@ def _params() -> list[dict]:
     params[3] = {"temperature": 1.0, "top_k": 20, "frequency_penalty": 0.5, "max_new_tokens": 32,
                  "seed": 4, "ignore_eos": True}
     params[5] = {"temperature": 0, "max_new_tokens": 32, "min_new_tokens": 26}
+    params[6] = {"temperature": 0, "max_new_tokens": 32, "stop": ["classic"]}  # stops mid-draft
     return params
 
 
@@ -164,6 +166,7 @@ def test_speculation_is_lossless(case, reference, heads, caplog):
     for i, (want, have) in enumerate(zip(reference, got)):
         assert have["text"] == want["text"], (case, i)
         assert have["meta_info"]["completion_tokens"] == want["meta_info"]["completion_tokens"]
+    assert reference[6]["meta_info"]["finish_reason"] == {"type": "stop", "matched": "classic"}
     # Speculation happened; logprob and grammar requests ran without a draft.
     assert stats[0] > 0 and got[0]["meta_info"]["spec_verify_ct"] > 0
     assert "spec_verify_ct" not in got[-1]["meta_info"] and "spec_verify_ct" not in got[-2]["meta_info"]
