@@ -42,6 +42,9 @@ class ForwardBatch:
     # Set by a model whose `layers_to_capture` is non-empty (EAGLE-3 targets): (num_tokens,
     # len(layers_to_capture) * hidden) hidden states entering those layers, concatenated.
     aux_hidden_states: Optional[torch.Tensor] = None
+    # Overlap scheduling: (num_tokens,) int64; where >= 0, the input id is row future_src[i] of
+    # the tokens sampled by the previous step, still on the device when this batch was built.
+    future_src: Optional[torch.Tensor] = None
 
     @property
     def num_tokens(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -58,6 +58,7 @@ class ModelRunner:
                 dist.destroy_process_group()  # so this process can start another engine
             raise
         self.last_used_cuda_graph = False
+        self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's sampled ids
 
     def _init_model(self) -> None:
         self.model_path = self.args.model_path or bundled_model_path()
@@ -129,6 +130,9 @@ class ModelRunner:
         `self.last_hidden` holds the step's hidden states: the final ones, or the captured
         layers' (model.model.layers_to_capture, EAGLE-3)."""
         batch.to(self.device)
+        if batch.future_src is not None:  # overlap: ids sampled by the step still in flight
+            src = batch.future_src.to(self.device, non_blocking=True)
+            batch.input_ids = torch.where(src >= 0, self._last_tokens[src.clamp(min=0)], batch.input_ids)
         batch.req_to_token = self.req_to_token_pool.req_to_token
         batch.kv_pool, batch.attn_backend = self.kv_pool, self.attn_backend
         self.last_used_cuda_graph = (not keep_hidden and self.graph_runner is not None
@@ -143,22 +147,31 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run_batch(self, step: StepInputs) -> RunResult:
+        return self.launch_batch(step).resolve()
+
+    @torch.inference_mode()
+    def launch_batch(self, step: StepInputs) -> "PendingResult":
+        """Queue the step's forward and sampling on the device without waiting for them; the
+        returned handle's `resolve()` waits and reads the results back. Overlap scheduling plans
+        the next step in between (its input ids may name this step's tokens: `future_src`)."""
         if self.tp_size > 1:  # the other ranks run the same forward (rank 0 alone samples)
             broadcast_step((dataclasses.replace(step.batch), step.table_writes))
         logits = self.forward_logits(step.batch, keep_hidden=step.capture_hidden)
-        result = RunResult(next_token_ids=[])
+        pending = PendingResult(step)
         if step.capture_hidden:
-            result.hidden_states, self.last_hidden = self.last_hidden, None
+            pending.hidden, self.last_hidden = self.last_hidden, None
         if step.sample_reqs:
-            self._sample(logits, step, result)
+            pending.sampled = self._sample(logits, step)
+            self._last_tokens = pending.sampled.next_token_ids
         if step.lp_rows:
-            self._prompt_logprobs(logits, step, result)
-        return result
+            pending.prompt_lp = self._prompt_logprobs(logits, step)
+        pending.copy_to_host()
+        return pending
 
-    def _sample(self, logits: torch.Tensor, step: StepInputs, result: RunResult) -> None:
+    def _sample(self, logits: torch.Tensor, step: StepInputs) -> Any:
         reqs = step.sample_reqs
         outputs = [r.output_ids for r in reqs]
-        if step.sample_paths:  # speculative rows sample as if their draft ancestors were output
+        if step.sample_paths:  # rows that sample as if more tokens were out (drafts, in flight)
             outputs = [out + path if path else out for out, path in zip(outputs, step.sample_paths)]
         info = SamplingBatchInfo.from_requests(
             [r.sampling_params for r in reqs], [r.seed for r in reqs], [len(o) for o in outputs],
@@ -168,20 +181,65 @@ class ModelRunner:
         mask = None
         if step.vocab_mask is not None:  # packed grammar bitmask -> (bs, vocab) bool, on the device
             mask = bitmask_to_bool(step.vocab_mask.to(self.device, non_blocking=True), self.vocab_size)
-        out = self.sampler.forward(rows, info, vocab_mask=mask, top_logprobs_num=step.top_logprobs_num)
-        result.next_token_ids = out.next_token_ids.tolist()
-        if step.need_logprobs:
-            result.logprobs = out.logprobs.tolist()
-            if step.top_logprobs_num:
-                result.top_logprobs = _pairs(out.top_logprobs_vals, out.top_logprobs_ids)
+        return self.sampler.forward(rows, info, vocab_mask=mask, top_logprobs_num=step.top_logprobs_num)
 
-    def _prompt_logprobs(self, logits: torch.Tensor, step: StepInputs, result: RunResult) -> None:
+    def _prompt_logprobs(self, logits: torch.Tensor, step: StepInputs) -> tuple[torch.Tensor, Any]:
         rows, targets = _on(step.lp_rows, logits.device), _on(step.lp_targets, logits.device)
         logprobs = torch.log_softmax(logits[rows].float(), dim=-1)
-        result.input_logprobs = logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
-        if step.top_logprobs_num:
-            vals, ids = logprobs.topk(step.top_logprobs_num, dim=-1)
-            result.input_top_logprobs = _pairs(vals, ids)
+        chosen = logprobs.gather(1, targets[:, None]).squeeze(1)
+        return chosen, (logprobs.topk(step.top_logprobs_num, dim=-1) if step.top_logprobs_num else None)
+
+
+class PendingResult:
+    """A launched step: its results are being copied to pinned host memory behind the step's
+    kernels; `resolve()` waits for that copy alone (an event), not for work queued after it."""
+
+    def __init__(self, step: StepInputs) -> None:
+        self.step = step
+        self.sampled: Any = None     # the sampler's output (tensors)
+        self.prompt_lp: Any = None   # (chosen logprobs, (top values, top ids) or None)
+        self.hidden: Optional[torch.Tensor] = None
+        self._host: dict[str, torch.Tensor] = {}
+        self._event: Any = None
+
+    def copy_to_host(self) -> None:
+        out, step = self.sampled, self.step
+        tensors = {}
+        if out is not None:
+            tensors["ids"] = out.next_token_ids
+            if step.need_logprobs:
+                tensors["lp"] = out.logprobs
+                if step.top_logprobs_num:
+                    tensors["top_vals"], tensors["top_ids"] = out.top_logprobs_vals, out.top_logprobs_ids
+        if self.prompt_lp is not None:
+            tensors["in_lp"] = self.prompt_lp[0]
+            if self.prompt_lp[1] is not None:
+                tensors["in_top_vals"], tensors["in_top_ids"] = self.prompt_lp[1]
+        for name, t in tensors.items():
+            if t.device.type == "cuda":
+                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                host.copy_(t, non_blocking=True)
+                t = host
+            self._host[name] = t
+        if any(t.device.type == "cuda" for t in tensors.values()):
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def resolve(self) -> RunResult:
+        if self._event is not None:
+            self._event.synchronize()
+        h = self._host
+        result = RunResult(next_token_ids=h["ids"].tolist() if "ids" in h else [],
+                           hidden_states=self.hidden)
+        if "lp" in h:
+            result.logprobs = h["lp"].tolist()
+        if "top_vals" in h:
+            result.top_logprobs = _pairs(h["top_vals"], h["top_ids"])
+        if "in_lp" in h:
+            result.input_logprobs = h["in_lp"].tolist()
+        if "in_top_vals" in h:
+            result.input_top_logprobs = _pairs(h["in_top_vals"], h["in_top_ids"])
+        return result
 
 
 def _on(values: list[int], device: torch.device) -> torch.Tensor:

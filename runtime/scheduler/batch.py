@@ -45,8 +45,12 @@ class VerifyRows:
     kept: list[int] = field(default_factory=list)  # rows whose KV the request kept (after accept)
 
 
-def build_step(plan: StepPlan, kv: KVManager, capture_hidden: bool = False) -> StepInputs:
+def build_step(plan: StepPlan, kv: KVManager, capture_hidden: bool = False,
+               future: Optional[dict[int, int]] = None) -> StepInputs:
+    """future (overlap scheduling): id(req) -> its row among the tokens sampled by the step in
+    flight; such a request runs that token, which the host does not know yet."""
     ids, pos, locs, rows_pool, prefix, extend, logit_rows = [], [], [], [], [], [], []
+    future_src: list[int] = []
     step = StepInputs(batch=None, capture_hidden=capture_hidden)  # type: ignore[arg-type]
     masks: list[Optional[torch.Tensor]] = []  # per request: its tree mask block, None = causal
     offset = 0
@@ -58,6 +62,11 @@ def build_step(plan: StepPlan, kv: KVManager, capture_hidden: bool = False) -> S
         prefix.append(start)
         extend.append(n)
         locs.extend(slots.tolist())
+        if future is not None and id(req) in future:
+            _add_future_row(step, logit_rows, masks, req, slots, start, future[id(req)], offset,
+                            ids, pos, future_src, kv)
+            offset += 1
+            continue
         tree = req.draft
         if tree is not None and n == 1 + len(tree):
             _add_verify_rows(step, logit_rows, masks, req, tree, start, slots, offset, ids, pos, kv)
@@ -80,12 +89,32 @@ def build_step(plan: StepPlan, kv: KVManager, capture_hidden: bool = False) -> S
         offset += n
     step.table_writes = kv.table.flush() or (None, None, None)
     step.batch = ForwardBatch.build(ids, pos, locs, rows_pool, prefix, extend, logit_rows)
+    if future_src:
+        step.batch.future_src = torch.tensor(future_src + [-1] * (len(ids) - len(future_src)),
+                                             dtype=torch.int64)
     if step.verify:
         _attach_tree_masks(step.batch, masks, prefix, extend)
     asking = [r for r in step.sample_reqs + step.lp_owners if r.return_logprob]
     step.need_logprobs = bool(asking)
     step.top_logprobs_num = max((r.top_logprobs_num for r in asking), default=0)
     return step
+
+
+def _add_future_row(step: StepInputs, logit_rows: list[int], masks: list, req: Req,
+                    slots: torch.Tensor, start: int, src: int, offset: int, ids: list[int],
+                    pos: list[int], future_src: list[int], kv: KVManager) -> None:
+    """One decode token whose id is still on the device; it samples as output index
+    len(output_ids) + 1 (the token in flight counts)."""
+    masks.append(None)
+    kv.extend(req, slots)
+    future_src.extend([-1] * (len(ids) - len(future_src)))
+    future_src.append(src)
+    ids.append(0)
+    pos.append(start)
+    step.sample_rows.append(len(logit_rows))
+    logit_rows.append(offset)
+    step.sample_reqs.append(req)
+    step.sample_paths.append([0])  # only its length is read: no penalties in chained steps
 
 
 def _add_verify_rows(step: StepInputs, logit_rows: list[int], masks: list, req: Req, tree: Any,

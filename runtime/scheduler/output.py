@@ -10,7 +10,7 @@ from sgl.runtime.io_struct import TokenOutput
 from sgl.runtime.sampling.params import SamplingParams
 from sgl.runtime.scheduler.batch import RunResult, StepInputs
 from sgl.runtime.scheduler.planner import StepPlan
-from sgl.runtime.scheduler.req import Req
+from sgl.runtime.scheduler.req import Req, ReqState
 from sgl.runtime.speculative.tree import verify
 
 
@@ -52,6 +52,9 @@ def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: 
     row = 0
     while row < len(step.sample_reqs):
         req = step.sample_reqs[row]
+        if req.state is ReqState.FINISHED:  # finished by the previous step (overlap): drop
+            row += 1
+            continue
         rows = step.verify.get(id(req))
         if rows is not None:  # speculative: 1 + len(draft) rows
             n = 1 + len(rows.tree)
@@ -74,6 +77,8 @@ def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: 
     sampled = {id(r) for r in step.sample_reqs}
     outputs = []
     for req in plan.reqs:
+        if req.state is ReqState.FINISHED:
+            continue
         if req.is_finished:
             sched.finish(req)
         elif id(req) not in sampled:

@@ -14,7 +14,8 @@ from sgl.runtime.scheduler.batch import build_step, StepInputs
 from sgl.runtime.scheduler.kv_manager import KVManager
 from sgl.runtime.scheduler.grammar import GrammarCoordinator
 from sgl.runtime.scheduler.output import StopChecker, make_output, process_results
-from sgl.runtime.scheduler.planner import NewTokenRatio, Planner
+from sgl.runtime.scheduler.overlap import InFlight, chain_step, chainable
+from sgl.runtime.scheduler.planner import NewTokenRatio, Planner, StepPlan
 from sgl.runtime.scheduler.policy import order_waiting
 from sgl.runtime.scheduler.req import Req, ReqState
 from sgl.runtime.scheduler.stats import StepLogger
@@ -38,6 +39,12 @@ class Scheduler:
         self.stats = StepLogger(server_args, self)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
+        # Overlap scheduling (see overlap.py): on by default on GPUs, where it hides the host's
+        # share of each decode step; on CPU the "device" is the host, so there is nothing to hide.
+        self.overlap = (not server_args.disable_overlap_schedule and hasattr(runner, "launch_batch")
+                        and getattr(runner, "tp_size", 1) == 1
+                        and getattr(getattr(runner, "device", None), "type", "cpu") == "cuda")
+        self.inflight: Optional[InFlight] = None
         self._arrivals = 0
 
     def _init_cache(self) -> None:
@@ -79,6 +86,7 @@ class Scheduler:
         self.waiting.append(req)
 
     def abort(self, rid: str) -> list[TokenOutput]:
+        self.drain()  # a request in the step in flight holds KV the host has not accounted yet
         out = []
         for queue in (self.waiting, self.running, self.grammar.waiting):
             for req in [r for r in queue if r.rid == rid or rid == ""]:
@@ -95,6 +103,10 @@ class Scheduler:
         return out
 
     def abort_all(self, message: str) -> list[TokenOutput]:
+        try:
+            self.drain()
+        except Exception:  # the step in flight failed: abort its requests all the same
+            self.inflight = None
         outs = self.abort("")
         for out in outs:
             out.finished_reason = {"type": "abort", "message": message}
@@ -102,6 +114,7 @@ class Scheduler:
 
     def flush_cache(self) -> bool:
         """Drop the radix cache; only when idle (SGLang refuses otherwise too)."""
+        self.drain()
         if self.running or self.waiting:
             return False
         self.tree.reset()
@@ -109,11 +122,18 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.grammar.waiting or self._early_outputs)
+        return bool(self.waiting or self.running or self.grammar.waiting or self._early_outputs
+                    or self.inflight is not None)
 
     # -- the loop ----------------------------------------------------------------------------
     def step(self) -> list[TokenOutput]:
         outputs = self._take_early_outputs()
+        if self.inflight is not None:  # launch the next step, then read this one back
+            plan, inputs, pending = self.inflight
+            self.inflight = chain_step(self, plan, inputs)
+            outputs += self._complete(plan, inputs, pending)
+            if self.inflight is not None:
+                return outputs
         waiting = order_waiting(self.args.schedule_policy, self.waiting, self.kv.match, self.rng)
         if self.spec is not None:
             self.spec.propose(self.running, self.kv)
@@ -123,10 +143,28 @@ class Scheduler:
             return outputs + self._fail_unschedulable()
         inputs: StepInputs = build_step(plan, self.kv, self.spec is not None and self.spec.needs_hidden)
         inputs.vocab_mask = self.grammar.vocab_mask(inputs.sample_reqs)
-        result = self.runner.run_batch(inputs)
-        outputs += process_results(plan, inputs, result, self)
+        if self.overlap:
+            pending = self.runner.launch_batch(inputs)
+            if chainable(self, plan, inputs):
+                self.inflight = (plan, inputs, pending)
+                return outputs
+            return outputs + self._complete(plan, inputs, pending)
+        return outputs + self._process(plan, inputs, self.runner.run_batch(inputs))
+
+    def _complete(self, plan: StepPlan, inputs: StepInputs, pending: Any) -> list[TokenOutput]:
+        return self._process(plan, inputs, pending.resolve())
+
+    def _process(self, plan: StepPlan, inputs: StepInputs, result: Any) -> list[TokenOutput]:
+        outputs = process_results(plan, inputs, result, self)
         self.stats.log_step(plan, inputs)
         return outputs
+
+    def drain(self) -> None:
+        """Finish the step in flight (overlap); its outputs go out with the next step's."""
+        if self.inflight is not None:
+            plan, inputs, pending = self.inflight
+            self.inflight = None
+            self._early_outputs += self._complete(plan, inputs, pending)
 
     def _take_early_outputs(self) -> list[TokenOutput]:
         ready, failed = self.grammar.poll() if self.grammar.waiting else ([], [])

@@ -20,6 +20,7 @@ class StepLogger:
         self.total_generated_tokens = 0
         self.num_forward_passes = 0
         self.num_retracted = 0
+        self.num_overlapped = 0  # steps launched before the previous one was read back
         self.last_gen_throughput = 0.0
         self.cuda_graph_used = False
 

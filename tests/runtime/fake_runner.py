@@ -44,6 +44,7 @@ class FakeRunner:
         self.req_to_token_pool = ReqToTokenPool(max_running_requests + 1, context_len + 8, "cpu")
         self.slot_tokens = torch.full((max_total_tokens + 1,), -1, dtype=torch.int64)
         self.num_steps = 0
+        self.last_tokens: list[int] = []
         self.batch_sizes: list[int] = []
 
     def history(self, row: int, length: int) -> list[int]:
@@ -65,6 +66,18 @@ class FakeRunner:
         result.input_logprobs = [fake_logprob(row_hist[r], t) for r, t in zip(step.lp_rows, step.lp_targets)]
         return result
 
+    def launch_batch(self, step: StepInputs) -> "Done":
+        """Overlap scheduling's entry: ids named by future_src come from the last step's tokens
+        (the real runner keeps them on the device)."""
+        b = step.batch
+        if b.future_src is not None:
+            prev = torch.tensor(self.last_tokens, dtype=torch.int64)
+            b.input_ids = torch.where(b.future_src >= 0, prev[b.future_src.clamp(min=0)], b.input_ids)
+        result = self.run_batch(step)
+        if step.sample_rows:
+            self.last_tokens = result.next_token_ids
+        return Done(result)
+
     def _row_histories(self, step: StepInputs) -> list[list[int]]:
         b = step.batch
         owner, start = [], 0
@@ -77,3 +90,11 @@ class FakeRunner:
             pos = int(b.positions[token_idx])
             out.append(self.history(int(b.req_pool_indices[i]), pos + 1))
         return out
+
+
+class Done:
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+
+    def resolve(self) -> RunResult:
+        return self.result

@@ -12,10 +12,13 @@ from sgl.runtime.scheduler.scheduler import Scheduler
 from tests.runtime.fake_runner import FakeRunner, fake_logprob, reference_generate
 
 
-def make(policy: str = "fcfs", disable_radix_cache: bool = False, **runner_kw) -> tuple[Scheduler, FakeRunner]:
+def make(policy: str = "fcfs", disable_radix_cache: bool = False, overlap: bool = False,
+         **runner_kw) -> tuple[Scheduler, FakeRunner]:
     runner = FakeRunner(**runner_kw)
     args = ServerArgs(schedule_policy=policy, disable_radix_cache=disable_radix_cache, random_seed=1)
-    return Scheduler(args, runner, tokenizer=None, eos_token_ids=[]), runner
+    sched = Scheduler(args, runner, tokenizer=None, eos_token_ids=[])
+    sched.overlap = overlap  # on by default only on GPUs; the logic is the same here
+    return sched, runner
 
 
 def submit(s: Scheduler, rid: str, prompt: list[int], max_new: int, **kw) -> None:
@@ -57,14 +60,28 @@ def test_single_request_matches_reference():
 
 
 @pytest.mark.parametrize("policy", ["fcfs", "lpm", "dfs-weight", "random"])
-def test_concurrent_requests_equal_alone(policy):
-    s, _ = make(policy)
+@pytest.mark.parametrize("overlap", [False, True])
+def test_concurrent_requests_equal_alone(policy, overlap):
+    s, _ = make(policy, overlap=overlap)
     ps = prompts(40)
     for i, p in enumerate(ps):
-        submit(s, str(i), p, 12)
+        submit(s, str(i), p, 12 + i % 5)  # finishing at different steps
     res = run_all(s)
     for i, p in enumerate(ps):
-        assert res[str(i)]["ids"] == reference_generate(p, 12)
+        assert res[str(i)]["ids"] == reference_generate(p, 12 + i % 5)
+    assert (s.stats.num_overlapped > 0) == overlap
+
+
+def test_overlap_chains_steady_decode_and_stops_for_arrivals():
+    s, runner = make(overlap=True)
+    submit(s, "a", [1, 2, 3], 30)
+    for _ in range(10):
+        s.step()
+    assert s.inflight is not None and s.stats.num_overlapped >= 8
+    submit(s, "b", [4, 5, 6], 10)  # an arrival: the chain stops so that b is admitted
+    res = run_all(s)
+    assert res["b"]["ids"] == reference_generate([4, 5, 6], 10)
+    assert res["b"]["out"].finished_reason == {"type": "length", "length": 10}
 
 
 def test_prefix_reuse_reports_cached_tokens():
@@ -98,8 +115,9 @@ def test_tiny_chunked_prefill():
     assert max(runner.batch_sizes) >= 2
 
 
-def test_retraction_with_tiny_pool_keeps_outputs():
-    s, _ = make(max_total_tokens=120, chunked_prefill_size=32)
+@pytest.mark.parametrize("overlap", [False, True])
+def test_retraction_with_tiny_pool_keeps_outputs(overlap):
+    s, _ = make(max_total_tokens=120, chunked_prefill_size=32, overlap=overlap)
     ps = prompts(10, seed=5, shared=10)
     for i, p in enumerate(ps):
         submit(s, str(i), p, 30)
@@ -125,8 +143,9 @@ def test_max_running_requests_is_respected():
     assert max(runner.batch_sizes) <= 3
 
 
-def test_abort_frees_kv():
-    s, _ = make()
+@pytest.mark.parametrize("overlap", [False, True])
+def test_abort_frees_kv(overlap):
+    s, _ = make(overlap=overlap)
     submit(s, "a", list(range(20)), 50)
     submit(s, "b", list(range(10)), 50)
     early = [t for _ in range(3) for o in s.step() if o.rid == "b" for t in o.new_token_ids]
@@ -138,8 +157,9 @@ def test_abort_frees_kv():
     assert early + res["b"]["ids"] == reference_generate(list(range(10)), 50)
 
 
-def test_stop_token_finishes():
-    s, _ = make()
+@pytest.mark.parametrize("overlap", [False, True])
+def test_stop_token_finishes(overlap):
+    s, _ = make(overlap=overlap)
     ref = reference_generate([4, 5], 20)
     stop = ref[5]
     params = SamplingParams(max_new_tokens=20, temperature=0, stop_token_ids=[stop])

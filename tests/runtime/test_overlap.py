@@ -1,0 +1,50 @@
+"""Overlap scheduling on the bundled model (forced on: the default enables it on GPUs only): the
+same tokens and logprobs as the synchronous loop for a mixed batch (greedy, seeded sampling, stop
+strings, short and long limits, a penalty that stops the chain, n > 1), chained steps really
+taken, and no KV held once idle."""
+from __future__ import annotations
+
+import pytest
+
+from sgl.runtime.engine import Engine
+
+PROMPTS = ["Repeat exactly: the quick brown fox jumps over the lazy dog.",
+           "List the numbers from 1 to 20 separated by commas:", "Tell me about Paris.",
+           "What is 2+2? Explain.", "Write a short poem about the sea.", "Name three colors."]
+PARAMS = [{"temperature": 0, "max_new_tokens": 30},
+          {"temperature": 0.8, "seed": 3, "max_new_tokens": 25, "top_p": 0.9},
+          {"temperature": 0, "max_new_tokens": 3},
+          {"temperature": 0, "max_new_tokens": 40, "stop": ["4"]},
+          {"temperature": 0, "max_new_tokens": 30, "ignore_eos": True},
+          {"temperature": 0, "max_new_tokens": 20, "frequency_penalty": 0.8}]
+
+
+def _run(engine: Engine) -> tuple:
+    batch = engine.generate(PROMPTS, PARAMS)
+    logprobs = engine.generate(PROMPTS[0], {"temperature": 0, "max_new_tokens": 20},
+                               return_logprob=True, top_logprobs_num=2)
+    many = engine.generate(PROMPTS[1], {"temperature": 0.9, "max_new_tokens": 20, "n": 3, "seed": 1})
+    streamed = "".join(c["text"] for c in engine.generate(PROMPTS[4], PARAMS[4], stream=True))
+    return ([o["text"] for o in batch], [o["meta_info"]["finish_reason"] for o in batch],
+            logprobs["meta_info"]["output_token_logprobs"], [o["text"] for o in many], streamed)
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple:
+    with Engine(max_total_tokens=4096) as engine:
+        assert not engine.scheduler.overlap  # CPU default
+        return _run(engine)
+
+
+def test_overlap_gives_the_synchronous_results(reference):
+    with Engine(max_total_tokens=4096) as engine:
+        engine.call_in_scheduler(lambda s: setattr(s, "overlap", True))
+        got = _run(engine)
+        assert engine.scheduler.stats.num_overlapped > 20
+        engine.call_in_scheduler(lambda s: s.check_pool_invariant())
+    texts, reasons, logprobs, many, streamed = got
+    assert texts == reference[0] and reasons == reference[1]
+    assert many == reference[3]
+    assert streamed == reference[4] == reference[0][4]
+    assert [(t, top) for _, t, top in logprobs] == [(t, top) for _, t, top in reference[2]]
+    assert [lp for lp, _, _ in logprobs] == pytest.approx([lp for lp, _, _ in reference[2]], abs=1e-5)
