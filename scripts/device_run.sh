@@ -27,6 +27,14 @@ for stage in "$@"; do
     offline) python3 -m sgl.bench_offline_throughput --model-path $M --load-format dummy --skip-tokenizer-init \
                --num-prompts 500 --random-input-len 4096 --random-output-len 2048 --random-range-ratio 0 \
                --result-filename $OUT/offline.jsonl 2>&1 | grep -vE "^\s*$|Loading" | tail -12 ;;
+    gpu) python3 -m pytest -q -m gpu tests 2>&1 | tail -15 ;;
+    bench1_sync) $B --batch-size 1 --input-len 128 --output-len 256 --disable-overlap-schedule 2>&1 | grep -E "Prefill|Decode|Total|Error|error" ;;
+    spec_smol) python3 -m sgl.bench_speculative --speculative-algorithm NGRAM --dataset copy --apply-chat-template \
+               --batch-sizes 1 4 16 --num-draft-tokens 4 8 16 --max-new-tokens 256 \
+               --result-filename $OUT/spec_smol.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -16 ;;
+    spec_8b) python3 -m sgl.bench_speculative --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
+               --speculative-algorithm NGRAM --dataset copy --batch-sizes 1 8 --num-draft-tokens 4 8 16 \
+               --max-new-tokens 256 --result-filename $OUT/spec_8b.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -14 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done
