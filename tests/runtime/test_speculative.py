@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -241,3 +242,38 @@ def test_eagle_draft_matches_dense_head(kind, tmp_path):
             want.append(best)
             tokens, h_in = [best], nxt[-1:]
     assert tree.tokens == want
+
+
+# -- the Triton path (GPU, or the Triton interpreter on CPU) ------------------------------------
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() or INTERPRET), reason="needs a GPU or TRITON_INTERPRET=1")
+def test_triton_backend_verifies_trees_like_torch(tmp_path):
+    """Verify batches (tree masks in the Triton extend kernel) and draft tree steps on the Triton
+    backend give the torch backend's greedy tokens, float32, on a tiny random Llama."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=211, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                                      max_position_embeddings=512, initializer_range=0.3)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(tmp_path)
+    prompts = [[5, 17, 99, 3, 42, 8, 5, 17, 99, 3], list(range(10, 40)), [7, 7, 7, 7]]
+    params = {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def run(**kw):
+        with Engine(str(tmp_path), skip_tokenizer_init=True, max_total_tokens=512, device=device,
+                    dtype="float32", disable_cuda_graph=True, **kw) as engine:
+            outs = engine.generate(input_ids=prompts, sampling_params=params)
+            verified = engine.scheduler.spec.num_verify if engine.scheduler.spec else 0
+        return [o["output_ids"] for o in outs], verified
+
+    expected, _ = run(attention_backend="torch_native")
+    for kw in (dict(speculative_algorithm="NGRAM"),
+               dict(speculative_algorithm="STANDALONE", speculative_draft_model_path=str(tmp_path),
+                    speculative_eagle_topk=2, speculative_num_draft_tokens=5)):
+        got, verified = run(attention_backend="triton", **kw)
+        assert got == expected, kw
+        assert verified > 0
