@@ -154,9 +154,18 @@ class ModelRunner:
         """Queue the step's forward and sampling on the device without waiting for them; the
         returned handle's `resolve()` waits and reads the results back. Overlap scheduling plans
         the next step in between (its input ids may name this step's tokens: `future_src`)."""
+        return self.launch_sampling(step, self.launch_forward(step))
+
+    @torch.inference_mode()
+    def launch_forward(self, step: StepInputs) -> torch.Tensor:
+        """Queue the forward alone: logits of step.batch.logits_indices (device tensor)."""
         if self.tp_size > 1:  # the other ranks run the same forward (rank 0 alone samples)
             broadcast_step((dataclasses.replace(step.batch), step.table_writes))
-        logits = self.forward_logits(step.batch, keep_hidden=step.capture_hidden)
+        return self.forward_logits(step.batch, keep_hidden=step.capture_hidden)
+
+    @torch.inference_mode()
+    def launch_sampling(self, step: StepInputs, logits: torch.Tensor) -> "PendingResult":
+        """Queue sampling (with step.vocab_mask, which may be filled after launch_forward)."""
         pending = PendingResult(step)
         if step.capture_hidden:
             pending.hidden, self.last_hidden = self.last_hidden, None

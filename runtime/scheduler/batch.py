@@ -34,6 +34,7 @@ class StepInputs:
     verify: dict[int, "VerifyRows"] = field(default_factory=dict)  # id(req) -> its rows
     sample_paths: list[list[int]] = field(default_factory=list)    # empty when nothing verifies
     capture_hidden: bool = False  # return the forward's hidden states (EAGLE drafters)
+    versions: dict[int, int] = field(default_factory=dict)  # overlap: id(req) -> req.version at build
     num_generated: int = 0        # tokens appended by this step (set when results are processed)
 
 
@@ -107,6 +108,7 @@ def _add_future_row(step: StepInputs, logit_rows: list[int], masks: list, req: R
     len(output_ids) + 1 (the token in flight counts)."""
     masks.append(None)
     kv.extend(req, slots)
+    step.versions[id(req)] = req.version
     future_src.extend([-1] * (len(ids) - len(future_src)))
     future_src.append(src)
     ids.append(0)

@@ -67,14 +67,14 @@ class GrammarCoordinator:
                 ready.append(req)
         return ready, failed
 
-    def vocab_mask(self, reqs: list[Req]) -> Optional[torch.Tensor]:
+    def vocab_mask(self, reqs: list[Req], skip: Optional[set[int]] = None) -> Optional[torch.Tensor]:
         """Packed (num_reqs, ceil(vocab/32)) int32 bitmask, bit set = allowed; None when no
         request is constrained. The runner unpacks it on its device (32x fewer bytes to move)."""
         if not any(r.grammar is not None for r in reqs):
             return None
         bitmask = allocate_token_bitmask(len(reqs), self.vocab_size)
         for i, req in enumerate(reqs):
-            if req.grammar is not None:
+            if req.grammar is not None and not (skip and id(req) in skip):
                 req.grammar.fill_bitmask(bitmask, i)
             else:
                 bitmask[i] = -1  # every bit set: all tokens allowed

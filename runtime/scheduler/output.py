@@ -49,10 +49,11 @@ class StopChecker:
 
 def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: Any) -> list[TokenOutput]:
     _store_prompt_logprobs(step, result)
+    dropped = {id(r) for r in step.sample_reqs if is_stale(r, step)}
     row = 0
     while row < len(step.sample_reqs):
         req = step.sample_reqs[row]
-        if req.state is ReqState.FINISHED:  # finished by the previous step (overlap): drop
+        if id(req) in dropped:
             row += 1
             continue
         rows = step.verify.get(id(req))
@@ -77,7 +78,7 @@ def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: 
     sampled = {id(r) for r in step.sample_reqs}
     outputs = []
     for req in plan.reqs:
-        if req.state is ReqState.FINISHED:
+        if id(req) in dropped:
             continue
         if req.is_finished:
             sched.finish(req)
@@ -86,6 +87,13 @@ def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: 
             continue
         outputs.append(make_output(req))
     return outputs
+
+
+def is_stale(req: Req, step: StepInputs) -> bool:
+    """Overlap: a row built before the previous step was read back is void when that step
+    finished the request or rewrote its tokens (jump-forward)."""
+    return req.state is ReqState.FINISHED or (id(req) in step.versions
+                                              and step.versions[id(req)] != req.version)
 
 
 def _accept_draft(req: Req, rows: Any, target_tokens: list[int], sched: Any) -> int:

@@ -49,6 +49,7 @@ class Req:
         self.grammar_handle: Any = None
         self.min_tokens_ids: set[int] = set()
         self.draft: Any = None          # speculative decoding: this step's DraftTree, if any
+        self.version = 0                # bumped when output tokens are rewritten (jump-forward)
 
     @property
     def seq_len(self) -> int:
@@ -112,6 +113,7 @@ class Req:
         self.output_logprobs = self.output_logprobs[:keep] + [None] * (len(new_ids) - keep)
         self.output_top_logprobs = self.output_top_logprobs[:keep] + [None] * (len(new_ids) - keep)
         self.first_changed = min(self.first_changed, keep)
+        self.version += 1
 
     def remaining_new_tokens(self) -> int:
         return max(self.sampling_params.max_new_tokens - len(self.output_ids), 0)

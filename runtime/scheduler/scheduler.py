@@ -14,7 +14,7 @@ from sgl.runtime.scheduler.batch import build_step, StepInputs
 from sgl.runtime.scheduler.kv_manager import KVManager
 from sgl.runtime.scheduler.grammar import GrammarCoordinator
 from sgl.runtime.scheduler.output import StopChecker, make_output, process_results
-from sgl.runtime.scheduler.overlap import InFlight, chain_step, chainable
+from sgl.runtime.scheduler.overlap import InFlight, chain_step, chainable, finish_launch
 from sgl.runtime.scheduler.planner import NewTokenRatio, Planner, StepPlan
 from sgl.runtime.scheduler.policy import order_waiting
 from sgl.runtime.scheduler.req import Req, ReqState
@@ -133,6 +133,7 @@ class Scheduler:
             self.inflight = chain_step(self, plan, inputs)
             outputs += self._complete(plan, inputs, pending)
             if self.inflight is not None:
+                self.inflight = finish_launch(self, self.inflight)
                 return outputs
         waiting = order_waiting(self.args.schedule_policy, self.waiting, self.kv.match, self.rng)
         if self.spec is not None:
@@ -162,7 +163,7 @@ class Scheduler:
     def drain(self) -> None:
         """Finish the step in flight (overlap); its outputs go out with the next step's."""
         if self.inflight is not None:
-            plan, inputs, pending = self.inflight
+            plan, inputs, pending = finish_launch(self, self.inflight)
             self.inflight = None
             self._early_outputs += self._complete(plan, inputs, pending)
 
