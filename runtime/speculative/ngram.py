@@ -54,23 +54,23 @@ class NgramDrafter:
         return tree
 
     def _continuations(self, seq: np.ndarray, max_len: int) -> list[np.ndarray]:
-        """What followed earlier occurrences of the current suffix: longest windows first, most
-        recent occurrence first within a window, at most max_breadth of them."""
+        """What followed earlier occurrences of the current suffix: longest match first (up to
+        max_window tokens), most recent first among equals, at most max_breadth of them.
+        One vectorized pass finds where the last token occurred before; the match of each such
+        place is then extended backwards while it lasts: O(n + hits * window)."""
         n = seq.shape[0]
-        out: list[np.ndarray] = []
-        seen: set[int] = set()
-        for w in range(min(self.max_window, n - 1), self.min_window - 1, -1):
-            suffix = seq[n - w:]
-            # Candidate starts s with seq[s:s+w] == suffix and s + w < n (something follows).
-            hits = np.ones(n - w, dtype=bool)
-            for j in range(w):
-                hits &= seq[j:n - w + j] == suffix[j]
-            for s in np.flatnonzero(hits)[::-1]:
-                follow = int(s) + w
-                if follow in seen:
-                    continue
-                seen.add(follow)
-                out.append(seq[follow:follow + max_len])
-                if len(out) >= self.max_breadth:
-                    return out
-        return out
+        ends = np.flatnonzero(seq[:n - 1] == seq[n - 1])  # a match ending at j is followed by j + 1
+        if ends.size == 0:
+            return []
+        lengths = np.ones(ends.size, dtype=np.int64)
+        alive = np.ones(ends.size, dtype=bool)
+        for k in range(1, min(self.max_window, n - 1)):
+            alive &= ends - k >= 0
+            if not alive.any():
+                break
+            alive[alive] = seq[ends[alive] - k] == seq[n - 1 - k]
+            lengths += alive
+        keep = lengths >= self.min_window
+        ends, lengths = ends[keep], lengths[keep]
+        order = np.lexsort((-ends, -lengths))[: self.max_breadth]  # longest, then most recent
+        return [seq[j + 1:j + 1 + max_len] for j in ends[order]]

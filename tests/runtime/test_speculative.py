@@ -85,6 +85,30 @@ def test_ngram_merges_several_matches_into_a_tree():
     assert len(_ngram().draft([5, 6, 7], 7)) == 0  # nothing repeats
 
 
+def test_ngram_lookup_matches_brute_force():
+    """Continuations equal a plain-Python search: every earlier place the last token occurred,
+    its backward match length capped at the window, longest then most recent first."""
+    import random
+
+    import numpy as np
+    drafter = _ngram(max_nodes=5, breadth=3)
+    rng = random.Random(0)
+    for _ in range(500):
+        seq = [rng.randrange(4) for _ in range(rng.randrange(2, 50))]
+        n, found = len(seq), []
+        for j in range(n - 1):
+            length = 0
+            while (length < drafter.max_window and j - length >= 0
+                   and seq[j - length] == seq[n - 1 - length]):
+                length += 1
+            if length >= drafter.min_window:
+                found.append((length, j))
+        found.sort(key=lambda x: (-x[0], -x[1]))
+        expected = [seq[j + 1:j + 6] for _, j in found[:3]]
+        got = [c.tolist() for c in drafter._continuations(np.asarray(seq), 5)]
+        assert got == expected, seq
+
+
 # -- losslessness on the bundled model --------------------------------------------------------
 
 PROMPTS = [
