@@ -59,7 +59,7 @@ def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: 
         rows = step.verify.get(id(req))
         if rows is not None:  # speculative: 1 + len(draft) rows
             n = 1 + len(rows.tree)
-            step.num_generated += _accept_draft(req, rows, result.next_token_ids[row:row + n], sched)
+            step.num_generated += _accept_draft(req, rows, result, row, sched)
             row += n
             continue
         token = result.next_token_ids[row]
@@ -96,13 +96,16 @@ def is_stale(req: Req, step: StepInputs) -> bool:
                                               and step.versions[id(req)] != req.version)
 
 
-def _accept_draft(req: Req, rows: Any, target_tokens: list[int], sched: Any) -> int:
+def _accept_draft(req: Req, rows: Any, result: RunResult, first: int, sched: Any) -> int:
     """Emit the verified tokens (stopping where the request stops), keep the KV of the root and
-    of the accepted draft nodes that precede the last emitted token, free the rest."""
-    emitted, accepted = verify(rows.tree, target_tokens)
+    of the accepted draft nodes that precede the last emitted token, free the rest. Emitted
+    token i was chosen at verify row ([0] + accepted rows)[i], which also gives its logprobs."""
+    emitted, accepted = verify(rows.tree, result.next_token_ids[first:first + 1 + len(rows.tree)])
+    chosen_at = [first] + [first + j + 1 for j in accepted]
     count = 0
-    for token in emitted:
-        req.append_output(token)
+    for token, r in zip(emitted, chosen_at):
+        req.append_output(token, result.logprobs[r] if result.logprobs else None,
+                          result.top_logprobs[r] if result.top_logprobs else None)
         count += 1
         sched.stop_checker.check(req, token)
         if req.is_finished:

@@ -41,10 +41,10 @@ class SpecDecoder:
         return bool(getattr(self.drafter, "needs_hidden", False))
 
     def eligible(self, req: Any) -> bool:
-        """Decoding, unconstrained, no logprobs asked, and at least two tokens to go. The rest
-        run as plain one-token steps in the same batch (a draft of size 0)."""
+        """Decoding, unconstrained, and at least two tokens to go. The rest run as plain
+        one-token steps in the same batch (a draft of size 0)."""
         return (req.seq_len - req.num_computed == 1 and req.grammar is None
-                and not req.return_logprob and req.remaining_new_tokens() >= 2
+                and req.remaining_new_tokens() >= 2
                 and req.seq_len + self.scratch_cols < min(self.table_width, self.context_len))
 
     def propose(self, running: list[Any], kv: Any) -> None:

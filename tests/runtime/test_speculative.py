@@ -136,7 +136,8 @@ def _params() -> list[dict]:
 
 def _run(engine: Engine) -> list[dict]:
     plain = engine.generate(PROMPTS, _params())
-    logprob = engine.generate(PROMPTS[0], {"temperature": 0, "max_new_tokens": 12}, return_logprob=True)
+    logprob = engine.generate(PROMPTS[0], {"temperature": 0, "max_new_tokens": 12}, return_logprob=True,
+                              top_logprobs_num=2)
     grammar = engine.generate("Give me a JSON object with a name:", {
         "temperature": 0, "max_new_tokens": 30, "json_schema": json.dumps(SCHEMA)})
     return plain + [logprob, grammar]
@@ -192,14 +193,18 @@ def test_speculation_is_lossless(case, reference, heads, caplog):
         assert have["text"] == want["text"], (case, i)
         assert have["meta_info"]["completion_tokens"] == want["meta_info"]["completion_tokens"]
     assert reference[6]["meta_info"]["finish_reason"] == {"type": "stop", "matched": "classic"}
-    # Speculation happened; logprob and grammar requests ran without a draft.
+    # Speculation happened (the logprob request too); the grammar request ran without a draft.
     assert stats[0] > 0 and got[0]["meta_info"]["spec_verify_ct"] > 0
-    assert "spec_verify_ct" not in got[-1]["meta_info"] and "spec_verify_ct" not in got[-2]["meta_info"]
-    # Same tokens; logprobs equal up to float32 batch-shape noise (its cached prefix was computed
-    # in verify batches here, in decode batches there).
-    for (lp, tok, _), (ref_lp, ref_tok, _) in zip(got[-2]["meta_info"]["output_token_logprobs"],
-                                                  reference[-2]["meta_info"]["output_token_logprobs"]):
+    assert "spec_verify_ct" not in got[-1]["meta_info"] and got[-2]["meta_info"]["spec_verify_ct"] > 0
+    # Same tokens and top-2 ids; logprobs equal up to float32 batch-shape noise (verify rows run
+    # as extend batches here, as decode batches there).
+    lps, ref_lps = got[-2]["meta_info"], reference[-2]["meta_info"]
+    assert len(lps["output_token_logprobs"]) == len(ref_lps["output_token_logprobs"]) == 12
+    for (lp, tok, _), (ref_lp, ref_tok, _) in zip(lps["output_token_logprobs"], ref_lps["output_token_logprobs"]):
         assert tok == ref_tok and lp == pytest.approx(ref_lp, abs=1e-4)
+    for top, ref_top in zip(lps["output_top_logprobs"], ref_lps["output_top_logprobs"]):
+        assert [t for _, t, _ in top] == [t for _, t, _ in ref_top]
+        assert [v for v, _, _ in top] == pytest.approx([v for v, _, _ in ref_top], abs=1e-4)
     assert stats[2] > 0, "the small pool was meant to force a retraction"
     assert any("accept len: " in r.getMessage() and "accept rate: " in r.getMessage() for r in caplog.records)
     if algo == "NGRAM":  # the copy prompt copies
