@@ -46,6 +46,14 @@ class ForwardBatch:
     # the tokens sampled by the previous step, still on the device when this batch was built.
     future_src: Optional[torch.Tensor] = None
 
+    def set_custom_mask(self, blocks: list[torch.Tensor]) -> None:
+        """Attach per-request (extend_len, seq_len) bool blocks as the batch's tree mask (packed
+        as custom_mask + mask_indptr); a masked batch always runs in EXTEND mode."""
+        lens = torch.tensor([b.numel() for b in blocks], dtype=torch.int64)
+        self.custom_mask = torch.cat([b.flatten() for b in blocks])
+        self.mask_indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens, 0)])
+        self.forward_mode = ForwardMode.EXTEND
+
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[0])

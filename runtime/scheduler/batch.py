@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 
-from sgl.runtime.executor.forward_batch import ForwardBatch, ForwardMode
+from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.scheduler.kv_manager import KVManager
 from sgl.runtime.scheduler.planner import StepPlan
 from sgl.runtime.scheduler.req import Req
@@ -26,9 +26,6 @@ class StepInputs:
     need_logprobs: bool = False
     table_writes: Any = (None, None, None)  # this step's request->token writes, for other TP ranks
     vocab_mask: Optional[Any] = None  # packed (num_samples, ceil(vocab/32)) int32 grammar bitmask
-    # Per plan request: where its rows start in the forward, and its num_computed before the step.
-    row_starts: list[int] = field(default_factory=list)
-    starts: list[int] = field(default_factory=list)
     # Speculative decoding. A verified request owns 1 + len(draft) consecutive sample rows; row
     # k samples as if the output already held sample_paths[k] (its draft ancestors).
     verify: dict[int, "VerifyRows"] = field(default_factory=dict)  # id(req) -> its rows
@@ -42,7 +39,6 @@ class StepInputs:
 class VerifyRows:
     tree: Any            # DraftTree
     slots: Any           # (1 + len(tree),) KV slots of the root and the draft nodes
-    first_sample: int    # index of the root's row among the sample rows
     kept: list[int] = field(default_factory=list)  # rows whose KV the request kept (after accept)
 
 
@@ -57,8 +53,6 @@ def build_step(plan: StepPlan, kv: KVManager, capture_hidden: bool = False,
     offset = 0
     for req, n, slots in zip(plan.reqs, plan.num_new, plan.slots):
         start = req.num_computed
-        step.row_starts.append(offset)
-        step.starts.append(start)
         rows_pool.append(req.req_pool_idx)
         prefix.append(start)
         extend.append(n)
@@ -133,7 +127,7 @@ def _add_verify_rows(step: StepInputs, logit_rows: list[int], masks: list, req: 
     block = torch.ones((1 + len(tree), start + 1 + len(tree)), dtype=torch.bool)
     block[:, start:] = tree.tree_mask()
     masks.append(block)
-    step.verify[id(req)] = VerifyRows(tree, slots, len(step.sample_reqs))
+    step.verify[id(req)] = VerifyRows(tree, slots)
     for k, path in enumerate(tree.paths()):
         step.sample_rows.append(len(logit_rows))
         logit_rows.append(offset + k)
@@ -144,15 +138,8 @@ def _add_verify_rows(step: StepInputs, logit_rows: list[int], masks: list, req: 
 def _attach_tree_masks(batch: ForwardBatch, masks: list, prefix: list[int], extend: list[int]) -> None:
     """One custom mask for the whole batch: tree blocks for verified requests, causal blocks for
     the others."""
-    blocks = []
-    for block, p, e in zip(masks, prefix, extend):
-        if block is None:
-            block = torch.ones((e, p + e), dtype=torch.bool).tril(diagonal=p)
-        blocks.append(block.flatten())
-    lens = torch.tensor([b.numel() for b in blocks], dtype=torch.int64)
-    batch.custom_mask = torch.cat(blocks)
-    batch.mask_indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens, 0)])
-    batch.forward_mode = ForwardMode.EXTEND
+    batch.set_custom_mask([torch.ones((e, p + e), dtype=torch.bool).tril(diagonal=p) if block is None
+                           else block for block, p, e in zip(masks, prefix, extend)])
 
 
 def _add_prompt_logprob_rows(step: StepInputs, logit_rows: list[int], req: Req, start: int, n: int,

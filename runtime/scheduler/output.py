@@ -119,15 +119,15 @@ def _accept_draft(req: Req, rows: Any, result: RunResult, first: int, sched: Any
     rejected[keep] = False
     sched.kv.allocator.free(rows.slots[rejected])
     sched.spec.record(req, count, len(rows.tree))
-    req.draft = None
     return count
 
 
 def _observe(plan: StepPlan, step: StepInputs, result: RunResult, sched: Any) -> None:
     """Tell the drafter which positions each request computed, with their hidden states when
     the step captured them."""
-    hidden = result.hidden_states
-    for req, n, row_start, start in zip(plan.reqs, plan.num_new, step.row_starts, step.starts):
+    hidden, b = result.hidden_states, step.batch
+    row_start = 0
+    for req, n, start in zip(plan.reqs, b.extend_lens_cpu, b.prefix_lens_cpu):
         rows = step.verify.get(id(req))
         if hidden is None:
             sched.spec.observe(req, start, None)
@@ -136,6 +136,7 @@ def _observe(plan: StepPlan, step: StepInputs, result: RunResult, sched: Any) ->
             sched.spec.observe(req, start, hidden[index])
         else:
             sched.spec.observe(req, start, hidden[row_start:row_start + n])
+        row_start += n
 
 
 def _store_prompt_logprobs(step: StepInputs, result: RunResult) -> None:

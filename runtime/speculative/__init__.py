@@ -30,15 +30,14 @@ class SpecDecoder:
         self.scratch_cols = max(self.num_draft_tokens, self.topk * self.num_steps + 1)
         self.table_width = runner.req_to_token_pool.max_context_len
         self.context_len = runner.context_len
-        # Counters for the log line and /metrics.
-        self.num_verify = 0          # request-verifications
-        self.num_emitted = 0         # tokens they produced
-        self.num_drafted = 0         # draft tokens they checked
-        self.interval_verify = self.interval_emitted = self.interval_drafted = 0
+        # Totals: request-verifications, tokens they produced, draft tokens they checked; and
+        # the totals at the last log line.
+        self.num_verify = self.num_emitted = self.num_drafted = 0
+        self._logged = (0, 0, 0)
 
     @property
     def needs_hidden(self) -> bool:
-        return bool(getattr(self.drafter, "needs_hidden", False))
+        return self.drafter.needs_hidden
 
     def eligible(self, req: Any) -> bool:
         """Decoding, unconstrained, and at least two tokens to go. The rest run as plain
@@ -58,27 +57,23 @@ class SpecDecoder:
             req.draft = tree if len(tree) else None
 
     def observe(self, req: Any, start: int, hidden: Optional[torch.Tensor]) -> None:
-        if hasattr(self.drafter, "observe"):
-            self.drafter.observe(req, start, hidden)
+        self.drafter.observe(req, start, hidden)
 
     def release(self, req: Any) -> None:
         req.draft = None
-        if hasattr(self.drafter, "release"):
-            self.drafter.release(req)
+        self.drafter.release(req)
 
     def record(self, req: Any, emitted: int, drafted: int) -> None:
         self.num_verify += 1
         self.num_emitted += emitted
         self.num_drafted += drafted
-        self.interval_verify += 1
-        self.interval_emitted += emitted
-        self.interval_drafted += drafted
         req.meta["spec_verify_ct"] = req.meta.get("spec_verify_ct", 0) + 1
         req.meta["spec_accepted_tokens"] = req.meta.get("spec_accepted_tokens", 0) + emitted - 1
 
     def take_interval(self) -> tuple[float, float]:
         """(accept len, accept rate) since the last call: tokens per verification, and the
         share of drafted tokens accepted."""
-        n, e, d = self.interval_verify, self.interval_emitted, self.interval_drafted
-        self.interval_verify = self.interval_emitted = self.interval_drafted = 0
+        now = (self.num_verify, self.num_emitted, self.num_drafted)
+        n, e, d = (a - b for a, b in zip(now, self._logged))
+        self._logged = now
         return (e / n if n else 1.0), ((e - n) / d if d else 0.0)

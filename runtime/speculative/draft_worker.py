@@ -26,7 +26,7 @@ import torch
 
 from sgl.runtime.cache.memory_pool import MHATokenToKVPool
 from sgl.runtime.executor.attention import get_attention_backend
-from sgl.runtime.executor.forward_batch import ForwardBatch, ForwardMode
+from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.speculative.tree import DraftTree
 
 logger = logging.getLogger("sgl.speculative")
@@ -113,7 +113,9 @@ class ModelDrafter:
             last_logits, last_hidden, roots = self._catch_up([r for _, r in work], kv, scratch)
             if last_logits is None:
                 return trees
-            cands = self._expand(last_logits, last_hidden, [[] for _ in work], [-1] * len(work), depth=1)
+            cands = self._children(last_logits, last_hidden, [(-1, 0.0)] * len(work), depth=1)
+            for req_cands in cands:
+                _mark_frontier(req_cands, 1, self.topk)
             for step in range(1, self.num_steps):
                 if not self._tree_step(work, roots, cands, kv, scratch, depth=step + 1):
                     break
@@ -201,7 +203,7 @@ class ModelDrafter:
             table.write(req.req_pool_idx, base + placed_counts[k], mine)
             placed_counts[k] += len(front)
             seq = base + placed_counts[k]
-            block = torch.zeros((len(front), seq), dtype=torch.bool)
+            block = torch.zeros((len(front), seq), dtype=torch.bool)  # prefix + ancestors + self
             block[:, :base] = True
             for n, j in enumerate(front):
                 node = j
@@ -216,16 +218,12 @@ class ModelDrafter:
             rows.append(req.req_pool_idx)
             prefix.append(seq - len(front))
             extend.append(len(front))
-            masks.append(block.flatten())
+            masks.append(block)
         table.flush()
         logit_rows = list(range(len(ids)))
         batch = ForwardBatch.build(ids, pos, locs, rows, prefix, extend, logit_rows)
-        mask = torch.cat(masks)
-        if not bool(mask.all()):  # a chain (topk 1) sees everything: plain decode attention
-            lens = torch.tensor([m.numel() for m in masks], dtype=torch.int64)
-            batch.custom_mask = mask
-            batch.mask_indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens, 0)])
-            batch.forward_mode = ForwardMode.EXTEND
+        if not all(bool(m.all()) for m in masks):  # a chain (topk 1) sees everything: decode
+            batch.set_custom_mask(masks)
         hidden_in = torch.stack(hiddens) if hiddens else None
         logits, hidden = self._forward(batch, hidden_in)
         row = 0
@@ -234,45 +232,28 @@ class ModelDrafter:
                 continue
             part = slice(row, row + len(front))
             row += len(front)
-            new = self._expand(logits[part], None if hidden is None else hidden[part], [rc],
-                               front, depth=depth, per_parent=True)[0]
-            rc.extend(new)
+            for row_cands in self._children(logits[part], None if hidden is None else hidden[part],
+                                            [(j, rc[j].score) for j in front], depth):
+                rc.extend(row_cands)
             _mark_frontier(rc, depth, self.topk)
         return True
 
-    def _expand(self, logits: torch.Tensor, hidden: Optional[torch.Tensor], existing: list[list[_Cand]],
-                parents: list[int], depth: int, per_parent: bool = False) -> list[list[_Cand]]:
-        """topk children of each row. Without per_parent, row k belongs to request k (first
-        level); with it, all rows belong to one request, row k to candidate parents[k]."""
+    def _children(self, logits: torch.Tensor, hidden: Optional[torch.Tensor],
+                  parents: list[tuple[int, float]], depth: int) -> list[list[_Cand]]:
+        """The topk candidates proposed by each row; row k extends parents[k] = (the parent's
+        candidate index, -1 for the root; its score)."""
         logp = torch.log_softmax(logits.float(), dim=-1)
         vals, idx = logp.topk(min(self.topk, logp.shape[-1]), dim=-1)
         if self.draft_to_target is not None:
             idx = self.draft_to_target[idx]
         vals, idx = vals.tolist(), idx.tolist()
-        if not per_parent:
-            out = []
-            for k in range(len(parents)):
-                row_hidden = None if hidden is None else hidden[k]
-                req_cands = [_Cand(t, -1, v, 1, row_hidden) for v, t in zip(vals[k], idx[k])
-                             if t < self.runner.vocab_size]
-                _mark_frontier(req_cands, 1, self.topk)
-                out.append(req_cands)
-            return out
-        rc = existing[0]
-        new = []
-        for k, parent in enumerate(parents):
-            row_hidden = None if hidden is None else hidden[k]
-            for v, t in zip(vals[k], idx[k]):
-                if t < self.runner.vocab_size:
-                    new.append(_Cand(t, parent, rc[parent].score + v, depth, row_hidden))
-        return [new]
+        return [[_Cand(t, parent, score + v, depth, None if hidden is None else hidden[k])
+                 for v, t in zip(vals[k], idx[k]) if t < self.runner.vocab_size]
+                for k, (parent, score) in enumerate(parents)]
 
     def _forward(self, batch: ForwardBatch, hidden_in: Optional[torch.Tensor]):
         runner = self.runner
         batch.to(runner.device)
-        if batch.custom_mask is not None:
-            batch.custom_mask = batch.custom_mask.to(runner.device)
-            batch.mask_indptr = batch.mask_indptr.to(runner.device)
         batch.req_to_token = runner.req_to_token_pool.req_to_token
         batch.kv_pool, batch.attn_backend = self.kv_pool, self.attn_backend
         self.attn_backend.init_forward_metadata(batch)

@@ -20,6 +20,12 @@ class NgramDrafter:
         self.max_window = max(server_args.speculative_ngram_max_match_window_size, self.min_window)
         self.max_breadth = max(server_args.speculative_ngram_max_bfs_breadth, 1)
 
+    def observe(self, req: Any, start: int, hidden: Any) -> None:
+        """Nothing to track: the lookup reads the request's tokens."""
+
+    def release(self, req: Any) -> None:
+        return None
+
     def propose(self, reqs: list[Any], limits: list[int], kv: Any = None) -> list[DraftTree]:
         return [self.draft(req.all_ids, min(limit, self.max_nodes)) for req, limit in zip(reqs, limits)]
 
