@@ -11,6 +11,7 @@ from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.layers.activation import SiluAndMul
 from sgl.runtime.layers.attention import RadixAttention
 from sgl.runtime.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from sgl.runtime.layers.lazy_tensor import full_weight
 from sgl.runtime.layers.linear import (
     MergedColumnParallelLinear,
     QKVParallelLinear,
@@ -190,7 +191,7 @@ class LlamaForCausalLM(nn.Module):
             if "rotary_emb.inv_freq" in name:
                 continue
             if name == ROPE_FREQS_NAME:
-                self.model.rotary_emb.apply_freq_factors(tensor)
+                self.model.rotary_emb.apply_freq_factors(full_weight(tensor))
                 continue
             if self.tie_word_embeddings and name.startswith("lm_head."):
                 name = name.replace("lm_head.", "model.embed_tokens.")

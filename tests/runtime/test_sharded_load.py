@@ -166,3 +166,22 @@ def test_lazy_tensor_reads_slices_and_the_whole(checkpoint):
         torch.testing.assert_close(lazy.narrow(1, 16, 16), whole[:, 16:32], rtol=0, atol=0)
         torch.testing.assert_close(lazy.narrow(0, 3, 2), whole[3:5], rtol=0, atol=0)
         torch.testing.assert_close(lazy.materialize(), whole, rtol=0, atol=0)
+
+
+def test_rope_freqs_tensor_in_a_safetensors_checkpoint(tmp_path):
+    """llama.cpp's per-frequency rope factors, if a safetensors folder carries them, reach the
+    rotary table through the lazy reader too."""
+    from safetensors.torch import load_file, save_file
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
+    plain = load_model(str(tmp_path)).model.model.rotary_emb.inv_freq.clone()
+    (file,) = glob.glob(os.path.join(tmp_path, "*.safetensors"))
+    tensors = load_file(file)
+    factors = torch.arange(1, plain.numel() + 1, dtype=torch.float32)
+    tensors["rope_freqs.weight"] = factors
+    save_file(tensors, file, metadata={"format": "pt"})
+    scaled = load_model(str(tmp_path)).model.model.rotary_emb.inv_freq
+    torch.testing.assert_close(scaled, plain / factors)
