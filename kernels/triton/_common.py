@@ -54,3 +54,9 @@ def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 132
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def dot_width(dim: int) -> int:
+    """A head-dim block for tl.dot: a power of two and at least 16, the smallest K it takes
+    (tiny test models have 8-wide heads; the padding is masked)."""
+    return max(16, next_pow2(dim))

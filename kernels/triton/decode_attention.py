@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl.kernels.triton._common import next_pow2, require_cuda, require_dtype, sm_count
+from sgl.kernels.triton._common import dot_width, next_pow2, require_cuda, require_dtype, sm_count
 
 MIN_SPLIT_LEN = 64       # fewest keys worth a split of their own
 MAX_KV_SPLITS = 32       # cap on splits per request (sizes the workspace)
@@ -191,7 +191,7 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     part_o, part_lse = workspace[:num_parts * v_head_dim], workspace[num_parts * v_head_dim:]
     group = num_q_heads // num_kv_heads
     direct = max_splits == 1
-    block_d, block_dv = next_pow2(head_dim), next_pow2(v_head_dim)
+    block_d, block_dv = dot_width(head_dim), dot_width(v_head_dim)
     _decode_split_kernel[(bs, num_kv_heads, max_splits)](
         q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, part_o, part_lse, out,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0),

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl.kernels.triton._common import next_pow2, require_cuda, require_dtype
+from sgl.kernels.triton._common import dot_width, require_cuda, require_dtype
 
 _LOG2E = 1.4426950408889634
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) forced for every head size; None = `_block_config`.
@@ -227,6 +227,6 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         v_buffer.stride(0), v_buffer.stride(1), out.stride(0), out.stride(1),
         req_to_token.stride(0), scaling * _LOG2E, HEAD_DIM=head_dim, V_HEAD_DIM=v_head_dim,
         GROUP=num_q_heads // num_kv_heads, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_D=next_pow2(head_dim), BLOCK_DV=next_pow2(v_head_dim),
+        BLOCK_D=dot_width(head_dim), BLOCK_DV=dot_width(v_head_dim),
         USE_CUSTOM_MASK=use_mask, num_warps=num_warps, num_stages=num_stages)
     return out

@@ -159,6 +159,7 @@ def _lens(rng: random.Random, bs: int, lo: int, hi: int) -> list[int]:
 
 DECODE_CASES = [  # (seq_lens, Hq, Hkv, D)
     ([1], 32, 8, 128), ([63], 32, 8, 128), ([64], 9, 3, 64), ([65, 1, 129], 32, 8, 128),
+    ([40, 3], 8, 2, 8),  # heads narrower than a tl.dot's K (tiny test models): padded to 16
     pytest.param([4096], 32, 8, 128, marks=BIG), pytest.param([4095, 17], 9, 3, 64, marks=BIG),
     pytest.param(_lens(random.Random(0), 64, 1, 4096), 32, 8, 128, marks=BIG),
     pytest.param(_lens(random.Random(1), 33, 1, 2000), 9, 3, 128, marks=BIG),
@@ -201,7 +202,7 @@ def test_decode_attention_fp16_and_empty_request():
 
 EXTEND_CASES = [  # (prefix_lens, extend_lens, Hq, Hkv, D)
     ([0], [1], 32, 8, 128), ([0], [130], 9, 3, 64), ([5, 0, 70], [3, 64, 129], 32, 8, 128),
-    ([200], [1], 8, 8, 64),
+    ([200], [1], 8, 8, 64), ([9, 0], [5, 33], 8, 2, 8),
     pytest.param([0], [4096], 32, 8, 128, marks=BIG),
     pytest.param([3000], [1096], 9, 3, 64, marks=BIG),
     pytest.param(_lens(random.Random(3), 8, 0, 2000), _lens(random.Random(4), 8, 1, 700),
