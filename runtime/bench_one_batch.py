@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import statistics
 import time
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from sgl.runtime.bench_utils import append_jsonl
 from sgl.runtime.config import ServerArgs
 from sgl.runtime.executor.model_runner import ModelRunner
+from sgl.runtime.executor.tensor_parallel import start_tp_workers
 from sgl.runtime.io_struct import TokenizedGenerateReq
 from sgl.runtime.sampling.params import SamplingParams
 from sgl.runtime.scheduler.scheduler import Scheduler
@@ -85,7 +87,18 @@ def main(argv: list[str] | None = None) -> None:
         server_args, max_total_tokens=server_args.max_total_tokens or None,
         chunked_prefill_size=max(server_args.chunked_prefill_size or 0, need),
         max_running_requests=max(server_args.max_running_requests or 0, max(args.batch_size)))
+    runner_args, tp_workers = start_tp_workers(runner_args, multiprocessing.get_context("spawn"))
     runner = ModelRunner(runner_args)
+    try:
+        _run(args, runner_args, runner)
+    finally:
+        runner.shutdown()  # releases the other tensor-parallel ranks
+        for proc in tp_workers.values():
+            proc.join(timeout=30)
+
+
+def _run(args: argparse.Namespace, runner_args: ServerArgs, runner: ModelRunner) -> None:
+    need = max(args.batch_size) * (max(args.input_len) + max(args.output_len))
     if runner.max_total_tokens < need:
         raise SystemExit(f"KV pool holds {runner.max_total_tokens} tokens, the largest batch needs {need}")
     sched = Scheduler(runner_args, runner)
@@ -100,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                 if prof is not None:
                     _print_profile(prof)
                 r["device"] = torch.cuda.get_device_name() if runner.device.type == "cuda" else "cpu"
+                r["tp_size"] = runner.tp_size
                 print(f"Prefill. latency: {r['prefill_latency']:.5f} s, throughput: {r['prefill_throughput']:.2f} token/s")
                 print(f"Decode.  median latency: {r['median_decode_latency']:.5f} s, median throughput: "
                       f"{r['median_decode_throughput']:.2f} token/s")

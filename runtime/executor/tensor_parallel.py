@@ -32,6 +32,9 @@ def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: t
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://{dist_init_addr}", rank=rank, world_size=tp_size)
     _OBJECT_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+    if backend == "nccl":  # open the communicator now: a first collective inside a graph capture fails
+        dist.all_reduce(torch.zeros(1, device=torch.device("cuda", torch.cuda.current_device())))
+        torch.cuda.synchronize()
 
 
 def agree_min(value: int) -> int:

@@ -64,7 +64,7 @@ def load_model(model_path: str, load_format: str = "auto",
     with _default_dtype(dtype), torch.device(device):
         model = model_cls(config, tp_rank=tp_rank, tp_size=tp_size)
     if load_format == "dummy":
-        dummy.init_dummy_weights(model, seed)
+        dummy.init_dummy_weights(model, config, seed)
     else:
         model.load_weights(_progress(*_weights(model_path, load_format, checkpoint)))
     model.eval()

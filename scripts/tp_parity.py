@@ -1,0 +1,63 @@
+"""Greedy parity across tensor-parallel sizes: the same random prompts, greedy, through an Engine
+at each --tp-size, compared with the first size's tokens. Reports per size the share of requests
+whose tokens are all identical and the share of tokens generated before each request's first
+divergence (after a divergence the two runs continue different texts, so later positions say
+nothing). Dummy weights are the same model at every tp_size (runtime/loader/dummy.py).
+
+    python scripts/tp_parity.py --model-path llama-3.1-8b-dummy --load-format dummy \\
+        --tp-sizes 1 2 4 --num-prompts 32 --input-len 256 --output-len 128 --out parity.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+from sgl.runtime.engine import Engine
+
+
+def run(tp_size: int, args: argparse.Namespace, prompts: list[list[int]]) -> list[list[int]]:
+    with Engine(args.model_path, load_format=args.load_format, dtype=args.dtype, tp_size=tp_size,
+                skip_tokenizer_init=True) as engine:
+        outs = engine.generate(input_ids=prompts, sampling_params={
+            "max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True})
+    return [o["output_ids"] for o in outs]
+
+
+def compare(ref: list[list[int]], got: list[list[int]]) -> dict:
+    agree = []
+    for a, b in zip(ref, got):
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        agree.append(n)
+    return {"identical_requests": sum(a == b for a, b in zip(ref, got)) / len(ref),
+            "tokens_before_divergence": sum(agree) / sum(map(len, ref)),
+            "first_divergence": [n for n, a in zip(agree, ref) if n < len(a)]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--load-format", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--tp-sizes", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--num-prompts", type=int, default=32)
+    p.add_argument("--input-len", type=int, default=256)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--vocab-size", type=int, default=32000, help="Prompt ids are drawn below this.")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    rng = random.Random(0)
+    prompts = [[rng.randrange(args.vocab_size) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
+    outputs = {tp: run(tp, args, prompts) for tp in args.tp_sizes}
+    ref = outputs[args.tp_sizes[0]]
+    report = {"model": args.model_path, "dtype": args.dtype, "reference_tp_size": args.tp_sizes[0],
+              "num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len,
+              "by_tp_size": {tp: compare(ref, outputs[tp]) for tp in args.tp_sizes[1:]}}
+    print(json.dumps(report, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(report, outputs={tp: o for tp, o in outputs.items()}), f)
+
+
+if __name__ == "__main__":
+    main()
