@@ -7,7 +7,13 @@
 Requests arrive as a Poisson process (`--request-rate`, inf: all at once), at most
 `--max-concurrency` in flight. Reports TTFT, ITL, TPOT and end-to-end latency (mean, median,
 p99) and request/token throughput; appends one JSON line per run to `--output-file`.
-Random prompts are token ids (exact lengths, no tokenizer needed on the client)."""
+Random prompts are token ids (exact lengths, no tokenizer needed on the client).
+
+`--dataset-name generated-shared-prefix` (SGLang's): `--gsp-num-groups` groups of
+`--gsp-prompts-per-group` prompts, each a group's shared system prompt (`--gsp-system-prompt-len`
+tokens) plus its own question (`--gsp-question-len`), in shuffled order, `--gsp-output-len` new
+tokens each (`--num-prompts` is ignored). The report adds the prefix-cache hit rate the server
+saw (meta_info.cached_tokens over prompt tokens): the workload for cache-aware routing."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +49,7 @@ class RequestResult:
     ttft: float = 0.0
     latency: float = 0.0
     itl: list[float] = field(default_factory=list)
+    cached_tokens: int = 0
     error: str = ""
 
 
@@ -103,6 +110,7 @@ def send_sgl(base_url: str, req: BenchRequest, args: argparse.Namespace) -> Requ
     def on_event(event: dict) -> bool:
         n = event.get("meta_info", {}).get("completion_tokens", len(event.get("output_ids", [])))
         result.prompt_len = event.get("meta_info", {}).get("prompt_tokens", result.prompt_len)
+        result.cached_tokens = event.get("meta_info", {}).get("cached_tokens", result.cached_tokens)
         grew, seen["n"] = n > seen["n"], max(seen["n"], n)
         result.output_len = seen["n"]
         return grew
@@ -121,6 +129,8 @@ def send_sgl_oai(base_url: str, req: BenchRequest, args: argparse.Namespace) -> 
         if event.get("usage"):
             result.output_len = event["usage"]["completion_tokens"]
             result.prompt_len = event["usage"]["prompt_tokens"]
+            details = event["usage"].get("prompt_tokens_details") or {}
+            result.cached_tokens = details.get("cached_tokens", result.cached_tokens)
         choices = event.get("choices") or []
         if choices and choices[0].get("text"):
             chunks["n"] += 1
@@ -150,14 +160,28 @@ def random_requests(args: argparse.Namespace, vocab_size: int) -> list[BenchRequ
             for n, m in zip(in_lens, out_lens)]
 
 
+def shared_prefix_requests(args: argparse.Namespace, vocab_size: int) -> list[BenchRequest]:
+    rng = np.random.default_rng(args.seed)
+    reqs = []
+    for _ in range(args.gsp_num_groups):
+        system = rng.integers(0, vocab_size, size=args.gsp_system_prompt_len).tolist()
+        for _ in range(args.gsp_prompts_per_group):
+            question = rng.integers(0, vocab_size, size=args.gsp_question_len).tolist()
+            reqs.append(BenchRequest(system + question, args.gsp_output_len))
+    order = rng.permutation(len(reqs))
+    return [reqs[i] for i in order]
+
+
 def _vocab_size(base_url: str, args: argparse.Namespace) -> int:
     if args.random_vocab_size:
         return args.random_vocab_size
     try:
-        res = requests.get(base_url + "/get_server_info", headers=_headers(args), timeout=30)
-        info = res.json()
+        info = requests.get(base_url + "/get_server_info", headers=_headers(args), timeout=30).json()
+        if "vocab_size" not in info and info.get("workers"):  # the router: ask its first worker
+            url = info["workers"][0]["url"]
+            info = requests.get(url + "/get_server_info", headers=_headers(args), timeout=30).json()
         return int(info.get("vocab_size") or 32000)
-    except (requests.RequestException, ValueError):
+    except (requests.RequestException, ValueError, KeyError, TypeError):
         return 32000
 
 
@@ -198,6 +222,7 @@ def summarize(args: argparse.Namespace, results: list[RequestResult], duration: 
     tpot = _ms([(r.latency - r.ttft) / (r.output_len - 1) for r in ok if r.output_len > 1])
     itl = _ms([x for r in ok for x in r.itl])
     total_in, total_out = sum(r.prompt_len for r in ok), sum(r.output_len for r in ok)
+    total_cached = sum(r.cached_tokens for r in ok)
     out: dict[str, Any] = {
         "backend": args.backend, "dataset_name": args.dataset_name,
         "request_rate": args.request_rate if args.request_rate != float("inf") else "inf",
@@ -209,6 +234,7 @@ def summarize(args: argparse.Namespace, results: list[RequestResult], duration: 
         "output_throughput": total_out / duration,
         "total_throughput": (total_in + total_out) / duration,
         "concurrency": float(np.sum(e2e) / 1000 / duration) if ok else 0.0,
+        "total_cached_tokens": total_cached, "cache_hit_rate": total_cached / max(total_in, 1),
     }
     for name, xs in (("ttft", ttft), ("itl", itl), ("tpot", tpot), ("e2e_latency", e2e)):
         out.update({f"mean_{name}_ms": float(np.mean(xs)),
@@ -229,7 +255,8 @@ def print_report(s: dict[str, Any]) -> None:
             ("Input token throughput (tok/s):", f"{s['input_throughput']:.2f}"),
             ("Output token throughput (tok/s):", f"{s['output_throughput']:.2f}"),
             ("Total token throughput (tok/s):", f"{s['total_throughput']:.2f}"),
-            ("Concurrency:", f"{s['concurrency']:.2f}")]
+            ("Concurrency:", f"{s['concurrency']:.2f}"),
+            ("Prefix cache hit rate:", f"{s['cache_hit_rate']:.3f}")]
     print("{s:{c}^50}".format(s=" Serving Benchmark Result ", c="="))
     for k, v in rows:
         print(f"{k:<40}{v!s:<10}")
@@ -256,7 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None,
                    help="Model name for the OpenAI backend (default: 'default').")
     p.add_argument("--api-key", default=None)
-    p.add_argument("--dataset-name", choices=["random"], default="random")
+    p.add_argument("--dataset-name", choices=["random", "generated-shared-prefix"], default="random")
     p.add_argument("--num-prompts", type=int, default=1000)
     p.add_argument("--random-input-len", type=int, default=1024)
     p.add_argument("--random-output-len", type=int, default=1024)
@@ -264,6 +291,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Lengths are uniform in [len * ratio, len].")
     p.add_argument("--random-vocab-size", type=int, default=None,
                    help="Token ids are drawn below this (default: the server's vocab_size).")
+    p.add_argument("--gsp-num-groups", type=int, default=64)
+    p.add_argument("--gsp-prompts-per-group", type=int, default=16)
+    p.add_argument("--gsp-system-prompt-len", type=int, default=2048)
+    p.add_argument("--gsp-question-len", type=int, default=128)
+    p.add_argument("--gsp-output-len", type=int, default=256)
     p.add_argument("--request-rate", type=float, default=float("inf"),
                    help="Requests per second (Poisson arrivals); inf sends all at once.")
     p.add_argument("--max-concurrency", type=int, default=None)
@@ -277,7 +309,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     base_url = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
-    reqs = random_requests(args, _vocab_size(base_url, args))
+    make = shared_prefix_requests if args.dataset_name == "generated-shared-prefix" else random_requests
+    reqs = make(args, _vocab_size(base_url, args))
     for req in reqs[:args.warmup_requests]:
         warm = BACKENDS[args.backend](base_url, BenchRequest(req.input_ids[:16], 4), args)
         if not warm.success:

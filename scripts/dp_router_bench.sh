@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# DP=2 behind the standalone router on a shared-prefix workload: two sgl servers (one GPU each,
+# the 8B-shaped dummy model, a KV pool of POOL tokens each) and `python -m sgl.router`, once with
+# cache_aware and once with round_robin, caches flushed in between. Results: $OUT/dp_router.jsonl.
+#   bash scripts/dp_router_bench.sh [POOL]
+set -uo pipefail
+POOL=${1:-98304}
+M=${M:-llama-3.1-8b-dummy}
+SERVER_FLAGS=${SERVER_FLAGS:---tokenizer-path .tok/llama3}
+GSP=${GSP:-"--gsp-num-groups 64 --gsp-prompts-per-group 16 --gsp-system-prompt-len 2048
+     --gsp-question-len 128 --gsp-output-len 32 --max-concurrency 64"}
+pids=()
+for i in 0 1; do
+  CUDA_VISIBLE_DEVICES=$i python3 -m sgl.launch_server --model-path $M --load-format dummy \
+    $SERVER_FLAGS --port $((31000 + i)) --max-total-tokens $POOL --log-level warning \
+    > ${LOGS:-/tmp}/worker$i.log 2>&1 &
+  pids+=($!)
+done
+for i in 0 1; do
+  for _ in $(seq 240); do curl -sf localhost:$((31000 + i))/health >/dev/null && break; sleep 1; done
+done
+for method in cache_aware round_robin; do
+  for i in 0 1; do curl -sf -X POST localhost:$((31000 + i))/flush_cache >/dev/null; done
+  python3 -m sgl.router --worker-urls http://127.0.0.1:31000 http://127.0.0.1:31001 \
+    --load-balance-method $method --port 30000 --log-level warning > ${LOGS:-/tmp}/router_$method.log 2>&1 &
+  router=$!
+  for _ in $(seq 60); do curl -sf localhost:30000/health >/dev/null && break; sleep 1; done
+  echo "--- $method"
+  python3 -m sgl.bench_serving --port 30000 --dataset-name generated-shared-prefix $GSP --output-file ${OUT:-/tmp}/dp_router.jsonl 2>&1 \
+    | grep -E "Successful|Failed|duration|Input token|Output token|Total token|hit rate|error"
+  kill $router; wait $router 2>/dev/null
+done
+kill "${pids[@]}"; wait 2>/dev/null
+tail -n 3 ${LOGS:-/tmp}/worker0.log
