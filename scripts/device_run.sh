@@ -42,7 +42,7 @@ for stage in "$@"; do
                --max-new-tokens 256 --result-filename $OUT/spec_8b.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -14 ;;
     gpu_fix) python3 -m pytest -q -m gpu tests/kernels/test_triton_kernels.py -k "extend or decode" \
                tests/runtime/test_speculative.py tests/runtime/test_tensor_parallel.py 2>&1 | tail -15 ;;
-    tp_parity) timeout -s INT 200 python3 scripts/tp_parity.py --model-path $M --load-format dummy --tp-sizes 1 2 4 \
+    tp_parity) python3 scripts/tp_parity.py --hang-dump 200 --model-path $M --load-format dummy --tp-sizes 1 2 4 \
                --num-prompts 16 --input-len 256 --output-len 64 --vocab-size 128000 --out $OUT/tp_parity.json \
                > $OUT/tp_parity.log 2>&1; tail -n 25 $OUT/tp_parity.log ;;
     tp_bench) for tp in 1 2 4; do timeout -s INT 120 $B --tp-size $tp --batch-size 1 64 --input-len 128 --output-len 256 \

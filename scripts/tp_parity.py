@@ -10,17 +10,21 @@ nothing). Dummy weights are the same model at every tp_size (runtime/loader/dumm
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
+import logging
 import random
 
 from sgl.runtime.engine import Engine
 
 
 def run(tp_size: int, args: argparse.Namespace, prompts: list[list[int]]) -> list[list[int]]:
+    logging.info("tp_size %d: starting the engine", tp_size)
     with Engine(args.model_path, load_format=args.load_format, dtype=args.dtype, tp_size=tp_size,
                 skip_tokenizer_init=True) as engine:
         outs = engine.generate(input_ids=prompts, sampling_params={
             "max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True})
+        logging.info("tp_size %d: generated", tp_size)
     return [o["output_ids"] for o in outs]
 
 
@@ -45,7 +49,12 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=32000, help="Prompt ids are drawn below this.")
     p.add_argument("--out", default=None)
+    p.add_argument("--hang-dump", type=float, default=0,
+                   help="After this many seconds, print every thread's stack and exit (0: never).")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.hang_dump:
+        faulthandler.dump_traceback_later(args.hang_dump, exit=True)
     rng = random.Random(0)
     prompts = [[rng.randrange(args.vocab_size) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
     outputs = {tp: run(tp, args, prompts) for tp in args.tp_sizes}

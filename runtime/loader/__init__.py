@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -64,7 +65,9 @@ def load_model(model_path: str, load_format: str = "auto",
     with _default_dtype(dtype), torch.device(device):
         model = model_cls(config, tp_rank=tp_rank, tp_size=tp_size)
     if load_format == "dummy":
+        start = time.perf_counter()
         dummy.init_dummy_weights(model, config, seed)
+        logger.info("dummy weights drawn in %.1f s", time.perf_counter() - start)
     else:
         model.load_weights(_progress(*_weights(model_path, load_format, checkpoint)))
     model.eval()
