@@ -68,7 +68,9 @@ def _start_profile():
 def _print_profile(prof) -> None:
     import pstats
     prof.disable()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    stats = pstats.Stats(prof)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(r"sgl|runtime/(scheduler|executor|sampling)", 30)
 
 
 def main(argv: list[str] | None = None) -> None:
