@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result-filename", default=None, help="Append results as JSON lines.")
     parser.add_argument("--no-warmup", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile the last run's steps (host time).")
+    parser.add_argument("--profile-kernels", type=int, default=0, metavar="STEPS",
+                        help="After the timed runs, run the first shape again for STEPS decode steps "
+                             "under torch.profiler and print the kernel table (device time per step).")
     ServerArgs.add_cli_args(parser)
     args = parser.parse_args(argv)
     server_args = ServerArgs.from_cli_args(args)
@@ -122,6 +125,26 @@ def _run(args: argparse.Namespace, runner_args: ServerArgs, runner: ModelRunner)
                 print(f"Total. latency: {r['total_latency']:.3f} s, throughput: {r['output_throughput']:.2f} token/s "
                       f"(batch {bs}, input {il}, output {ol})")
                 append_jsonl(args.result_filename, r)
+    if args.profile_kernels:
+        _profile_kernels(sched, runner, args.batch_size[0], args.input_len[0], args.profile_kernels)
+
+
+def _profile_kernels(sched: Scheduler, runner: ModelRunner, bs: int, input_len: int, steps: int) -> None:
+    """Where a step's device time goes, kernel by kernel (inside CUDA graphs too)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = runner.device.type == "cuda"
+    sched.flush_cache()
+    run_once(sched, runner, bs, input_len, 1, seed=11)  # the same shapes compiled and captured
+    sched.flush_cache()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run_once(sched, runner, bs, input_len, steps, seed=12)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = prof.key_averages()
+    print(events.table(sort_by=key, row_limit=30))
+    total = sum(getattr(e, key) for e in events)  # microseconds, prefill included
+    print(f"kernel profile: batch {bs}, input {input_len}, {steps} decode steps: "
+          f"{total / 1e3:.2f} ms of {'device' if cuda else 'CPU'} time in total")
 
 
 if __name__ == "__main__":

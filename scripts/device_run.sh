@@ -54,6 +54,9 @@ for stage in "$@"; do
         tail -n 5 /tmp/worker1.log /tmp/router_cache_aware.log /tmp/router_round_robin.log ;;
     spec_prof) python3 -m sgl.bench_speculative --speculative-algorithm NGRAM --dataset copy --apply-chat-template \
                --batch-sizes 1 --num-draft-tokens 8 --max-new-tokens 256 --profile 2>&1 | grep -vE "^\s*$|Loading|INFO" | head -60 ;;
+    bench1_kernels) $B --batch-size 1 --input-len 128 --output-len 16 --profile-kernels 64 2>&1 | grep -vE "INFO|Loading" | tail -40 ;;
+    hf_prefill) python3 -m sgl.bench_transformers --model-path $M --batch-size 8 --input-len 4096 --output-len 1 \
+               --result-filename $OUT/hf.jsonl 2>&1 | tail -1 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done
