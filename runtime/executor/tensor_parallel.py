@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from datetime import timedelta
 from typing import Any, Optional
 
 import torch
@@ -17,6 +18,7 @@ import torch.distributed as dist
 
 logger = logging.getLogger("sgl.tp")
 _OBJECT_GROUP: Any = None  # a gloo group for Python objects, whatever the tensor backend
+_IDLE_FOREVER = timedelta(days=3650)
 
 
 def free_port() -> int:
@@ -30,8 +32,12 @@ def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: t
     if device.type == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{dist_init_addr}", rank=rank, world_size=tp_size)
-    _OBJECT_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+    # The rendezvous and the tensor collectives keep a finite timeout (a rank that died shows up);
+    # the step broadcast does not: an idle server's followers wait in it for as long as it idles.
+    timeout = timedelta(seconds=float(os.environ.get("SGL_TP_TIMEOUT_S", 1800)))
+    dist.init_process_group(backend, init_method=f"tcp://{dist_init_addr}", rank=rank,
+                            world_size=tp_size, timeout=timeout)
+    _OBJECT_GROUP = dist.new_group(backend="gloo", timeout=_IDLE_FOREVER)
     if backend == "nccl":  # open the communicator now: a first collective inside a graph capture fails
         dist.all_reduce(torch.zeros(1, device=torch.device("cuda", torch.cuda.current_device())))
         torch.cuda.synchronize()

@@ -3,6 +3,8 @@ same greedy tokens as one rank, with query/KV heads split, KV heads replicated w
 fewer than ranks, and the vocab-parallel embedding and LM head."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 import transformers
@@ -74,3 +76,14 @@ def test_tp2_over_nccl_with_cuda_graphs_matches_tp1(tmp_path):
     path = tiny(tmp_path, transformers.LlamaConfig, num_attention_heads=8, num_key_value_heads=2)
     kw = dict(device="cuda", dtype="float32")
     assert greedy(path, PROMPTS, tp_size=2, **kw) == greedy(path, PROMPTS, **kw)
+
+
+def test_followers_outlast_an_idle_spell_longer_than_the_collective_timeout(tmp_path, monkeypatch):
+    # Ranks 1.. wait for the next step in a broadcast; an idle server must not time them out. The
+    # collective timeout is shortened to 2 s (inherited by the spawned ranks) and the engine idles 4 s.
+    monkeypatch.setenv("SGL_TP_TIMEOUT_S", "2")
+    path = tiny(tmp_path, transformers.LlamaConfig, num_attention_heads=4, num_key_value_heads=2)
+    with Engine(path, skip_tokenizer_init=True, tp_size=2) as e:
+        first = e.generate(input_ids=PROMPTS[:1], sampling_params=GREEDY)[0]["output_ids"]
+        time.sleep(4)
+        assert e.generate(input_ids=PROMPTS[:1], sampling_params=GREEDY)[0]["output_ids"] == first
