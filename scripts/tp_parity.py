@@ -1,7 +1,7 @@
 """Greedy parity across tensor-parallel sizes: the same random prompts, greedy, through an Engine
-at each --tp-size, compared with the first size's tokens. Reports per size the share of requests
-whose tokens are all identical and the share of tokens generated before each request's first
-divergence (after a divergence the two runs continue different texts, so later positions say
+at each --tp-size (each in its own process), compared with the first size's tokens. Reports per
+size the share of requests whose tokens are all identical and the share of tokens generated
+before each request's first divergence (after a divergence the two runs continue different texts, so later positions say
 nothing). Dummy weights are the same model at every tp_size (runtime/loader/dummy.py).
 
     python scripts/tp_parity.py --model-path llama-3.1-8b-dummy --load-format dummy \\
@@ -13,7 +13,11 @@ import argparse
 import faulthandler
 import json
 import logging
+import os
 import random
+import subprocess
+import sys
+import tempfile
 
 from sgl.runtime.engine import Engine
 
@@ -26,6 +30,17 @@ def run(tp_size: int, args: argparse.Namespace, prompts: list[list[int]]) -> lis
             "max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True})
         logging.info("tp_size %d: generated", tp_size)
     return [o["output_ids"] for o in outs]
+
+
+def run_isolated(tp_size: int, argv: list[str], timeout: float) -> list[list[int]]:
+    """One tp_size in a fresh process: nothing (GPU memory, process groups) carries over from
+    the last size, and a hang costs `timeout` seconds and that size alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = os.path.join(tmp, "out.json")
+        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--only-tp", str(tp_size), "--dump", dump]
+        subprocess.run(cmd, check=True, timeout=timeout)
+        with open(dump) as f:
+            return json.load(f)
 
 
 def compare(ref: list[list[int]], got: list[list[int]]) -> dict:
@@ -50,14 +65,23 @@ def main() -> None:
     p.add_argument("--vocab-size", type=int, default=32000, help="Prompt ids are drawn below this.")
     p.add_argument("--out", default=None)
     p.add_argument("--hang-dump", type=float, default=0,
-                   help="After this many seconds, print every thread's stack and exit (0: never).")
+                   help="After this many seconds, a size's process prints every thread's stack and "
+                        "exits (0: never).")
+    p.add_argument("--only-tp", type=int, default=None, help=argparse.SUPPRESS)  # one size, in a child
+    p.add_argument("--dump", default=None, help=argparse.SUPPRESS)
+    argv = sys.argv[1:]
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.hang_dump:
+    if args.hang_dump and args.only_tp is not None:  # in each size's process
         faulthandler.dump_traceback_later(args.hang_dump, exit=True)
     rng = random.Random(0)
     prompts = [[rng.randrange(args.vocab_size) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
-    outputs = {tp: run(tp, args, prompts) for tp in args.tp_sizes}
+    if args.only_tp is not None:
+        with open(args.dump, "w") as f:
+            json.dump(run(args.only_tp, args, prompts), f)
+        return
+    timeout = (args.hang_dump or 3600) + 60
+    outputs = {tp: run_isolated(tp, argv, timeout) for tp in args.tp_sizes}
     ref = outputs[args.tp_sizes[0]]
     report = {"model": args.model_path, "dtype": args.dtype, "reference_tp_size": args.tp_sizes[0],
               "num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len,

@@ -3,6 +3,7 @@ sampler) and turns a step's inputs into sampled tokens."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 from typing import Any, Optional
 
@@ -94,6 +95,10 @@ class ModelRunner:
     def _auto_pool_tokens(self, bytes_per_token: int) -> int:
         if self.device.type == "cpu":
             return int(min(65536, max(4096, _CPU_KV_BYTES // bytes_per_token)))
+        # Memory an earlier engine of this process freed sits in torch's cache, which the driver
+        # counts as used: hand it back first, or a second engine gets a pool sized from scraps.
+        gc.collect()
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
         frac = self.args.mem_fraction_static or _GPU_MEM_FRACTION
         budget = total * frac - (total - free)  # what is left of our share after the weights
