@@ -67,27 +67,50 @@ class GrammarCoordinator:
                 ready.append(req)
         return ready, failed
 
-    def vocab_mask(self, reqs: list[Req], skip: Optional[set[int]] = None) -> Optional[torch.Tensor]:
+    def vocab_mask(self, reqs: list[Req], skip: Optional[set[int]] = None,
+                   paths: Optional[list[list[int]]] = None) -> Optional[torch.Tensor]:
         """Packed (num_reqs, ceil(vocab/32)) int32 bitmask, bit set = allowed; None when no
-        request is constrained. The runner unpacks it on its device (32x fewer bytes to move)."""
+        request is constrained. The runner unpacks it on its device (32x fewer bytes to move).
+        paths (speculative verify rows): row i's mask is the state after its request's output
+        plus paths[i], the draft tokens on the way to that row (each grammar-valid)."""
         if not any(r.grammar is not None for r in reqs):
             return None
         bitmask = allocate_token_bitmask(len(reqs), self.vocab_size)
         for i, req in enumerate(reqs):
-            if req.grammar is not None and not (skip and id(req) in skip):
-                req.grammar.fill_bitmask(bitmask, i)
-            else:
+            g = req.grammar
+            if g is None or (skip and id(req) in skip):
                 bitmask[i] = -1  # every bit set: all tokens allowed
+                continue
+            path = paths[i] if paths else []
+            for token in path:
+                accepted = g.accept_token(token)
+                assert accepted, "draft trees of constrained requests hold grammar-valid tokens only"
+            g.fill_bitmask(bitmask, i)
+            if path:
+                g.rollback(len(path))
         return bitmask
 
     def after_token(self, req: Req, token: int, kv: Any) -> None:
+        if self.advance(req, token) and self.jump_forward:
+            self._jump_forward(req, kv)
+
+    def advance(self, req: Req, token: int) -> bool:
+        """Accept an emitted token into req's grammar; finish the request when the token is
+        refused or ends the grammar. True while the request goes on."""
         g = req.grammar
         if not g.accept_token(token):
             req.finish({"type": "abort", "message": f"token {token} violates the grammar"})
-            return
+            return False
         if g.is_terminated():
             req.finish({"type": "stop", "matched": token})
-            return
+            return False
+        return True
+
+    def wants_jump(self, req: Req) -> bool:
+        """Jump-forward is on and the grammar forces text from here."""
+        return self.jump_forward and bool(req.grammar.jump_forward_str())
+
+    def jump(self, req: Req, kv: Any) -> None:
         if self.jump_forward:
             self._jump_forward(req, kv)
 

@@ -97,16 +97,23 @@ def is_stale(req: Req, step: StepInputs) -> bool:
 
 
 def _accept_draft(req: Req, rows: Any, result: RunResult, first: int, sched: Any) -> int:
-    """Emit the verified tokens (stopping where the request stops), keep the KV of the root and
-    of the accepted draft nodes that precede the last emitted token, free the rest. Emitted
+    """Emit the verified tokens (stopping where the request stops, or where its grammar forces
+    text that jump-forward then appends), keep the KV of the root and of the accepted draft
+    nodes that precede the last emitted token, free the rest. Emitted
     token i was chosen at verify row ([0] + accepted rows)[i], which also gives its logprobs."""
     emitted, accepted = verify(rows.tree, result.next_token_ids[first:first + 1 + len(rows.tree)])
     chosen_at = [first] + [first + j + 1 for j in accepted]
-    count = 0
+    count, jump = 0, False
     for token, r in zip(emitted, chosen_at):
         req.append_output(token, result.logprobs[r] if result.logprobs else None,
                           result.top_logprobs[r] if result.top_logprobs else None)
         count += 1
+        if req.grammar is not None:
+            if not sched.grammar.advance(req, token):
+                break
+            if sched.grammar.wants_jump(req):
+                jump = True  # decoding alone would jump forward here: the rest is not emitted
+                break
         sched.stop_checker.check(req, token)
         if req.is_finished:
             break
@@ -119,6 +126,10 @@ def _accept_draft(req: Req, rows: Any, result: RunResult, first: int, sched: Any
     rejected[keep] = False
     sched.kv.allocator.free(rows.slots[rejected])
     sched.spec.record(req, count, len(rows.tree))
+    if jump:  # in the order decoding alone takes: jump forward, then check the stop strings
+        sched.grammar.jump(req, sched.kv)
+        if not req.is_finished:
+            sched.stop_checker.check(req, token)
     return count
 
 

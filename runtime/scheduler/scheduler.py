@@ -143,7 +143,8 @@ class Scheduler:
         if not plan.reqs:
             return outputs + self._fail_unschedulable()
         inputs: StepInputs = build_step(plan, self.kv, self.spec is not None and self.spec.needs_hidden)
-        inputs.vocab_mask = self.grammar.vocab_mask(inputs.sample_reqs)
+        inputs.vocab_mask = self.grammar.vocab_mask(inputs.sample_reqs,
+                                                    paths=inputs.sample_paths if inputs.verify else None)
         if self.overlap:
             pending = self.runner.launch_batch(inputs)
             if chainable(self, plan, inputs):

@@ -3,7 +3,12 @@
 `SpecDecoder` is the scheduler's handle: `propose` sets `req.draft` on the running requests
 before the step is planned; the scheduler's batch builder turns each draft into verify rows with
 a tree mask; `accept` (in scheduler/output.py) keeps the accepted tokens' KV and frees the rest;
-`observe` passes the target's hidden states to drafters that need them (EAGLE)."""
+`observe` passes the target's hidden states to drafters that need them (EAGLE).
+
+Constrained requests speculate too: their trees keep only the nodes the grammar allows after
+the path to them (`grammar_subtree`), each verify row samples under the grammar state of its own
+path, and acceptance advances the grammar token by token, stopping where jump-forward takes over
+(scheduler/output.py), so the output is the one decoding without speculation gives."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -12,7 +17,28 @@ import torch
 
 from sgl.runtime.speculative.tree import DraftTree, verify
 
-__all__ = ["DraftTree", "SpecDecoder", "verify"]
+__all__ = ["DraftTree", "SpecDecoder", "grammar_subtree", "verify"]
+
+
+def grammar_subtree(tree: DraftTree, grammar: Any) -> DraftTree:
+    """The nodes of `tree` whose whole path the grammar accepts from its current state (which
+    it is left in), renumbered in the same order."""
+    kept = DraftTree()
+    new_index: dict[int, int] = {-1: -1}
+    paths = tree.paths()
+    for j, (token, parent) in enumerate(zip(tree.tokens, tree.parents)):
+        if parent not in new_index:
+            continue  # an ancestor was refused
+        path = paths[j + 1]
+        accepted = 0
+        for t in path:
+            if not grammar.accept_token(t):
+                break
+            accepted += 1
+        grammar.rollback(accepted)
+        if accepted == len(path):
+            new_index[j] = kept.add(token, new_index[parent])
+    return kept
 
 
 class SpecDecoder:
@@ -40,10 +66,9 @@ class SpecDecoder:
         return self.drafter.needs_hidden
 
     def eligible(self, req: Any) -> bool:
-        """Decoding, unconstrained, and at least two tokens to go. The rest run as plain
-        one-token steps in the same batch (a draft of size 0)."""
-        return (req.seq_len - req.num_computed == 1 and req.grammar is None
-                and req.remaining_new_tokens() >= 2
+        """Decoding with at least two tokens to go. The rest run as plain one-token steps in
+        the same batch (a draft of size 0)."""
+        return (req.seq_len - req.num_computed == 1 and req.remaining_new_tokens() >= 2
                 and req.seq_len + self.scratch_cols < min(self.table_width, self.context_len))
 
     def propose(self, running: list[Any], kv: Any) -> None:
@@ -54,6 +79,8 @@ class SpecDecoder:
             return
         limits = [min(self.num_draft_tokens - 1, r.remaining_new_tokens() - 1) for r in reqs]
         for req, tree in zip(reqs, self.drafter.propose(reqs, limits, kv)):
+            if req.grammar is not None:
+                tree = grammar_subtree(tree, req.grammar)
             req.draft = tree if len(tree) else None
 
     def observe(self, req: Any, start: int, hidden: Optional[torch.Tensor]) -> None:

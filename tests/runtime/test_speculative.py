@@ -193,9 +193,11 @@ def test_speculation_is_lossless(case, reference, heads, caplog):
         assert have["text"] == want["text"], (case, i)
         assert have["meta_info"]["completion_tokens"] == want["meta_info"]["completion_tokens"]
     assert reference[6]["meta_info"]["finish_reason"] == {"type": "stop", "matched": "classic"}
-    # Speculation happened (the logprob request too); the grammar request ran without a draft.
+    # Speculation happened (the logprob request too; the grammar request when it drafts itself).
     assert stats[0] > 0 and got[0]["meta_info"]["spec_verify_ct"] > 0
-    assert "spec_verify_ct" not in got[-1]["meta_info"] and got[-2]["meta_info"]["spec_verify_ct"] > 0
+    assert got[-2]["meta_info"]["spec_verify_ct"] > 0
+    if algo == "STANDALONE":
+        assert got[-1]["meta_info"]["spec_verify_ct"] > 0
     # Same tokens and top-2 ids; logprobs equal up to float32 batch-shape noise (verify rows run
     # as extend batches here, as decode batches there).
     lps, ref_lps = got[-2]["meta_info"], reference[-2]["meta_info"]
@@ -306,3 +308,67 @@ def test_triton_backend_verifies_trees_like_torch(tmp_path):
         got, verified = run(attention_backend="triton", **kw)
         assert got == expected, kw
         assert verified > 0
+
+
+# -- constrained requests speculate -------------------------------------------------------------
+
+LONG_KEYS = {"type": "object", "properties": {
+    "customer_identification_number": {"type": "integer"},
+    "requested_delivery_window": {"enum": ["morning", "afternoon", "evening"]},
+    "name": {"type": "string", "maxLength": 12}},
+    "required": ["customer_identification_number", "requested_delivery_window", "name"]}
+
+
+def _constrained(engine: Engine) -> list[dict]:
+    prompts = ["Order 1 as JSON:", "Order 2 as JSON:", "Answer yes or no, then a word:",
+               "Give the date of the moon landing:"]
+    params = [{"temperature": 0, "max_new_tokens": 60, "json_schema": json.dumps(LONG_KEYS)},
+              {"temperature": 0.9, "seed": 5, "max_new_tokens": 60, "json_schema": json.dumps(LONG_KEYS)},
+              {"temperature": 0, "max_new_tokens": 20, "regex": "(yes|no), [a-z]{2,8}\\."},
+              {"temperature": 0, "max_new_tokens": 20, "regex": "19[0-9]{2}-[01][0-9]-[0-3][0-9]"}]
+    return engine.generate(prompts, params)
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "outlines"])
+@pytest.mark.parametrize("jump_forward", [True, False], ids=["jump", "no-jump"])
+def test_constrained_requests_speculate_losslessly(backend, jump_forward):
+    """Draft trees are cut to what the grammar allows, each verify row samples under its own
+    path's grammar state, and acceptance stops where jump-forward takes over: the texts are the
+    ones decoding alone gives, and the drafts were used."""
+    kw = dict(grammar_backend=backend, disable_jump_forward=not jump_forward, random_seed=0)
+    with Engine(**kw) as engine:
+        expected = _constrained(engine)
+    with Engine(**kw, speculative_algorithm="STANDALONE", speculative_draft_model_path=bundled_model_path(),
+                speculative_num_steps=3, speculative_eagle_topk=2, speculative_num_draft_tokens=6) as engine:
+        got = _constrained(engine)
+        engine.call_in_scheduler(lambda s: s.check_pool_invariant())
+    assert [o["text"] for o in got] == [o["text"] for o in expected]
+    assert [o["meta_info"]["finish_reason"] for o in got] == [o["meta_info"]["finish_reason"] for o in expected]
+    if got[0]["meta_info"]["finish_reason"]["type"] == "stop":  # (without jump-forward 60 tokens may not finish it)
+        json.loads(got[0]["text"])
+    verified = [o["meta_info"].get("spec_verify_ct", 0) for o in got]
+    accepted = [o["meta_info"].get("spec_accepted_tokens", 0) for o in got]
+    assert all(v > 0 for v in verified) and sum(accepted) > 0, (verified, accepted)
+    if jump_forward:
+        assert got[0]["meta_info"].get("jump_forward_tokens", 0) > 0
+
+
+def test_grammar_subtree_keeps_the_paths_the_grammar_allows():
+    from sgl.runtime.grammar import create_grammar_backend
+    from sgl.runtime.speculative import grammar_subtree
+    from sgl.runtime.loader.tokenizer import get_tokenizer
+    tok = get_tokenizer(bundled_model_path())
+    backend = create_grammar_backend("xgrammar", tok, len(tok), stop_token_ids=[tok.eos_token_id])
+    grammar = backend.compile("regex", "(yes|no)!")
+    yes, no, bang, x = (tok.encode(w, add_special_tokens=False)[0] for w in ("yes", "no", "!", "x"))
+    tree = DraftTree()
+    a = tree.add(yes, -1)     # allowed
+    tree.add(bang, a)         # allowed after "yes"
+    tree.add(x, a)            # refused after "yes"
+    b = tree.add(x, -1)       # refused at the root...
+    tree.add(bang, b)         # ... so its child goes too
+    c = tree.add(no, -1)      # allowed
+    tree.add(bang, c)
+    kept = grammar_subtree(tree, grammar)
+    assert kept.tokens == [yes, bang, no, bang] and kept.parents == [-1, 0, -1, 2]
+    assert grammar.num_accepted == 0 and grammar.accept_token(no)  # the state was left as it was
