@@ -21,14 +21,16 @@ import tempfile
 
 from sgl.runtime.engine import Engine
 
+logger = logging.getLogger("tp_parity")
+
 
 def run(tp_size: int, args: argparse.Namespace, prompts: list[list[int]]) -> list[list[int]]:
-    logging.info("tp_size %d: starting the engine", tp_size)
+    logger.info("tp_size %d: starting the engine", tp_size)
     with Engine(args.model_path, load_format=args.load_format, dtype=args.dtype, tp_size=tp_size,
                 skip_tokenizer_init=True) as engine:
         outs = engine.generate(input_ids=prompts, sampling_params={
             "max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True})
-        logging.info("tp_size %d: generated", tp_size)
+        logger.info("tp_size %d: generated", tp_size)
     return [o["output_ids"] for o in outs]
 
 

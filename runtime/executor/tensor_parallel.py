@@ -34,7 +34,7 @@ def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: t
     backend = "nccl" if device.type == "cuda" else "gloo"
     # The rendezvous and the tensor collectives keep a finite timeout (a rank that died shows up);
     # the step broadcast does not: an idle server's followers wait in it for as long as it idles.
-    timeout = timedelta(seconds=float(os.environ.get("SGL_TP_TIMEOUT_S", 1800)))
+    timeout = timedelta(seconds=float(os.environ.get("SGL_TP_TIMEOUT_S", "1800")))
     dist.init_process_group(backend, init_method=f"tcp://{dist_init_addr}", rank=rank,
                             world_size=tp_size, timeout=timeout)
     _OBJECT_GROUP = dist.new_group(backend="gloo", timeout=_IDLE_FOREVER)

@@ -91,8 +91,8 @@ class GrammarCoordinator:
         return bitmask
 
     def after_token(self, req: Req, token: int, kv: Any) -> None:
-        if self.advance(req, token) and self.jump_forward:
-            self._jump_forward(req, kv)
+        if self.advance(req, token):
+            self.jump(req, kv)
 
     def advance(self, req: Req, token: int) -> bool:
         """Accept an emitted token into req's grammar; finish the request when the token is

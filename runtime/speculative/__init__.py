@@ -22,23 +22,16 @@ __all__ = ["DraftTree", "SpecDecoder", "grammar_subtree", "verify"]
 
 def grammar_subtree(tree: DraftTree, grammar: Any) -> DraftTree:
     """The nodes of `tree` whose whole path the grammar accepts from its current state (which
-    it is left in), renumbered in the same order."""
-    kept = DraftTree()
-    new_index: dict[int, int] = {-1: -1}
-    paths = tree.paths()
-    for j, (token, parent) in enumerate(zip(tree.tokens, tree.parents)):
-        if parent not in new_index:
-            continue  # an ancestor was refused
-        path = paths[j + 1]
+    it is left in)."""
+    allowed = []
+    for j, path in enumerate(tree.paths()[1:]):
         accepted = 0
-        for t in path:
-            if not grammar.accept_token(t):
-                break
+        while accepted < len(path) and grammar.accept_token(path[accepted]):
             accepted += 1
         grammar.rollback(accepted)
         if accepted == len(path):
-            new_index[j] = kept.add(token, new_index[parent])
-    return kept
+            allowed.append(j)
+    return tree.subtree(allowed)
 
 
 class SpecDecoder:

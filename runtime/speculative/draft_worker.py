@@ -278,13 +278,8 @@ def _mark_frontier(cands: list[_Cand], depth: int, topk: int) -> None:
 
 def _select(cands: list[_Cand], max_nodes: int) -> DraftTree:
     """The best max_nodes candidates by summed log-probability. A child never scores above its
-    parent, and ties go to the shallower node, so the choice is ancestor-closed and the order
-    puts parents first."""
+    parent, and ties go to the shallower node, so the choice is ancestor-closed (a child whose
+    parent float rounding left out is dropped)."""
     order = sorted(range(len(cands)), key=lambda j: (-cands[j].score, cands[j].depth, j))[:max_nodes]
-    tree, index = DraftTree(), {}
-    for j in order:
-        parent = cands[j].parent
-        if parent >= 0 and parent not in index:
-            continue  # float rounding broke a tie against the parent: drop the orphan
-        index[j] = tree.add(cands[j].token, -1 if parent < 0 else index[parent])
-    return tree
+    every = DraftTree([c.token for c in cands], [c.parent for c in cands])
+    return every.subtree(order)

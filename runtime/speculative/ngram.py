@@ -30,34 +30,21 @@ class NgramDrafter:
         return [self.draft(req.all_ids, min(limit, self.max_nodes)) for req, limit in zip(reqs, limits)]
 
     def draft(self, ids: list[int], max_nodes: int) -> DraftTree:
-        tree = DraftTree()
         if max_nodes <= 0 or len(ids) < self.min_window + 1:
-            return tree
+            return DraftTree()
         seq = np.asarray(ids, dtype=np.int64)
         continuations = self._continuations(seq, max_nodes)
-        # Merge the continuations into a trie, best match first, then keep a breadth-first
-        # prefix of it (parents before children, shallow nodes first).
-        children: dict[tuple[int, int], int] = {}
-        trie_tokens: list[int] = []
-        trie_parents: list[int] = []
+        # Merge the continuations into a trie, best match first, then keep its shallowest
+        # max_nodes nodes (a breadth-first prefix: ancestor-closed).
+        trie, children = DraftTree(), {}
         for cont in continuations:
             parent = -1
-            for token in cont:
-                key = (parent, int(token))
-                if key not in children:
-                    children[key] = len(trie_tokens)
-                    trie_tokens.append(int(token))
-                    trie_parents.append(parent)
-                parent = children[key]
-        depth = [0] * len(trie_tokens)
-        for j, p in enumerate(trie_parents):
-            depth[j] = 1 if p < 0 else depth[p] + 1
-        order = sorted(range(len(trie_tokens)), key=lambda j: (depth[j], j))[:max_nodes]
-        new_index: dict[int, int] = {}
-        for j in sorted(order, key=lambda j: (depth[j], j)):
-            p = trie_parents[j]
-            new_index[j] = tree.add(trie_tokens[j], -1 if p < 0 else new_index[p])
-        return tree
+            for token in cont.tolist():
+                if (parent, token) not in children:
+                    children[(parent, token)] = trie.add(token, parent)
+                parent = children[(parent, token)]
+        depths = trie.depths()
+        return trie.subtree(sorted(range(len(trie)), key=lambda j: (depths[j], j))[:max_nodes])
 
     def _continuations(self, seq: np.ndarray, max_len: int) -> list[np.ndarray]:
         """What followed earlier occurrences of the current suffix: longest match first (up to

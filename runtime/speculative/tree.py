@@ -8,6 +8,7 @@ walk moves there, else it stops. Every emitted token is the target's choice give
 tokens before it, so the output is the one decoding without speculation would give."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +46,14 @@ class DraftTree:
     def truncate(self, n: int) -> None:
         """Keep the first n nodes (a prefix of the node order is ancestor-closed)."""
         del self.tokens[n:], self.parents[n:]
+
+    def subtree(self, nodes: Iterable[int]) -> DraftTree:
+        """The given nodes whose ancestors are all given too, renumbered in node order."""
+        out, index = DraftTree(), {-1: -1}
+        for j in sorted(set(nodes)):
+            if self.parents[j] in index:
+                index[j] = out.add(self.tokens[j], index[self.parents[j]])
+        return out
 
     def tree_mask(self) -> torch.Tensor:
         """(1 + n, 1 + n) bool over the verify rows (root first): row i may see column j iff j is
