@@ -96,12 +96,29 @@ def _timed_stream(url: str, body: dict, headers: dict, on_event: Callable[[dict]
     return result
 
 
+def _timed_post(url: str, body: dict, headers: dict, on_event: Callable[[dict], bool],
+                result: RequestResult) -> RequestResult:
+    """POST a non-streamed request (`--disable-stream`): TTFT is the whole latency."""
+    start = time.perf_counter()
+    try:
+        res = _session().post(url, json=body, headers=headers, timeout=3600)
+        if res.status_code != 200:
+            result.error = f"HTTP {res.status_code}: {res.text[:200]}"
+            return result
+        on_event(res.json())
+        result.latency = result.ttft = time.perf_counter() - start
+        result.success = result.output_len > 0 or body_max_tokens(body) == 0
+    except (requests.RequestException, ValueError) as e:
+        result.error = repr(e)
+    return result
+
+
 def body_max_tokens(body: dict) -> int:
     return body.get("max_tokens", body.get("sampling_params", {}).get("max_new_tokens", 1))
 
 
 def send_sgl(base_url: str, req: BenchRequest, args: argparse.Namespace) -> RequestResult:
-    body = {"input_ids": req.input_ids, "stream": True,
+    body = {"input_ids": req.input_ids, "stream": not args.disable_stream,
             "sampling_params": {"max_new_tokens": req.output_len, "temperature": 0.0,
                                 "ignore_eos": not args.disable_ignore_eos}}
     result = RequestResult(prompt_len=len(req.input_ids))
@@ -115,7 +132,8 @@ def send_sgl(base_url: str, req: BenchRequest, args: argparse.Namespace) -> Requ
         result.output_len = seen["n"]
         return grew
 
-    return _timed_stream(base_url + "/generate", body, _headers(args), on_event, result)
+    send = _timed_post if args.disable_stream else _timed_stream
+    return send(base_url + "/generate", body, _headers(args), on_event, result)
 
 
 def send_sgl_oai(base_url: str, req: BenchRequest, args: argparse.Namespace) -> RequestResult:
@@ -299,6 +317,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--request-rate", type=float, default=float("inf"),
                    help="Requests per second (Poisson arrivals); inf sends all at once.")
     p.add_argument("--max-concurrency", type=int, default=None)
+    p.add_argument("--disable-stream", action="store_true",
+                   help="sgl backend: ask for the whole answer at once (no SSE).")
     p.add_argument("--disable-ignore-eos", action="store_true", help="Let requests stop at EOS.")
     p.add_argument("--warmup-requests", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)

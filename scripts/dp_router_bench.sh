@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # DP=2 behind the standalone router on a shared-prefix workload: two sgl servers (one GPU each,
 # the 8B-shaped dummy model, a KV pool of POOL tokens each) and `python -m sgl.router`, once with
-# cache_aware and once with round_robin, caches flushed in between. Results: $OUT/dp_router.jsonl.
+# cache_aware and once with round_robin, caches flushed in between. Results: $OUT/dp_router.jsonl;
+# after each run the router's per-worker request counts and cache_aware's decisions (cache /
+# new_prefix / imbalanced) are printed. Worker step logs ("Prefill batch", "Decode batch"):
+# WORKER_LOG_LEVEL=info, in $LOGS/worker{0,1}.log.
 #   bash scripts/dp_router_bench.sh [POOL]
 set -uo pipefail
 POOL=${1:-98304}
@@ -12,7 +15,7 @@ GSP=${GSP:-"--gsp-num-groups 64 --gsp-prompts-per-group 16 --gsp-system-prompt-l
 pids=()
 for i in 0 1; do
   CUDA_VISIBLE_DEVICES=$i python3 -m sgl.launch_server --model-path $M --load-format dummy \
-    $SERVER_FLAGS --port $((31000 + i)) --max-total-tokens $POOL --log-level warning \
+    $SERVER_FLAGS --port $((31000 + i)) --max-total-tokens $POOL --log-level ${WORKER_LOG_LEVEL:-warning} \
     > ${LOGS:-/tmp}/worker$i.log 2>&1 &
   pids+=($!)
 done
@@ -27,7 +30,9 @@ for method in cache_aware round_robin; do
   for _ in $(seq 60); do curl -sf localhost:30000/health >/dev/null && break; sleep 1; done
   echo "--- $method"
   python3 -m sgl.bench_serving --port 30000 --dataset-name generated-shared-prefix $GSP --output-file ${OUT:-/tmp}/dp_router.jsonl 2>&1 \
-    | grep -E "Successful|Failed|duration|Input token|Output token|Total token|hit rate|error"
+    | grep -E "Successful|Failed|duration|Input token|Output token|Total token|hit rate|Median E2E|error"
+  curl -s localhost:30000/get_server_info | python3 -c "import json, sys; i = json.load(sys.stdin); \
+print('router:', [(w['url'], w['num_requests']) for w in i['workers']], i['policy'].get('decisions'))"
   kill $router; wait $router 2>/dev/null
 done
 kill "${pids[@]}"; wait 2>/dev/null

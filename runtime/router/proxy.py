@@ -42,14 +42,22 @@ class _Resend(Exception):
 
 
 class _Lease:
-    """One request counted in a worker's load until released (once)."""
+    """One request counted in a worker's load until released, and in its waiting requests
+    until the answer's first byte (each once)."""
 
     def __init__(self, worker: Worker) -> None:
-        self.worker, self.is_held = worker, True
+        self.worker, self.is_held, self.is_waiting = worker, True, True
         worker.load += 1
+        worker.num_waiting += 1
         worker.num_requests += 1
 
+    def answered(self) -> None:
+        if self.is_waiting:
+            self.is_waiting = False
+            self.worker.num_waiting -= 1
+
     def release(self) -> None:
+        self.answered()
         if self.is_held:
             self.is_held = False
             self.worker.load -= 1
@@ -119,6 +127,7 @@ class Proxy:
             content = b"".join([c async for c in chunks])
             return Response(content, status_code=upstream.status, headers=headers)
         first = await anext(chunks, b"")
+        lease.answered()
         return StreamingResponse(self._rest(first, chunks, upstream, lease),
                                  status_code=upstream.status, headers=headers)
 

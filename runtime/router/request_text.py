@@ -25,7 +25,7 @@ def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list) and prompt:
-        if all(isinstance(t, int) for t in prompt):
+        if isinstance(prompt[0], int):  # token ids (checking every id cost ~0.2 ms at 2k ids)
             return " ".join(map(str, prompt))
         return _prompt_text(prompt[0])  # a batch
     return ""

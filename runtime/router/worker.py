@@ -14,6 +14,9 @@ class Worker:
     url: str
     is_healthy: bool = False  # becomes True on its first good /health probe
     load: int = 0  # requests this router has sent and not yet seen finish
+    # ... of which no byte of the answer has come back yet: queued or prefilling on the worker
+    # (a stream's first event is its first token; a non-streamed answer comes whole)
+    num_waiting: int = 0
     num_requests: int = 0  # requests ever routed here
     num_failures: int = 0  # requests that failed here before an answer (then retried)
     failed_probes: int = 0  # consecutive failed /health probes
@@ -21,6 +24,7 @@ class Worker:
 
     def view(self) -> dict[str, Any]:
         return {"url": self.url, "healthy": self.is_healthy, "load": self.load,
+                "waiting": self.num_waiting,
                 "num_requests": self.num_requests, "num_failures": self.num_failures}
 
 

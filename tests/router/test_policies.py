@@ -80,12 +80,26 @@ def test_cache_aware_falls_back_to_shortest_queue_when_unbalanced() -> None:
     workers = _workers(0, 0)
     holder = _route(policy, workers, SYSTEM_A + "Q1")
     other = next(w for w in workers if w is not holder)
-    holder.load, other.load = 5, 2  # diff 3 <= 4: balanced
+    holder.num_waiting, other.num_waiting = 5, 2  # diff 3 <= 4: balanced
     assert policy.select(workers, SYSTEM_A + "Q2") is holder
-    holder.load, other.load = 7, 2  # diff 5 > 4 and 7 > 2 * 1.5: unbalanced
+    holder.num_waiting, other.num_waiting = 7, 2  # diff 5 > 4 and 7 > 2 * 1.5: unbalanced
     assert policy.select(workers, SYSTEM_A + "Q3") is other
-    holder.load, other.load = 7, 5  # diff 2: balanced again; the prefix is on both now
+    holder.num_waiting, other.num_waiting = 7, 5  # diff 2: balanced again; prefix on both now
     assert policy.select(workers, SYSTEM_A + "Q4") is other  # the less loaded holder
+    assert policy.view()["decisions"] == {"cache": 2, "new_prefix": 1, "imbalanced": 1}
+
+
+def test_cache_aware_does_not_split_a_prefix_over_requests_already_decoding() -> None:
+    """Balance counts waiting requests (queued or prefilling), not all in flight: a holder
+    busy decoding keeps its prefix's requests; one with a backlog of prefills does not."""
+    policy = _policy("cache_aware")  # SGLang's thresholds: abs 32, rel 1.0001
+    workers = _workers(0, 0)
+    holder = _route(policy, workers, SYSTEM_A + "Q1")
+    other = next(w for w in workers if w is not holder)
+    holder.load, holder.num_waiting = 50, 2  # 48 of its 50 are streaming tokens back
+    assert policy.select(workers, SYSTEM_A + "Q2") is holder
+    holder.num_waiting = 40
+    assert policy.select(workers, SYSTEM_A + "Q3") is other
 
 
 def test_cache_aware_ignores_workers_out_of_rotation_and_removed() -> None:

@@ -106,7 +106,9 @@ def test_client_disconnect_mid_stream_releases_the_worker(fake_workers, start_ro
     lines = res.iter_lines()
     assert next(lines).startswith(b"data:")
     time.sleep(0.3)
-    assert router.router.pool.all()[0].load == 1
+    worker = router.router.pool.all()[0]
+    assert worker.load == 1
+    assert worker.num_waiting == 0  # answering: no longer waiting for its first token
     res.close()
     wait_until(lambda: router.router.pool.all()[0].load == 0, 10, "load released")
 
@@ -122,4 +124,17 @@ def test_concurrent_requests_all_complete_and_loads_return_to_zero(fake_workers,
     assert all(r.status_code == 200 for r in results)
     counts = sorted(len(w.texts()) for w in workers)
     assert sum(counts) == 48 and counts[0] >= 8  # shared out, not all on one
-    assert all(w.load == 0 for w in router.router.pool.all())
+    assert all(w.load == 0 and w.num_waiting == 0 for w in router.router.pool.all())
+
+
+def test_a_request_waits_until_its_first_byte(fake_workers, start_router) -> None:
+    (w0,) = fake_workers(1)
+    router = start_router(worker_urls=[w0.url], load_balance_method="shortest_queue")
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(router.post, "/generate", {"text": "slow", "delay": 1.0,
+                                                      "stream": True})
+        wait_until(lambda: len(w0.texts()) == 1, 10, "the request on w0")
+        worker = router.router.pool.all()[0]
+        assert (worker.load, worker.num_waiting) == (1, 1)
+        assert slow.result().status_code == 200
+    assert (worker.load, worker.num_waiting) == (0, 0)
