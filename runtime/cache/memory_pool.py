@@ -35,7 +35,8 @@ class MHATokenToKVPool:
 
 class TokenAllocator:
     """Free list over slots 1..size of a KV pool. Works on CPU tensors so the scheduler never
-    touches the device to allocate."""
+    touches the device to allocate. Freed slots are kept as a list of chunks and joined to the
+    free list only when an allocation needs them: a free costs its own size, not the pool's."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -43,19 +44,29 @@ class TokenAllocator:
 
     def clear(self) -> None:
         self._free = torch.arange(1, self.size + 1, dtype=torch.int64)
+        self._freed: list[torch.Tensor] = []
+        self._num_freed = 0
 
     def available_size(self) -> int:
-        return int(self._free.numel())
+        return int(self._free.numel()) + self._num_freed
 
     def alloc(self, num_tokens: int) -> Optional[torch.Tensor]:
         if num_tokens > self._free.numel():
-            return None
+            if num_tokens > self.available_size():
+                return None
+            self._free = torch.cat([self._free, *self._freed])
+            self._freed, self._num_freed = [], 0
         out, self._free = self._free[:num_tokens], self._free[num_tokens:]
         return out
 
     def free(self, indices: torch.Tensor) -> None:
         if indices.numel():
-            self._free = torch.cat([self._free, indices.to(torch.int64).cpu()])
+            self._freed.append(indices.to(torch.int64).cpu())
+            self._num_freed += int(indices.numel())
+
+    def free_slots(self) -> list[int]:
+        """Every free slot (for checks), in no particular order."""
+        return torch.cat([self._free, *self._freed]).tolist()
 
 
 class ReqToTokenPool:

@@ -58,13 +58,14 @@ class KVManager:
         self.allocator.free(req.kv_indices[keep:])
         req.kv_indices = req.kv_indices[:keep]
 
-    def cache_unfinished(self, req: Req) -> None:
-        """Insert a still-running request's computed tokens so others can share them, then
-        re-point its table row at the tree's copies."""
+    def cache_unfinished(self, req: Req, upto: Optional[int] = None) -> None:
+        """Insert a still-running request's computed tokens (the first `upto` of them, if
+        given) so others can share them, then re-point its table row at the tree's copies."""
         if self.tree.disable:
             return
-        key = req.all_ids[: req.num_computed]
-        present = self.tree.insert(key, req.kv_indices)
+        n = req.num_computed if upto is None else min(upto, req.num_computed)
+        key = req.all_ids[:n]
+        present = self.tree.insert(key, req.kv_indices[:n])
         self._free_duplicates(req, present)
         indices, node = self.tree.match_prefix(key)
         self.tree.inc_lock_ref(node)

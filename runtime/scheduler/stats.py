@@ -5,6 +5,8 @@ import logging
 import time
 from typing import Any
 
+from sgl.runtime.executor.forward_batch import ForwardMode
+
 logger = logging.getLogger("sgl.scheduler")
 
 
@@ -19,6 +21,7 @@ class StepLogger:
         self.total_cached_tokens = 0
         self.total_generated_tokens = 0
         self.num_forward_passes = 0
+        self.num_extend_passes = 0  # passes in EXTEND mode (prefill, jump-forward, verify): no decode graph
         self.num_retracted = 0
         self.num_overlapped = 0  # steps launched before the previous one was read back
         self.last_gen_throughput = 0.0
@@ -26,6 +29,7 @@ class StepLogger:
 
     def log_step(self, plan: Any, step: Any) -> None:
         self.num_forward_passes += 1
+        self.num_extend_passes += step.batch.forward_mode is ForwardMode.EXTEND
         self.num_retracted += len(plan.retracted)
         self.total_generated_tokens += step.num_generated
         self.tokens_since_log += step.num_generated

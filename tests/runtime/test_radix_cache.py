@@ -29,7 +29,7 @@ def put(cache: RadixCache, key: list[int]) -> torch.Tensor:
 
 
 def free_slots(allocator: TokenAllocator) -> list[int]:
-    return allocator._free.tolist()
+    return allocator.free_slots()
 
 
 # ---- unit tests -------------------------------------------------------------------------------

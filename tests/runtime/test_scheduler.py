@@ -152,7 +152,9 @@ def test_abort_frees_kv(overlap):
     outs = s.abort("a")
     assert outs[0].finished_reason["type"] == "abort"
     held = s.allocator.size - s.allocator.available_size() - s.tree.evictable_size() - s.tree.protected_size()
-    assert held == s.running[0].num_computed  # only b holds KV now; a's went back
+    b = s.running[0]  # only b holds KV now (its prompt shared in the tree, locked); a's went back
+    assert b.cache_protected_len == 10 and s.tree.protected_size() == 10
+    assert held == b.num_computed - b.cache_protected_len
     res = run_all(s)  # checks free + evictable + locked == capacity once b is done
     assert early + res["b"]["ids"] == reference_generate(list(range(10)), 50)
 
