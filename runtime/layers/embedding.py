@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from sgl.kernels.linear import linear
 from sgl.runtime.layers.lazy_tensor import Loaded
 from sgl.runtime.layers.linear import ShardId, tp_all_gather, tp_all_reduce
 from torch import nn
@@ -48,7 +49,7 @@ class VocabParallelEmbedding(nn.Module):
     def get_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (N, embedding_dim) -> logits (N, num_embeddings) float32, using this table as the
         output projection (also how tied embeddings produce logits)."""
-        logits = F.linear(hidden, self.weight)  # (N, vocab / tp)
+        logits = linear(hidden, self.weight)  # (N, vocab / tp)
         logits = tp_all_gather(logits, self.tp_size)[:, :self.num_embeddings]
         return logits.float()
 

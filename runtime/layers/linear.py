@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
+from sgl.kernels.linear import linear
 from sgl.runtime.layers.lazy_tensor import Loaded, full_weight
 
 ShardId = int | str | None
@@ -86,7 +86,7 @@ class ColumnParallelLinear(_ParallelLinear):
         self._copy_rank_slice(param, loaded, 0, 0, size, self.tp_rank * size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)  # (..., output_size / tp)
+        y = linear(x, self.weight, self.bias)  # (..., output_size / tp)
         return tp_all_gather(y, self.tp_size) if self.gather_output else y
 
 
@@ -153,7 +153,7 @@ class RowParallelLinear(_ParallelLinear):
         self._copy_rank_slice(param, loaded, 1, 0, size, self.tp_rank * size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)  # (..., output_size), partial sum over this rank's inputs
+        y = linear(x, self.weight)  # (..., output_size), partial sum over this rank's inputs
         if self.reduce_results:
             y = tp_all_reduce(y, self.tp_size)
         # Without the reduction here the caller sums the ranks' outputs: add the bias on one rank.
