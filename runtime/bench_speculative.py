@@ -76,13 +76,15 @@ def settings(args: argparse.Namespace, algorithm: str) -> list[tuple[int, int, i
 def _set_spec(sched: Any, server_args: ServerArgs) -> None:
     from sgl.runtime.speculative import SpecDecoder
     sched.spec = SpecDecoder(server_args, sched.runner) if server_args.speculative_algorithm else None
+    if sched.spec is not None:  # this setting's verify graphs (the engine started without speculation)
+        sched.runner.prepare_verify_graphs(sched.spec.num_draft_tokens)
 
 
 def run_one(engine: Any, server_args: ServerArgs, prompts: list[str], params: dict,
             profile: bool = False) -> dict:
     engine.call_in_scheduler(lambda s: _set_spec(s, server_args), timeout=600)
     # Warm up this setting's shapes (Triton compiles its kernels on first use), then time.
-    engine.generate(prompts, dict(params, max_new_tokens=min(params["max_new_tokens"], 16)))
+    engine.generate(prompts, params)
     engine.flush_cache()
     prof = cProfile.Profile() if profile else None
     if prof is not None:  # the scheduler thread's host time (cProfile is per thread)

@@ -24,14 +24,18 @@ from sgl.runtime.engine import Engine
 logger = logging.getLogger("tp_parity")
 
 
-def run(tp_size: int, args: argparse.Namespace, prompts: list[list[int]]) -> list[list[int]]:
+def run(tp_size: int, args: argparse.Namespace, prompts: list[list[int]], dump: str) -> None:
+    """Generate at this tp_size and write the tokens to `dump` before the engine shuts down (a
+    shutdown problem then costs the time, not the result)."""
     logger.info("tp_size %d: starting the engine", tp_size)
     with Engine(args.model_path, load_format=args.load_format, dtype=args.dtype, tp_size=tp_size,
                 skip_tokenizer_init=True) as engine:
         outs = engine.generate(input_ids=prompts, sampling_params={
             "max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True})
         logger.info("tp_size %d: generated", tp_size)
-    return [o["output_ids"] for o in outs]
+        with open(dump, "w") as f:
+            json.dump([o["output_ids"] for o in outs], f)
+    logger.info("tp_size %d: shut down", tp_size)
 
 
 def run_isolated(tp_size: int, argv: list[str], timeout: float) -> list[list[int]]:
@@ -40,7 +44,12 @@ def run_isolated(tp_size: int, argv: list[str], timeout: float) -> list[list[int
     with tempfile.TemporaryDirectory() as tmp:
         dump = os.path.join(tmp, "out.json")
         cmd = [sys.executable, os.path.abspath(__file__), *argv, "--only-tp", str(tp_size), "--dump", dump]
-        subprocess.run(cmd, check=True, timeout=timeout)
+        try:
+            subprocess.run(cmd, check=True, timeout=timeout)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            if not os.path.exists(dump):
+                raise
+            logger.warning("tp_size %d: the run ended badly after writing its tokens (%s)", tp_size, e)
         with open(dump) as f:
             return json.load(f)
 
@@ -76,11 +85,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.hang_dump and args.only_tp is not None:  # in each size's process
         faulthandler.dump_traceback_later(args.hang_dump, exit=True)
+        # and in its follower ranks: their stacks every half that (runtime/server/ipc.py)
+        os.environ["SGL_STACK_DUMP_S"] = str(args.hang_dump / 2)
     rng = random.Random(0)
     prompts = [[rng.randrange(args.vocab_size) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
     if args.only_tp is not None:
-        with open(args.dump, "w") as f:
-            json.dump(run(args.only_tp, args, prompts), f)
+        run(args.only_tp, args, prompts, args.dump)
         return
     timeout = (args.hang_dump or 3600) + 60
     outputs = {tp: run_isolated(tp, argv, timeout) for tp in args.tp_sizes}

@@ -16,7 +16,8 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
                          req_to_token: torch.Tensor, req_pool_indices: Lengths,
                          prefix_lens: Lengths, extend_lens: Lengths, scaling: float, *,
                          custom_mask: torch.Tensor | None = None,
-                         mask_indptr: Lengths | None = None) -> torch.Tensor:
+                         mask_indptr: Lengths | None = None,
+                         tree_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Causal (or custom-masked) attention of a ragged batch of new tokens over their requests'
     whole sequences.
 
@@ -30,6 +31,10 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
     extend_lens[i] * seq_len entries, seq_len = prefix_lens[i] + extend_lens[i], row-major:
     row j = new token j, column c = key position c; True = may attend. mask_indptr: (bs + 1,)
     block offsets; when None the blocks are taken as packed back to back (cumsum of the sizes).
+    tree_mask: the compact alternative to custom_mask (verify batches, CUDA graphs): a (bs, N, N)
+    bool tensor over the new tokens only, N >= every extend_len; request i's new token j sees new
+    token c iff tree_mask[i, j, c] (c < extend_lens[i]; entries past that are ignored) and always
+    its whole cached prefix. It equals the custom_mask block whose prefix columns are all True.
     A row that sees no key gives zeros (SDPA's safe softmax).
     Returns (num_tokens, Hq, Dv) in q's dtype.
     """
@@ -38,7 +43,11 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
     assert sum(extends) == q.shape[0], f"sum(extend_lens)={sum(extends)} != num_tokens={q.shape[0]}"
     assert q.shape[1] % k_buffer.shape[1] == 0, "num q heads must be a multiple of num kv heads"
     out = q.new_empty((q.shape[0], q.shape[1], v_buffer.shape[-1]))
-    masks = _mask_blocks(custom_mask, mask_indptr, prefixes, extends)
+    assert custom_mask is None or tree_mask is None, "custom_mask or tree_mask, not both"
+    if tree_mask is not None:
+        masks = _tree_mask_blocks(tree_mask.to(q.device), prefixes, extends)
+    else:
+        masks = _mask_blocks(custom_mask, mask_indptr, prefixes, extends)
     start = 0
     for row, prefix_len, extend_len, mask in zip(rows, prefixes, extends, masks):
         seq_len = prefix_len + extend_len
@@ -74,6 +83,20 @@ def _mask_blocks(custom_mask: torch.Tensor | None, mask_indptr: Lengths | None,
     assert indptr[-1] <= custom_mask.numel(), "custom_mask is shorter than its blocks"
     return [custom_mask[start:start + size].view(e, p + e)
             for start, size, p, e in zip(indptr, sizes, prefixes, extends)]
+
+
+def _tree_mask_blocks(tree_mask: torch.Tensor, prefixes: list[int],
+                      extends: list[int]) -> list[torch.Tensor]:
+    """Each request's (extend_len, seq_len) block of a compact tree mask: prefix columns True."""
+    assert tree_mask.dim() == 3 and tree_mask.dtype == torch.bool, "tree_mask: (bs, N, N) bool"
+    assert tree_mask.shape[0] >= len(extends) and tree_mask.shape[1] == tree_mask.shape[2]
+    assert max(extends, default=0) <= tree_mask.shape[1], "an extend is longer than tree_mask's N"
+    blocks = []
+    for i, (p, e) in enumerate(zip(prefixes, extends)):
+        block = torch.ones((e, p + e), dtype=torch.bool, device=tree_mask.device)
+        block[:, p:] = tree_mask[i, :e, :e]
+        blocks.append(block)
+    return blocks
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int,

@@ -60,3 +60,10 @@ def dot_width(dim: int) -> int:
     """A head-dim block for tl.dot: a power of two and at least 16, the smallest K it takes
     (tiny test models have 8-wide heads; the padding is masked)."""
     return max(16, next_pow2(dim))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input_precision: float32 inputs multiply in full precision ("ieee"), as torch
+    does, not in TF32 (which would make a float32 run differ from the torch backend's greedy
+    choices); for 16-bit inputs the setting does not apply."""
+    return "ieee" if dtype == torch.float32 else "tf32"

@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl.kernels.triton._common import dot_width, next_pow2, require_cuda, require_dtype, sm_count
+from sgl.kernels.triton._common import (dot_precision, dot_width, next_pow2, require_cuda, require_dtype,
+                                         sm_count)
 
 MIN_SPLIT_LEN = 64       # fewest keys worth a split of their own
 MAX_KV_SPLITS = 32       # cap on splits per request (sizes the workspace)
@@ -37,7 +38,7 @@ def _decode_split_kernel(
         V_HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, MIN_SPLIT: tl.constexpr,
         BLOCK_H: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        DIRECT: tl.constexpr):
+        DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     bid = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -69,7 +70,7 @@ def _decode_split_kernel(
         slots = tl.load(ReqToToken + row * stride_r2t + offs_n, mask=mask_n, other=0).to(tl.int64)
         k = tl.load(k_head + slots[None, :] * stride_kt + offs_d[:, None],
                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # (BLOCK_D, BLOCK_N)
-        s = tl.dot(q, k) * scale_log2  # (BLOCK_H, BLOCK_N) float32, log2 domain
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2  # (BLOCK_H, BLOCK_N) f32, log2
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
@@ -77,7 +78,7 @@ def _decode_split_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_head + slots[:, None] * stride_vt + offs_dv[None, :],
                     mask=mask_n[:, None] & mask_dv[None, :], other=0.0)  # (BLOCK_N, BLOCK_DV)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)  # an empty split (or seq_len 0) leaves l_i == 0
@@ -199,6 +200,7 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         max_splits, scaling * _LOG2E, HEAD_DIM=head_dim, V_HEAD_DIM=v_head_dim, GROUP=group,
         MIN_SPLIT=MIN_SPLIT_LEN,
         BLOCK_H=max(16, next_pow2(group)), BLOCK_D=block_d, BLOCK_DV=block_dv, DIRECT=direct,
+        DOT_PRECISION=dot_precision(q.dtype),
         **CONFIG)
     if not direct:
         _decode_merge_kernel[(bs, num_q_heads)](

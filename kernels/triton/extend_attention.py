@@ -6,10 +6,14 @@ pool): grid (query blocks, bs, Hq); a program holds BLOCK_M new tokens of one re
 query head, sweeps the keys before its first token without a mask, then the diagonal keys with a
 causal mask, and stops there (later keys are invisible). Online softmax in float32 (base 2).
 
-With a custom mask (speculative tree verification; USE_CUSTOM_MASK, a separate compilation) both
+With a custom mask (speculative tree verification; MASK_LAYOUT 1, a separate compilation) both
 sweeps read the request's (extend_len, seq_len) block of the mask instead, and the second one
 runs to the end of the sequence so that any mask is honoured (verification extends fit in one
 query block, so that costs nothing there).
+
+With a compact tree mask (MASK_LAYOUT 2: (bs, N, N) over the new tokens alone, the prefix always
+visible; verify batches and their CUDA graphs) the first sweep covers exactly the prefix,
+unmasked, and the second the request's new tokens under its (N x N) block.
 
 FLOPs (the floor, matrix units): 4 * Hq * D * sum over new tokens of the keys each one sees
 (prefix_len + j + 1 for new token j), with D = Dv.
@@ -20,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl.kernels.triton._common import dot_width, require_cuda, require_dtype
+from sgl.kernels.triton._common import dot_precision, dot_width, require_cuda, require_dtype
 
 _LOG2E = 1.4426950408889634
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) forced for every head size; None = `_block_config`.
@@ -31,13 +35,14 @@ CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None
 @triton.jit
 def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows, mask_m, n0, key_mask_end,
                  q_pos, stride_kt, stride_vt, scale_log2, offs_d, offs_dv, mask_d, mask_dv,
-                 CAUSAL: tl.constexpr, USE_CUSTOM_MASK: tl.constexpr, BLOCK_N: tl.constexpr):
+                 CAUSAL: tl.constexpr, USE_CUSTOM_MASK: tl.constexpr, BLOCK_N: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_n = offs_n < key_mask_end
     slots = tl.load(slot_row + offs_n, mask=mask_n, other=0).to(tl.int64)
     k = tl.load(k_head + slots[None, :] * stride_kt + offs_d[:, None],
                 mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # (BLOCK_D, BLOCK_N)
-    s = tl.dot(q, k) * scale_log2  # (BLOCK_M, BLOCK_N) float32, log2 domain
+    s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2  # (BLOCK_M, BLOCK_N) f32, log2
     if USE_CUSTOM_MASK:  # mask_rows: (BLOCK_M,) pointers to each query's row of the mask
         tile_mask = mask_m[:, None] & mask_n[None, :]
         visible = tl.load(mask_rows[:, None] + offs_n[None, :], mask=tile_mask, other=0) != 0
@@ -56,7 +61,7 @@ def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows, mask_m, 
     alpha = tl.exp2(m_i - m_shift)
     v = tl.load(v_head + slots[:, None] * stride_vt + offs_dv[None, :],
                 mask=mask_n[:, None] & mask_dv[None, :], other=0.0)  # (BLOCK_N, BLOCK_DV)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
 
@@ -64,9 +69,12 @@ def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows, mask_m, 
 def _extend_kernel(
         Q, KBuf, VBuf, Out, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, QStart, CustomMask,
         MaskIndptr, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot,
-        stride_oh, stride_r2t, scale_log2, HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr,
-        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, USE_CUSTOM_MASK: tl.constexpr):
+        stride_oh, stride_r2t, mask_width, scale_log2, HEAD_DIM: tl.constexpr,
+        V_HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        MASK_LAYOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # MASK_LAYOUT 0: causal; 1: custom_mask (extend_len x seq_len blocks at MaskIndptr);
+    # 2: tree mask (bs, mask_width, mask_width) over the new tokens, the prefix always visible.
     m_block = tl.program_id(0)
     bid = tl.program_id(1)
     head = tl.program_id(2)
@@ -94,27 +102,33 @@ def _extend_kernel(
         k_head = KBuf + kv_head * stride_kh
         v_head = VBuf + kv_head * stride_vh
         slot_row = ReqToToken + row * stride_r2t
-        if USE_CUSTOM_MASK:  # row j of the request's block starts at mask_start + j * seq_len
+        # Keys before full_end: every query of this block sees all of them (unless MASK_LAYOUT 1
+        # masks them); keys in [full_end, causal_end): the diagonal, causal or masked.
+        full_end = prefix_len + m_start
+        if MASK_LAYOUT == 1:  # row j of the request's block starts at mask_start + j * seq_len
             mask_start = tl.load(MaskIndptr + bid).to(tl.int64)
             mask_rows = CustomMask + mask_start + offs_m.to(tl.int64) * (prefix_len + extend_len)
+            causal_end = prefix_len + extend_len
+        elif MASK_LAYOUT == 2:  # row j: mask[bid, j, :]; offset so that key position c reads
+            # column c - prefix_len (only keys >= prefix_len are looked up)
+            mask_rows = (CustomMask + bid.to(tl.int64) * mask_width * mask_width
+                         + offs_m.to(tl.int64) * mask_width - prefix_len)
+            full_end = prefix_len
             causal_end = prefix_len + extend_len
         else:
             mask_rows = CustomMask  # unused
             causal_end = prefix_len + tl.minimum(m_start + BLOCK_M, extend_len)
-        # Keys before this block's first query: every query sees all of them (unless masked).
-        full_end = prefix_len + m_start
         for n0 in range(0, full_end, BLOCK_N):
             acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows,
                                          mask_m, n0, full_end, q_pos, stride_kt, stride_vt,
                                          scale_log2, offs_d, offs_dv, mask_d, mask_dv, False,
-                                         USE_CUSTOM_MASK, BLOCK_N)
-        # The diagonal: this block's own tokens, causal (the mask: the rest of the sequence).
+                                         MASK_LAYOUT == 1, BLOCK_N, DOT_PRECISION)
         for n0 in range(full_end, causal_end, BLOCK_N):
             acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows,
                                          mask_m, n0, causal_end, q_pos, stride_kt, stride_vt,
                                          scale_log2, offs_d, offs_dv, mask_d, mask_dv, True,
-                                         USE_CUSTOM_MASK, BLOCK_N)
-        if USE_CUSTOM_MASK:  # a row that sees no key: acc = 0, l_i = 0; give zeros, not NaN
+                                         MASK_LAYOUT != 0, BLOCK_N, DOT_PRECISION)
+        if MASK_LAYOUT != 0:  # a row that sees no key: acc = 0, l_i = 0; give zeros, not NaN
             l_i = tl.where(l_i > 0, l_i, 1.0)
         out = acc / l_i[:, None]  # causal: every query sees at least itself, l_i > 0
         tl.store(Out + q_tok[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
@@ -175,12 +189,24 @@ def _mask_indptr(custom_mask: torch.Tensor, mask_indptr: torch.Tensor | None,
     return mask_indptr
 
 
+def _check_tree_mask(tree_mask: torch.Tensor, bs: int, max_extend_len: int) -> None:
+    require_cuda(tree_mask=tree_mask)
+    if (tree_mask.dtype != torch.bool or tree_mask.dim() != 3 or not tree_mask.is_contiguous()
+            or tree_mask.shape[1] != tree_mask.shape[2] or tree_mask.shape[0] < bs):
+        raise ValueError(f"tree_mask must be a contiguous ({bs}, N, N) bool tensor, got "
+                         f"{tree_mask.dtype} {tuple(tree_mask.shape)}")
+    if max_extend_len > tree_mask.shape[1]:
+        raise ValueError(f"an extend of {max_extend_len} tokens does not fit tree_mask's N = "
+                         f"{tree_mask.shape[1]}")
+
+
 def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                      req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                      prefix_lens: torch.Tensor, extend_lens: torch.Tensor, scaling: float, *,
                      q_start: torch.Tensor | None = None, max_extend_len: int | None = None,
                      out: torch.Tensor | None = None, custom_mask: torch.Tensor | None = None,
-                     mask_indptr: torch.Tensor | None = None) -> torch.Tensor:
+                     mask_indptr: torch.Tensor | None = None,
+                     tree_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Causal (or custom-masked) attention of the new tokens q (T, Hq, D) (requests
     concatenated) over their requests' whole sequences, read from k_buffer (slots, Hkv, D) /
     v_buffer (slots, Hkv, Dv) at req_to_token[req_pool_indices[i], :prefix_lens[i] +
@@ -193,14 +219,18 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     verification): request i owns custom_mask[mask_indptr[i]:mask_indptr[i + 1]], its
     (extend_lens[i], seq_len) block row-major (seq_len = prefix_lens[i] + extend_lens[i]; row j =
     new token j, column c = key position c; True = may attend). mask_indptr: (bs + 1,) block
-    offsets; computed on the device as packed back to back when None. A row that sees no key
-    gives zeros. Returns out (T, Hq, Dv) in q's dtype. Indices are not bounds-checked on the
-    device."""
+    offsets; computed on the device as packed back to back when None.
+    tree_mask: the compact alternative to custom_mask, (bs, N, N) bool over the new tokens only
+    (N >= max_extend_len): new token j of request i sees new token c iff tree_mask[i, j, c], and
+    always the whole cached prefix. q_start need not be packed (a padded layout, e.g. i * N).
+    A row that sees no key gives zeros. Returns out (T, Hq, Dv) in q's dtype. Indices are not
+    bounds-checked on the device."""
     _check(q, k_buffer, v_buffer, req_to_token,
            {"req_pool_indices": req_pool_indices, "prefix_lens": prefix_lens,
             "extend_lens": extend_lens, **({"q_start": q_start} if q_start is not None else {})})
-    use_mask = custom_mask is not None
-    if use_mask:
+    if custom_mask is not None and tree_mask is not None:
+        raise ValueError("pass custom_mask or tree_mask, not both")
+    if custom_mask is not None:
         mask_indptr = _mask_indptr(custom_mask, mask_indptr, prefix_lens, extend_lens)
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads, v_head_dim = k_buffer.shape[1], v_buffer.shape[2]
@@ -219,14 +249,20 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     config = CONFIG_OVERRIDE or _block_config(head_dim, max_extend_len)
     block_m, block_n, num_warps, num_stages = config
     grid = (triton.cdiv(max_extend_len, block_m), bs, num_q_heads)
-    # The kernel reads the mask as bytes; without one it gets placeholders it never reads.
-    mask_args = (custom_mask.view(torch.uint8), mask_indptr) if use_mask else (q, q_start)
+    # The kernel reads a mask as bytes; without one it gets placeholders it never reads.
+    mask_layout, mask_args, mask_width = 0, (q, q_start), 0
+    if custom_mask is not None:
+        mask_layout, mask_args = 1, (custom_mask.view(torch.uint8), mask_indptr)
+    elif tree_mask is not None:
+        _check_tree_mask(tree_mask, bs, max_extend_len)
+        mask_layout, mask_args, mask_width = 2, (tree_mask.view(torch.uint8), q_start), tree_mask.shape[1]
     _extend_kernel[grid](
         q, k_buffer, v_buffer, out, req_to_token, req_pool_indices, prefix_lens, extend_lens,
         q_start, *mask_args, q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1),
         v_buffer.stride(0), v_buffer.stride(1), out.stride(0), out.stride(1),
-        req_to_token.stride(0), scaling * _LOG2E, HEAD_DIM=head_dim, V_HEAD_DIM=v_head_dim,
-        GROUP=num_q_heads // num_kv_heads, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_D=dot_width(head_dim), BLOCK_DV=dot_width(v_head_dim),
-        USE_CUSTOM_MASK=use_mask, num_warps=num_warps, num_stages=num_stages)
+        req_to_token.stride(0), mask_width, scaling * _LOG2E, HEAD_DIM=head_dim,
+        V_HEAD_DIM=v_head_dim, GROUP=num_q_heads // num_kv_heads, BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_D=dot_width(head_dim), BLOCK_DV=dot_width(v_head_dim),
+        MASK_LAYOUT=mask_layout, DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps,
+        num_stages=num_stages)
     return out

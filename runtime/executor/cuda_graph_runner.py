@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +24,27 @@ def auto_max_bs(total_gpu_bytes: int) -> int:
     """SGLang's rule of thumb: larger cards decode larger batches (256 on an 80 GB card)."""
     gib = total_gpu_bytes / (1 << 30)
     return 256 if gib >= 60 else 160 if gib >= 35 else 128 if gib >= 20 else 64
+
+
+def capture_graphs(forward: Callable[[ForwardBatch], Any], batches: dict[int, ForwardBatch],
+                   pool: Any = None) -> tuple[dict[int, torch.cuda.CUDAGraph], dict[int, Any], Any]:
+    """One graph of forward(batch) per batch size, largest first (later graphs reuse its memory),
+    each after two warm-up runs (Triton compiles, cuBLAS picks its kernels), all in one memory
+    pool. Returns (graphs, their outputs, the pool)."""
+    graphs, outputs = {}, {}
+    stream = torch.cuda.Stream()
+    torch.cuda.synchronize()
+    for bs in sorted(batches, reverse=True):
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                forward(batches[bs])
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, stream=stream):
+            outputs[bs] = forward(batches[bs])
+        graphs[bs], pool = graph, graph.pool()
+    torch.cuda.synchronize()
+    return graphs, outputs, pool
 
 
 class CudaGraphRunner:
@@ -64,23 +86,9 @@ class CudaGraphRunner:
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        self.batches: dict[int, ForwardBatch] = {}
-        pool = None
-        stream = torch.cuda.Stream()
-        for bs in reversed(self.batch_sizes):  # largest first: later graphs reuse its memory
-            batch = self._static_batch(bs)
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm up: Triton compiles, cuBLAS picks its kernels
-                    self._forward(batch)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, stream=stream):
-                out = self._forward(batch)
-            pool = graph.pool()
-            self.graphs[bs], self.outputs[bs], self.batches[bs] = graph, out, batch
-        torch.cuda.synchronize()
+        self.batches = {bs: self._static_batch(bs) for bs in self.batch_sizes}
+        # self.pool: the memory pool of these graphs; the verify graphs share it
+        self.graphs, self.outputs, self.pool = capture_graphs(self._forward, self.batches)
         logger.info("Captured CUDA graphs for decode batch sizes %s", self.batch_sizes)
 
     def can_run(self, batch: ForwardBatch) -> bool:

@@ -39,6 +39,14 @@ class ForwardBatch:
     # blocks concatenated; mask_indptr (bs + 1,) their offsets). None: causal.
     custom_mask: Optional[torch.Tensor] = None
     mask_indptr: Optional[torch.Tensor] = None
+    # The compact tree mask (verify batches; what their CUDA graphs take): (bs, N, N) bool over
+    # the new tokens only, N >= every extend_len; new token j of request i sees new token c iff
+    # tree_mask[i, j, c], and always the whole cached prefix. Excludes custom_mask.
+    tree_mask: torch.Tensor | None = None
+    # Padded layout (verify CUDA graphs): request i owns rows [i * rows_per_req, (i + 1) *
+    # rows_per_req) of the new tokens, its first extend_lens[i] real, the rest padding (KV to
+    # slot 0, output ignored). 0: ragged, requests back to back.
+    rows_per_req: int = 0
     # Set by a model whose `layers_to_capture` is non-empty (EAGLE-3 targets): (num_tokens,
     # len(layers_to_capture) * hidden) hidden states entering those layers, concatenated.
     aux_hidden_states: Optional[torch.Tensor] = None
@@ -52,6 +60,15 @@ class ForwardBatch:
         lens = torch.tensor([b.numel() for b in blocks], dtype=torch.int64)
         self.custom_mask = torch.cat([b.flatten() for b in blocks])
         self.mask_indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens, 0)])
+        self.forward_mode = ForwardMode.EXTEND
+
+    def set_tree_mask(self, blocks: list[torch.Tensor]) -> None:
+        """Attach per-request (extend_len, extend_len) bool blocks over the new tokens (the
+        prefix is always visible) as the compact tree mask; EXTEND mode."""
+        width = max(b.shape[0] for b in blocks)
+        self.tree_mask = torch.zeros((len(blocks), width, width), dtype=torch.bool)
+        for i, b in enumerate(blocks):
+            self.tree_mask[i, :b.shape[0], :b.shape[0]] = b
         self.forward_mode = ForwardMode.EXTEND
 
     @property
@@ -75,6 +92,8 @@ class ForwardBatch:
         if self.custom_mask is not None:
             self.custom_mask = self.custom_mask.to(device, non_blocking=True)
             self.mask_indptr = self.mask_indptr.to(device, non_blocking=True)
+        if self.tree_mask is not None:
+            self.tree_mask = self.tree_mask.to(device, non_blocking=True)
         return self
 
     @classmethod

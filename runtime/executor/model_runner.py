@@ -13,7 +13,8 @@ import torch.distributed as dist
 from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
-from sgl.runtime.executor.tensor_parallel import agree_min, broadcast_step, init_tensor_parallel
+from sgl.runtime.executor.tensor_parallel import (agree_min, broadcast_step, init_tensor_parallel,
+                                                   leave_tensor_parallel)
 from sgl.runtime.grammar import bitmask_to_bool
 from sgl.runtime.loader import load_model
 from sgl.runtime.loader.bundled import bundled_model_path
@@ -105,10 +106,21 @@ class ModelRunner:
         return max(int(budget // bytes_per_token), 1024)
 
     def shutdown(self) -> None:
-        """Rank 0: release the other tensor-parallel ranks."""
+        """Rank 0: release the other tensor-parallel ranks, then leave the process groups."""
         if self.tp_size > 1 and self.tp_rank == 0 and dist.is_initialized():
             broadcast_step(None)
-            dist.destroy_process_group()
+            leave_tensor_parallel(self)
+
+    def release_cuda_graphs(self) -> None:
+        """Reset and drop every captured graph (decode and verify). Graphs that captured NCCL
+        collectives must go before the process group is destroyed, or the destroy blocks forever
+        (pytorch/pytorch#115388; seen here on H100s as a TP=2 engine that never shut down)."""
+        for runner in (self.graph_runner, self.verify_graph_runner):
+            for graph in getattr(runner, "graphs", {}).values():
+                graph.reset()
+        self.graph_runner = self.verify_graph_runner = None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _attention_backend_name(self) -> str:
         if self.args.attention_backend:
@@ -116,7 +128,7 @@ class ModelRunner:
         return "triton" if self.device.type == "cuda" else "torch_native"
 
     def _init_cuda_graphs(self) -> None:
-        self.graph_runner = None
+        self.graph_runner = self.verify_graph_runner = None
         if self.device.type != "cuda" or self.args.disable_cuda_graph:
             return
         if self._attention_backend_name() != "triton":
@@ -126,20 +138,47 @@ class ModelRunner:
         max_bs = self.args.cuda_graph_max_bs or auto_max_bs(torch.cuda.get_device_properties(self.device).total_memory)
         max_bs = min(max_bs, self.max_running_requests)
         sizes = self.args.cuda_graph_bs or default_batch_sizes(max_bs)
-        self.graph_runner = CudaGraphRunner(self, [bs for bs in sizes if bs <= self.max_running_requests])
+        sizes = [bs for bs in sizes if bs <= self.max_running_requests]
+        self.graph_runner = CudaGraphRunner(self, sizes)
+        if self.args.speculative_algorithm:
+            self.prepare_verify_graphs(self.args.speculative_settings()[2])
+
+    def prepare_verify_graphs(self, num_rows: int) -> None:
+        """Speculative verify forwards (the target over each request's root and draft tree of at
+        most num_rows rows) replay graphs of their own, sharing the decode graphs' memory pool.
+        Captured at start-up when speculation is on; called again when a benchmark switches
+        speculation settings on a running engine (a new num_rows recaptures)."""
+        from sgl.runtime.executor.verify_graph_runner import VerifyGraphRunner, verify_batch_sizes
+        if self.graph_runner is None or (self.verify_graph_runner is not None
+                                         and self.verify_graph_runner.num_rows == num_rows):
+            return
+        self.verify_graph_runner = None  # its graphs' memory goes back to the shared pool first
+        sizes = verify_batch_sizes(self.graph_runner.batch_sizes, num_rows)
+        if sizes:
+            self.verify_graph_runner = VerifyGraphRunner(self, sizes, num_rows, pool=self.graph_runner.pool)
 
     # -- the step -------------------------------------------------------------------------
     @torch.inference_mode()
     def forward_logits(self, batch: ForwardBatch, keep_hidden: bool = False) -> torch.Tensor:
         """(num_logit_rows, vocab) float32 logits for batch.logits_indices. With keep_hidden,
         `self.last_hidden` holds the step's hidden states: the final ones, or the captured
-        layers' (model.model.layers_to_capture, EAGLE-3)."""
+        layers' (model.model.layers_to_capture, EAGLE-3). Decode batches replay the decode
+        graphs, verify batches (tree masks) the verify graphs, when their sizes were captured."""
+        verify_plan = None
+        if self.verify_graph_runner is not None:  # on the host, before the batch moves
+            verify_plan = self.verify_graph_runner.plan(batch)
         batch.to(self.device)
         if batch.future_src is not None:  # overlap: ids sampled by the step still in flight
             src = batch.future_src.to(self.device, non_blocking=True)
             batch.input_ids = torch.where(src >= 0, self._last_tokens[src.clamp(min=0)], batch.input_ids)
         batch.req_to_token = self.req_to_token_pool.req_to_token
         batch.kv_pool, batch.attn_backend = self.kv_pool, self.attn_backend
+        if verify_plan is not None:
+            self.last_used_cuda_graph = True
+            logits, hidden = self.verify_graph_runner.replay(batch, verify_plan, keep_hidden)
+            if keep_hidden:
+                self.last_hidden = hidden
+            return logits
         self.last_used_cuda_graph = (not keep_hidden and self.graph_runner is not None
                                      and self.graph_runner.can_run(batch))
         if self.last_used_cuda_graph:

@@ -81,7 +81,8 @@ def start_tp_workers(args: Any, ctx: Any) -> tuple[Any, dict[str, Any]]:
 def run_tp_worker(server_args: Any, rank: int) -> None:
     """Entry point of ranks 1..tp_size-1 (a spawned process)."""
     from sgl.runtime.executor.model_runner import ModelRunner
-    logging.basicConfig(level=getattr(logging, server_args.log_level.upper(), logging.INFO))
+    from sgl.runtime.server.ipc import configure_logging
+    configure_logging(server_args.log_level, f"TP{rank}")
     _exit_with_parent()
     runner = ModelRunner(server_args, tp_rank=rank)
     while True:
@@ -91,7 +92,30 @@ def run_tp_worker(server_args: Any, rank: int) -> None:
         batch, table_writes = msg
         runner.req_to_token_pool.apply(*table_writes)
         runner.forward_logits(dataclasses.replace(batch))
-    dist.destroy_process_group()
+    if not leave_tensor_parallel(runner):
+        os._exit(0)  # a stuck destroy would hang this process's exit too
+
+
+def leave_tensor_parallel(runner: Any, timeout_s: float = 60.0) -> bool:
+    """Destroy the process groups, after the runner's CUDA graphs (which pin the NCCL
+    communicator). The destroy runs with a deadline: a rank that still cannot leave says so and
+    goes on rather than hanging its process (whose exit frees the communicator anyway). True when
+    the groups were destroyed."""
+    runner.release_cuda_graphs()
+    done = threading.Event()
+
+    def destroy() -> None:
+        try:
+            dist.destroy_process_group()
+        finally:
+            done.set()
+
+    threading.Thread(target=destroy, name="sgl-tp-destroy", daemon=True).start()
+    if done.wait(timeout_s):
+        return True
+    logger.warning("leaving the tensor-parallel process groups took over %.0f s; going on "
+                   "without waiting", timeout_s)
+    return False
 
 
 def _exit_with_parent() -> None:

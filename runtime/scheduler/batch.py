@@ -124,9 +124,7 @@ def _add_verify_rows(step: StepInputs, logit_rows: list[int], masks: list, req: 
     ids.extend(tree.tokens)
     pos.append(start)
     pos.extend(start + d for d in tree.depths())
-    block = torch.ones((1 + len(tree), start + 1 + len(tree)), dtype=torch.bool)
-    block[:, start:] = tree.tree_mask()
-    masks.append(block)
+    masks.append(tree.tree_mask())  # (1 + n, 1 + n) over the new tokens; the prefix is visible
     step.verify[id(req)] = VerifyRows(tree, slots)
     for k, path in enumerate(tree.paths()):
         step.sample_rows.append(len(logit_rows))
@@ -136,10 +134,20 @@ def _add_verify_rows(step: StepInputs, logit_rows: list[int], masks: list, req: 
 
 
 def _attach_tree_masks(batch: ForwardBatch, masks: list, prefix: list[int], extend: list[int]) -> None:
-    """One custom mask for the whole batch: tree blocks for verified requests, causal blocks for
-    the others."""
-    batch.set_custom_mask([torch.ones((e, p + e), dtype=torch.bool).tril(diagonal=p) if block is None
-                           else block for block, p, e in zip(masks, prefix, extend)])
+    """One mask for the whole batch: tree blocks for verified requests, causal blocks for the
+    others. The compact layout (new tokens only, what the verify CUDA graphs take) when no
+    request extends past the largest tree; else (a prompt chunk rides along) the full one."""
+    blocks = [torch.ones((e, e), dtype=torch.bool).tril() if block is None else block
+              for block, e in zip(masks, extend)]
+    if max(extend) <= max(block.shape[0] for block in masks if block is not None):
+        batch.set_tree_mask(blocks)
+        return
+    full = []
+    for block, p, e in zip(blocks, prefix, extend):
+        rows = torch.ones((e, p + e), dtype=torch.bool)
+        rows[:, p:] = block
+        full.append(rows)
+    batch.set_custom_mask(full)
 
 
 def _add_prompt_logprob_rows(step: StepInputs, logit_rows: list[int], req: Req, start: int, n: int,

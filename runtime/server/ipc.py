@@ -9,9 +9,11 @@ With --dp-size N there are N schedulers (data_parallel.py routes the requests).
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -139,3 +141,16 @@ def configure_logging(log_level: str, tag: str = "") -> None:
     level = getattr(logging, log_level.upper(), logging.INFO)
     fmt = f"[%(asctime)s{' ' + tag if tag else ''}] %(message)s"
     logging.basicConfig(level=level, format=fmt, datefmt="%Y-%m-%d %H:%M:%S", force=True)
+    arm_stack_dumps()
+
+
+def arm_stack_dumps() -> None:
+    """A stuck process can be asked where it is: `kill -USR1 PID` prints every thread's Python
+    stack to its stderr. With SGL_STACK_DUMP_S=N set, each process also prints them every N
+    seconds on its own (for runs where nobody is there to send the signal)."""
+    if not hasattr(signal, "SIGUSR1"):
+        return
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+    every = float(os.environ.get("SGL_STACK_DUMP_S", "0") or 0)
+    if every > 0:
+        faulthandler.dump_traceback_later(every, repeat=True, file=sys.stderr)

@@ -269,3 +269,48 @@ def test_extend_attention_tree_mask_matches_dense(prefix_lens, extend_lens, num_
         torch.testing.assert_close(out[start:start + extend_len].double(), expected,
                                    atol=1e-5, rtol=1e-5)
         start += extend_len
+
+
+def _compact(masks: list[torch.Tensor], prefix_lens: list[int], width: int) -> torch.Tensor:
+    """The compact layout of full (E, S) tree blocks: (bs, width, width) over the new tokens,
+    padded with random bits (entries past each extend must be ignored)."""
+    g = torch.Generator().manual_seed(99)
+    out = torch.randint(0, 2, (len(masks), width, width), generator=g).bool()
+    for i, (mask, p) in enumerate(zip(masks, prefix_lens)):
+        e = mask.shape[0]
+        out[i, :e, :e] = mask[:, p:]
+    return out
+
+
+@pytest.mark.parametrize("prefix_lens,extend_lens,num_q_heads,num_kv_heads,head_dim", MASK_CASES)
+@pytest.mark.parametrize("pad", [0, 3])
+def test_compact_tree_mask_equals_full_layout(prefix_lens, extend_lens, num_q_heads,
+                                              num_kv_heads, head_dim, pad):
+    """A (bs, N, N) tree mask over the new tokens (prefix always visible) gives exactly what the
+    same trees give in SGLang's (extend_len x seq_len) layout, and the dense formula."""
+    q, k_buffer, v_buffer, req_to_token, rows, seqs = _paged_case(
+        prefix_lens, extend_lens, num_q_heads, num_kv_heads, head_dim, seed=3)
+    g = torch.Generator().manual_seed(7 + len(prefix_lens))
+    masks = [_tree_mask(p, e, g) for p, e in zip(prefix_lens, extend_lens)]
+    args = (q, k_buffer, v_buffer, req_to_token, rows, prefix_lens, extend_lens, head_dim ** -0.5)
+    tree_mask = _compact(masks, prefix_lens, max(extend_lens) + pad)
+    out = extend_attention_ref(*args, tree_mask=tree_mask)
+    custom_mask, mask_indptr = _packed(masks)
+    torch.testing.assert_close(out, extend_attention_ref(*args, custom_mask=custom_mask,
+                                                         mask_indptr=mask_indptr), rtol=0, atol=0)
+    start = 0
+    for (k, v), mask, extend_len in zip(seqs, masks, extend_lens):
+        expected = _dense_masked(q[start:start + extend_len], k, v, mask, head_dim ** -0.5)
+        torch.testing.assert_close(out[start:start + extend_len].double(), expected,
+                                   atol=1e-5, rtol=1e-5)
+        start += extend_len
+
+
+def test_compact_causal_tree_mask_is_causal():
+    """Lower-triangular blocks in the compact layout are plain causal attention."""
+    prefix_lens, extend_lens = [4, 0, 9], [5, 3, 1]
+    q, k_buffer, v_buffer, req_to_token, rows, _ = _paged_case(prefix_lens, extend_lens, 4, 2, 16, seed=4)
+    args = (q, k_buffer, v_buffer, req_to_token, rows, prefix_lens, extend_lens, 0.25)
+    tree_mask = torch.ones(3, 5, 5, dtype=torch.bool).tril()
+    torch.testing.assert_close(extend_attention_ref(*args, tree_mask=tree_mask),
+                               extend_attention_ref(*args), rtol=0, atol=0)

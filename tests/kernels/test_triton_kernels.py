@@ -312,6 +312,92 @@ def test_extend_attention_custom_mask_small_blocks(monkeypatch):
     assert (out[extend_lens[0] - 1] == 0).all()
 
 
+def _compact_tree_masks(prefix_lens: list[int], extend_lens: list[int], width: int,
+                        seed: int) -> torch.Tensor:
+    """(bs, width, width) bool: each request's random tree over its new tokens (the compact
+    layout), padded with random bits that the kernel must ignore."""
+    masks = _tree_masks(prefix_lens, extend_lens, seed)
+    out = torch.randint(0, 2, (len(masks), width, width), generator=_gen(seed)).bool()
+    for i, (mask, p) in enumerate(zip(masks, prefix_lens)):
+        out[i, :mask.shape[0], :mask.shape[0]] = mask[:, p:]
+    return out
+
+
+COMPACT_CASES = [  # (prefix_lens, extend_lens, Hq, Hkv, D, N)
+    ([0], [1], 8, 8, 64, 1), ([0, 17, 5], [8, 4, 1], 32, 8, 128, 8),
+    ([70, 0, 3, 1], [7, 9, 2, 8], 9, 3, 64, 12), ([130, 64], [9, 6], 12, 4, 128, 9),
+    ([40, 3], [5, 2], 8, 2, 8, 6),
+    pytest.param(_lens(random.Random(9), 48, 0, 3000), _lens(random.Random(10), 48, 1, 8),
+                 32, 8, 128, 8, marks=BIG),
+]
+
+
+@pytest.mark.parametrize("prefix_lens,extend_lens,hq,hkv,head_dim,width", COMPACT_CASES)
+@pytest.mark.parametrize("padded", [False, True])
+def test_extend_attention_compact_tree_mask(prefix_lens, extend_lens, hq, hkv, head_dim, width,
+                                            padded):
+    """The (bs, N, N) tree mask against the reference, packed (q_start the cumsum) and in the
+    verify graph's padded layout: request i's rows start at i * N, rows past its extend and two
+    extra requests with extend 0 are padding that must stay unwritten."""
+    from sgl.kernels.attention.torch_ref import extend_attention_ref
+    from sgl.kernels.triton.extend_attention import extend_attention
+    dtype, bs = ATTN_DTYPE, len(prefix_lens)
+    seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+    k_buf, v_buf, req_to_token, rows = _paged_setup(seq_lens, hkv, head_dim, dtype, seed=bs + 31)
+    num_tokens = sum(extend_lens)
+    q = _randn(num_tokens, hq, head_dim, dtype=dtype, gen=_gen(bs + 2))
+    tree_mask = _compact_tree_masks(prefix_lens, extend_lens, width, seed=bs + 3)
+    ref = extend_attention_ref(q.float(), k_buf.float(), v_buf.float(), req_to_token, rows,
+                               prefix_lens, extend_lens, head_dim ** -0.5, tree_mask=tree_mask)
+    to_dev = lambda x: torch.tensor(x, device=DEVICE)
+    if not padded:
+        out = extend_attention(q, k_buf, v_buf, req_to_token, rows, to_dev(prefix_lens),
+                               to_dev(extend_lens), head_dim ** -0.5, max_extend_len=max(extend_lens),
+                               tree_mask=tree_mask.to(DEVICE),
+                               out=_poisoned((num_tokens, hq, head_dim), dtype))
+        _assert_close(out, ref, BF16_TOL)
+        return
+    real = torch.tensor([i * width + j for i, e in enumerate(extend_lens) for j in range(e)])
+    q_pad = _randn((bs + 2) * width, hq, head_dim, dtype=dtype, gen=_gen(0))
+    q_pad[real.to(DEVICE)] = q
+    pad_mask = torch.cat([tree_mask, torch.ones(2, width, width, dtype=torch.bool)])
+    out = extend_attention(q_pad, k_buf, v_buf, req_to_token, torch.cat([rows, rows[:1], rows[:1]]),
+                           to_dev(prefix_lens + [0, 0]), to_dev(extend_lens + [0, 0]),
+                           head_dim ** -0.5, q_start=torch.arange(bs + 2, device=DEVICE) * width,
+                           max_extend_len=width, tree_mask=pad_mask.to(DEVICE),
+                           out=_poisoned(tuple(q_pad.shape), dtype))
+    _assert_close(out[real.to(DEVICE)], ref, BF16_TOL)
+    unwritten = torch.ones(out.shape[0], dtype=torch.bool)
+    unwritten[real] = False
+    assert torch.isnan(out[unwritten.to(DEVICE)]).all()
+
+
+def test_extend_attention_compact_tree_mask_small_blocks(monkeypatch):
+    """16 x 16 tiles: several query blocks per request and several prefix tiles under the
+    compact layout, a row that sees only its prefix, and one that sees nothing (zeros)."""
+    from sgl.kernels.attention.torch_ref import extend_attention_ref
+    from sgl.kernels.triton import extend_attention as mod
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", (16, 16, 4, 1))
+    prefix_lens, extend_lens, width = [0, 3, 50], [40, 37, 20], 40
+    dtype, hq, hkv, head_dim = ATTN_DTYPE, 4, 2, 64
+    seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+    k_buf, v_buf, req_to_token, rows = _paged_setup(seq_lens, hkv, head_dim, dtype, seed=6)
+    num_tokens = sum(extend_lens)
+    q = _randn(num_tokens, hq, head_dim, dtype=dtype, gen=_gen(8))
+    tree_mask = _compact_tree_masks(prefix_lens, extend_lens, width, seed=11)
+    tree_mask[0, 39] = False  # no prefix: sees no key at all
+    tree_mask[2, 17] = False  # sees its prefix alone
+    tree_mask[1, 2, 30] = True  # a later query block's token
+    to_dev = lambda x: torch.tensor(x, device=DEVICE)
+    out = mod.extend_attention(q, k_buf, v_buf, req_to_token, rows, to_dev(prefix_lens),
+                               to_dev(extend_lens), head_dim ** -0.5, tree_mask=tree_mask.to(DEVICE),
+                               out=_poisoned((num_tokens, hq, head_dim), dtype))
+    ref = extend_attention_ref(q.float(), k_buf.float(), v_buf.float(), req_to_token, rows,
+                               prefix_lens, extend_lens, head_dim ** -0.5, tree_mask=tree_mask)
+    _assert_close(out, ref, BF16_TOL)
+    assert (out[extend_lens[0] - 1] == 0).all()
+
+
 # ---- the backend ------------------------------------------------------------------------------
 
 def _backend_batch(prefix_lens: list[int], extend_lens: list[int], hkv: int, head_dim: int,

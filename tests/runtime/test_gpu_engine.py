@@ -1,6 +1,7 @@
 """The engine on a CUDA GPU (run with `pytest -m gpu` on the device): the bundled model's bf16
 logprobs against the CPU float32 reference, CUDA-graph decode against eager, and radix reuse /
-chunking / retraction giving the same greedy tokens as running alone."""
+chunking / retraction giving the same greedy tokens as running alone, and speculative verify
+under CUDA graphs against eager verification."""
 from __future__ import annotations
 
 import pytest
@@ -78,3 +79,54 @@ def test_overlap_schedule_on_gpu_gives_the_synchronous_results():
     assert [(t, top) for _, t, top in logprobs] == [(t, top) for _, t, top in expected[0][2]]
     assert [lp for lp, _, _ in logprobs] == pytest.approx([lp for lp, _, _ in expected[0][2]], abs=1e-4)
     assert structured == expected[1]
+
+
+@pytest.mark.parametrize("algo", ["NGRAM", "EAGLE", "EAGLE3"])
+def test_speculative_verify_cuda_graph_equals_eager(algo, tmp_path):
+    """Greedy tokens with speculation whose verify forwards replay CUDA graphs equal eager
+    verification's (disable_cuda_graph) and decoding's without speculation, float32 on a tiny
+    random Llama; verify batches mix drafted and undrafted requests. EAGLE keeps hidden states
+    through the graphs; EAGLE-3 recaptures them with its layers once its drafter sets them."""
+    import transformers
+
+    from sgl.runtime.loader.draft import write_random_eagle_head
+    from tests.runtime.test_speculative import (
+        MIXED_PARAMS,
+        MIXED_PROMPTS,
+        _spy_replays,
+        _tiny_llama,
+    )
+    path = _tiny_llama(tmp_path / "target", num_layers=4)
+    kw = {"skip_tokenizer_init": True, "max_total_tokens": 1024, "device": "cuda",
+          "dtype": "float32", "attention_backend": "triton", "cuda_graph_max_bs": 16}
+    spec = {"speculative_algorithm": algo, "speculative_num_draft_tokens": 6}
+    if algo != "NGRAM":
+        head = str(tmp_path / "head")
+        write_random_eagle_head(transformers.AutoConfig.from_pretrained(path), head, algo, seed=1,
+                                draft_vocab_size=100 if algo == "EAGLE3" else None)
+        spec.update({"speculative_draft_model_path": head, "speculative_num_steps": 3,
+                     "speculative_eagle_topk": 2})
+
+    def run(engine: Engine) -> list[list[int]]:
+        outs = engine.generate(input_ids=MIXED_PROMPTS, sampling_params=MIXED_PARAMS)
+        return [o["output_ids"] for o in outs]
+
+    with Engine(path, **kw) as e:
+        plain = run(e)
+    with Engine(path, disable_cuda_graph=True, **kw, **spec) as e:
+        assert e.runner.verify_graph_runner is None
+        eager = run(e)
+        assert e.scheduler.spec.num_verify > 0
+    with Engine(path, **kw, **spec) as e:
+        runner = e.runner
+        seen = _spy_replays(runner)
+        graph = run(e)
+        e.call_in_scheduler(lambda s: s.check_pool_invariant())
+        num_verify = e.scheduler.spec.num_verify
+        layers = tuple(runner.model.model.layers_to_capture)
+    assert graph == eager == plain
+    assert num_verify > 0 and runner.verify_graph_runner.num_replays == len(seen) > 0
+    assert any(1 in lens and max(lens) > 1 for lens in seen), seen  # drafted beside undrafted
+    assert runner.verify_graph_runner.layers_captured == layers
+    if algo == "EAGLE3":
+        assert layers, "EAGLE-3 sets the target's capture layers"

@@ -310,6 +310,157 @@ def test_triton_backend_verifies_trees_like_torch(tmp_path):
         assert verified > 0
 
 
+# -- the verify graphs' padded layout -----------------------------------------------------------
+
+
+def _tiny_llama(path, num_layers: int = 2) -> str:
+    """A tiny random Llama with sharp logits (init 0.3): greedy choices sit far from ties, so
+    batch-shape float32 noise does not flip them."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=211, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=num_layers, num_attention_heads=8,
+                                      num_key_value_heads=2, max_position_embeddings=512,
+                                      initializer_range=0.3)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
+    return str(path)
+
+
+# Copy-prone prompts (NGRAM drafts) beside ones with nothing to look up, and different lengths:
+# verify batches mix drafted requests with one-row ones, and requests of unequal tree sizes.
+MIXED_PROMPTS = [[5, 17, 99, 3, 42, 8, 5, 17, 99, 3], list(range(10, 40)), [7, 7, 7, 7],
+                 [1, 2, 3, 1, 2, 3, 1, 2], list(range(100, 113))]
+MIXED_PARAMS = [{"max_new_tokens": n, "temperature": 0, "ignore_eos": True} for n in (24, 20, 17, 9, 30)]
+
+
+def _spy_replays(runner) -> list:
+    """Record the extend lengths of every batch the verify graph runner serves."""
+    seen, replay = [], runner.verify_graph_runner.replay
+
+    def spy(batch, plan, keep_hidden=False):
+        seen.append(list(batch.extend_lens_cpu))
+        return replay(batch, plan, keep_hidden)
+    runner.verify_graph_runner.replay = spy
+    return seen
+
+
+@pytest.mark.parametrize("backend", ["torch_native", pytest.param("triton", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not INTERPRET, reason="TRITON_INTERPRET=1 (GPU: test_gpu_engine)")])])
+def test_verify_static_padded_batch_gives_eager_tokens(backend, tmp_path):
+    """The verify graph runner's static padded batch (request i at rows i * N.., padding rows
+    and padding requests, the compact tree mask copied in), run eagerly on the CPU, gives the
+    greedy tokens of decoding without speculation, for drafted and undrafted requests mixed."""
+    from sgl.runtime.executor.verify_graph_runner import VerifyGraphRunner
+    path = _tiny_llama(tmp_path)
+    kw = {"skip_tokenizer_init": True, "max_total_tokens": 512, "device": "cpu",
+          "dtype": "float32", "attention_backend": backend}
+    with Engine(path, **kw) as engine:
+        expected = [o["output_ids"] for o in engine.generate(input_ids=MIXED_PROMPTS, sampling_params=MIXED_PARAMS)]
+    with Engine(path, speculative_algorithm="NGRAM", speculative_num_draft_tokens=6, **kw) as engine:
+        runner = engine.runner
+        assert runner.verify_graph_runner is None  # no graphs on the CPU
+        runner.verify_graph_runner = VerifyGraphRunner(runner, [1, 2, 4, 8], 6, use_graphs=False)
+        seen = _spy_replays(runner)
+        got = [o["output_ids"] for o in engine.generate(input_ids=MIXED_PROMPTS, sampling_params=MIXED_PARAMS)]
+        engine.call_in_scheduler(lambda s: s.check_pool_invariant())
+        replays = runner.verify_graph_runner.num_replays
+    assert got == expected
+    assert replays == len(seen) > 0
+    assert any(1 in lens and max(lens) > 1 for lens in seen), seen  # drafted beside undrafted
+    assert any(len(lens) in (3, 5, 6, 7) for lens in seen), seen  # padded up to a captured size
+
+
+def _verify_both_ways(runner, graph_runner) -> tuple:
+    """Prefill three requests, then run one verify batch (a branching tree, an undrafted
+    request, a chain) eagerly and through `graph_runner`, keeping hidden states. Returns
+    ((eager logits, hidden), (graph logits, hidden)), every row."""
+    from sgl.runtime.executor.forward_batch import ForwardBatch
+    from sgl.runtime.scheduler.batch import _attach_tree_masks
+    pool = runner.req_to_token_pool
+    prompts = [[5, 17, 99, 3, 42, 8, 5, 17, 99], list(range(10, 24)), [7, 7, 7, 7, 1, 2]]
+    trees = [_tree((3, -1), (4, -1), (42, 0), (8, 2)), None, _tree((9, -1), (10, 0))]
+    rows = [pool.alloc() for _ in prompts]
+    prefix = [len(p) - 1 for p in prompts]  # the root (last token) runs in the verify batch
+    extend = [1 + (len(t) if t else 0) for t in trees]
+    slots = (torch.arange(sum(prefix) + sum(extend)) + 1).split(prefix + extend)
+    for row, s in zip(rows, slots[:3]):
+        pool.write(row, 0, s)
+    for row, p, s in zip(rows, prefix, slots[3:]):
+        pool.write(row, p, s)
+    pool.flush()
+    ids = [t for p in prompts for t in p[:-1]]
+    runner.forward_logits(ForwardBatch.build(ids, [i for p in prefix for i in range(p)],
+                                             torch.cat(slots[:3]).tolist(), rows, [0] * 3, prefix, [0]))
+
+    def verify_batch() -> ForwardBatch:
+        ids, pos = [], []
+        for p, tree, start in zip(prompts, trees, prefix):
+            ids += [p[-1]] + (tree.tokens if tree else [])
+            pos += [start] + ([start + d for d in tree.depths()] if tree else [])
+        batch = ForwardBatch.build(ids, pos, torch.cat(slots[3:]).tolist(), rows, prefix, extend,
+                                   list(range(len(ids))))
+        _attach_tree_masks(batch, [t.tree_mask() if t else None for t in trees], prefix, extend)
+        return batch
+
+    results = []
+    for use in (None, graph_runner):
+        runner.verify_graph_runner = use
+        logits = runner.forward_logits(verify_batch(), keep_hidden=True)
+        results.append((logits.cpu(), runner.last_hidden.cpu()))
+    return tuple(results)
+
+
+def test_verify_static_batch_matches_eager_rows(tmp_path):
+    """Row by row, the static padded verify batch (3 requests padded to 4, each to N = 5 rows)
+    gives the eager forward's logits and hidden states."""
+    from sgl.runtime.executor.verify_graph_runner import VerifyGraphRunner
+    args = ServerArgs(model_path=_tiny_llama(tmp_path), device="cpu", dtype="float32", max_total_tokens=256,
+                      speculative_algorithm="NGRAM", speculative_num_draft_tokens=5)
+    runner = ModelRunner(args)
+    graph_runner = VerifyGraphRunner(runner, [1, 4], 5, use_graphs=False)
+    (eager, eager_hidden), (got, got_hidden) = _verify_both_ways(runner, graph_runner)
+    assert graph_runner.num_replays == 1 and got.shape == eager.shape == (9, 211)
+    torch.testing.assert_close(got, eager, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got_hidden, eager_hidden, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_verify_cuda_graph_matches_eager_rows(tmp_path):
+    """On the GPU: the runner captures verify graphs when speculation is on, and a replay (3
+    requests padded to 4) gives the eager forward's logits and hidden states row by row."""
+    args = ServerArgs(model_path=_tiny_llama(tmp_path), device="cuda", dtype="float32",
+                      max_total_tokens=256, speculative_algorithm="NGRAM", speculative_num_draft_tokens=5,
+                      cuda_graph_max_bs=8)
+    runner = ModelRunner(args)
+    graph_runner = runner.verify_graph_runner
+    assert graph_runner is not None and graph_runner.batch_sizes == [1, 2, 4, 8] and graph_runner.graphs
+    (eager, eager_hidden), (got, got_hidden) = _verify_both_ways(runner, graph_runner)
+    assert graph_runner.num_replays == 1 and got.shape == eager.shape == (9, 211)
+    # float32, but cuBLAS picks other kernels for 20 rows than for 9: compare up to that noise
+    for a, b in ((got, eager), (got_hidden, eager_hidden)):
+        assert ((a - b).norm() / b.norm()).item() < 1e-4, ((a - b).norm() / b.norm()).item()
+    assert torch.equal(got.argmax(-1), eager.argmax(-1))
+
+
+def test_verify_batch_uses_the_compact_mask_unless_a_chunk_rides_along():
+    """build_step: verify batches carry the (bs, N, N) tree mask; a prompt chunk longer than the
+    largest tree switches the batch to the full (extend x seq) layout, with the same trees."""
+    from sgl.runtime.executor.forward_batch import ForwardBatch
+    from sgl.runtime.scheduler.batch import _attach_tree_masks
+    tree = _tree((10, -1), (11, -1), (12, 0))
+    masks, prefix = [tree.tree_mask(), None], [5, 2]
+    batch = ForwardBatch.build([0] * 6, list(range(6)), [1] * 6, [0, 1], prefix, [4, 2], [0])
+    _attach_tree_masks(batch, masks, prefix, [4, 2])
+    assert batch.custom_mask is None and batch.tree_mask.shape == (2, 4, 4)
+    assert torch.equal(batch.tree_mask[0], tree.tree_mask())
+    assert torch.equal(batch.tree_mask[1, :2, :2], torch.tensor([[1, 0], [1, 1]], dtype=torch.bool))
+    long = ForwardBatch.build([0] * 13, list(range(13)), [1] * 13, [0, 1], prefix, [4, 9], [0])
+    _attach_tree_masks(long, masks, prefix, [4, 9])
+    assert long.tree_mask is None and long.mask_indptr.tolist() == [0, 4 * 9, 4 * 9 + 9 * 11]
+    block = long.custom_mask[:36].view(4, 9)
+    assert block[:, :5].all() and torch.equal(block[:, 5:], tree.tree_mask())
+
+
 # -- constrained requests speculate -------------------------------------------------------------
 
 LONG_KEYS = {"type": "object", "properties": {

@@ -87,3 +87,29 @@ def test_followers_outlast_an_idle_spell_longer_than_the_collective_timeout(tmp_
         first = e.generate(input_ids=PROMPTS[:1], sampling_params=GREEDY)[0]["output_ids"]
         time.sleep(4)
         assert e.generate(input_ids=PROMPTS[:1], sampling_params=GREEDY)[0]["output_ids"] == first
+
+
+def test_leaving_resets_the_graphs_before_destroying_the_groups(monkeypatch):
+    """CUDA graphs that captured NCCL collectives make destroy_process_group block forever
+    (pytorch/pytorch#115388): the graphs are reset first; a destroy that still blocks is given up
+    after the deadline instead of hanging the process."""
+    import threading
+
+    from sgl.runtime.executor import tensor_parallel
+
+    events = []
+
+    class Runner:
+        def release_cuda_graphs(self):
+            events.append("graphs released")
+
+    monkeypatch.setattr(tensor_parallel.dist, "destroy_process_group", lambda: events.append("destroyed"))
+    assert tensor_parallel.leave_tensor_parallel(Runner(), timeout_s=5)
+    assert events == ["graphs released", "destroyed"]
+
+    stuck = threading.Event()
+    monkeypatch.setattr(tensor_parallel.dist, "destroy_process_group", lambda: stuck.wait(30))
+    start = time.monotonic()
+    assert not tensor_parallel.leave_tensor_parallel(Runner(), timeout_s=0.5)
+    assert time.monotonic() - start < 5
+    stuck.set()

@@ -19,6 +19,13 @@ and before each replay, after copying the step's values into the static buffers,
 the kernels read seq_lens / req_pool_indices / out_cache_loc from those buffers, and the split
 count depends on the batch size alone. Padded entries may carry seq_len 0 (their output is zeros)
 or any valid row/slot (slot 0 is the pool's padding slot).
+
+CUDA graphs (verify, EXTEND mode with `batch.tree_mask`; runtime/executor/verify_graph_runner.py).
+The static batch sets `rows_per_req = N`: request i's rows start at i * N whatever its extend_len,
+so planning is fixed per captured size (q_start = arange(bs) * N, computed inside the capture;
+max_extend_len = N, a host int). Before each replay the runner copies prefix_lens, extend_lens
+(padded requests: 0, the kernel skips them), req_pool_indices, out_cache_loc and the (bs, N, N)
+tree mask into its static buffers. The attention output of padding rows is zeros.
 """
 from __future__ import annotations
 
@@ -56,10 +63,12 @@ class TritonBackend(AttentionBackend):
             self.max_splits = num_kv_splits(batch.batch_size, num_kv_heads,
                                             self._sm_count(batch.seq_lens.device))
             return
-        extend_lens = batch.extend_lens
-        self.q_start = torch.cumsum(extend_lens, 0) - extend_lens  # (bs,) on the device
-        self.max_extend_len = (max(batch.extend_lens_cpu) if batch.extend_lens_cpu
-                               else int(extend_lens.max()))  # the latter syncs; callers set _cpu
+        self.q_start = _q_start(batch)
+        if batch.rows_per_req:
+            self.max_extend_len = batch.rows_per_req
+        else:
+            self.max_extend_len = (max(batch.extend_lens_cpu) if batch.extend_lens_cpu
+                                   else int(batch.extend_lens.max()))  # syncs; callers set _cpu
 
     def init_cuda_graph_state(self, max_bs: int, num_q_heads: int, num_kv_heads: int,
                               v_head_dim: int, device: torch.device | str) -> None:
@@ -104,10 +113,22 @@ class TritonBackend(AttentionBackend):
                                    workspace=self._get_workspace(max(need, 1), q.device))
         else:
             if self.q_start is None or self.q_start.device != q.device:  # planned before .to()
-                self.q_start = torch.cumsum(batch.extend_lens, 0) - batch.extend_lens
+                self.q_start = _q_start(batch)
+            out = None
+            if batch.rows_per_req:  # padding rows are never attended: give them zeros
+                out = torch.zeros((num_tokens, layer.num_heads, v_buffer.shape[-1]),
+                                  dtype=q3.dtype, device=q3.device)
             out = extend_attention(q3, k_buffer, v_buffer, batch.req_to_token,
                                    batch.req_pool_indices, batch.prefix_lens, batch.extend_lens,
                                    layer.scaling, q_start=self.q_start,
-                                   max_extend_len=self.max_extend_len,
-                                   custom_mask=batch.custom_mask, mask_indptr=batch.mask_indptr)
+                                   max_extend_len=self.max_extend_len, out=out,
+                                   custom_mask=batch.custom_mask, mask_indptr=batch.mask_indptr,
+                                   tree_mask=batch.tree_mask)
         return out.view(num_tokens, -1).to(q.dtype)  # (T, Hq * Dv)
+
+
+def _q_start(batch: ForwardBatch) -> torch.Tensor:
+    """(bs,) first row of each request in q: packed (exclusive cumsum) or padded (i * N)."""
+    if batch.rows_per_req:
+        return torch.arange(batch.batch_size, device=batch.extend_lens.device) * batch.rows_per_req
+    return torch.cumsum(batch.extend_lens, 0) - batch.extend_lens
