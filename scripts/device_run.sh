@@ -57,6 +57,15 @@ for stage in "$@"; do
     bench1_kernels) $B --batch-size 1 --input-len 128 --output-len 16 --profile-kernels 64 2>&1 | grep -vE "INFO|Loading" | tail -40 ;;
     hf_prefill) python3 -m sgl.bench_transformers --model-path $M --batch-size 8 --input-len 4096 --output-len 1 \
                --result-filename $OUT/hf.jsonl 2>&1 | tail -1 ;;
+    bench1_nogemv) SGL_DISABLE_GEMV=1 $B --batch-size 1 --input-len 128 --output-len 256 2>&1 | grep -E "Prefill|Decode|Total|Error|error" ;;
+    gpu_spec) python3 -m pytest -q -m gpu tests/kernels tests/runtime/test_speculative.py 2>&1 | tail -15 ;;
+    gpu_verify) python3 -m pytest -q -m gpu tests/runtime/test_gpu_engine.py tests/runtime/test_speculative.py -k "verify" 2>&1 | tail -6 ;;
+    spec8_prof) python3 -m sgl.bench_speculative --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
+               --speculative-algorithm NGRAM --dataset copy --batch-sizes 1 --num-draft-tokens 4 --max-new-tokens 64 \
+               --profile 2>&1 | grep -vE "^\s*$|Loading|INFO|transformers" | head -62 ;;
+    gemv_probe) python3 scripts/gemv_probe.py --out $OUT/gemv_probe.json ;;
+    structured_prof) python3 -m sgl.bench_structured --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
+               --batch-size 64 --max-new-tokens 128 --profile jump 2>&1 | grep -vE "^\s*$|Loading|INFO|transformers" | tail -70 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

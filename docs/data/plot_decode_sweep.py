@@ -1,5 +1,7 @@
-"""Draws docs/decode_step_vs_batch.png from docs/data/h100_decode_sweep.jsonl beside the roofline
-of the Llama-3.1-8B shape on an H100 (3.0 TB/s measured copy rate, 770 TFLOP/s bf16 matmul)."""
+"""Draws docs/decode_step_vs_batch.png from docs/data/h100_decode_sweep.jsonl (overlap scheduling,
+the default) and h100_decode_sweep_sync.jsonl (the earlier run, before overlap scheduling) beside
+the roofline of the Llama-3.1-8B shape on an H100 (3.0 TB/s measured copy rate, 770 TFLOP/s bf16
+matmul)."""
 import json
 import os
 
@@ -22,12 +24,15 @@ def roofline_ms(bs: int, ctx: int) -> float:
 
 def main() -> None:
     rows = [json.loads(line) for line in open(os.path.join(HERE, "h100_decode_sweep.jsonl"))]
+    before = [json.loads(line) for line in open(os.path.join(HERE, "h100_decode_sweep_sync.jsonl"))]
     bs = [r["batch_size"] for r in rows]
     ctx = [r["input_len"] + r["output_len"] // 2 for r in rows]  # mean context while decoding
     measured = [1e3 * r["median_decode_latency"] for r in rows]
     roof = [roofline_ms(b, c) for b, c in zip(bs, ctx)]
     plt.figure(figsize=(6, 4))
-    plt.plot(bs, measured, "o-", label="sgl decode step (median)")
+    plt.plot([r["batch_size"] for r in before], [1e3 * r["median_decode_latency"] for r in before],
+             "s:", color="gray", label="before overlap scheduling")
+    plt.plot(bs, measured, "o-", label="sgl decode step (median), overlap scheduling")
     plt.plot(bs, roof, "k--", label="roofline: max(bytes/BW, FLOPs/rate)")
     plt.xscale("log", base=2)
     plt.xlabel("batch size")
