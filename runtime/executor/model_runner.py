@@ -106,10 +106,14 @@ class ModelRunner:
         return max(int(budget // bytes_per_token), 1024)
 
     def shutdown(self) -> None:
-        """Rank 0: release the other tensor-parallel ranks, then leave the process groups."""
+        """Release the CUDA graphs now rather than whenever the runner is collected (a graph
+        destroyed while another engine of this process captures breaks that capture); rank 0
+        of a tensor-parallel group also releases the other ranks and leaves the groups."""
         if self.tp_size > 1 and self.tp_rank == 0 and dist.is_initialized():
             broadcast_step(None)
-            leave_tensor_parallel(self)
+            leave_tensor_parallel(self)  # resets the graphs first
+        else:
+            self.release_cuda_graphs()
 
     def release_cuda_graphs(self) -> None:
         """Reset and drop every captured graph (decode and verify). Graphs that captured NCCL
