@@ -63,6 +63,12 @@ for stage in "$@"; do
     spec8_prof) python3 -m sgl.bench_speculative --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
                --speculative-algorithm NGRAM --dataset copy --batch-sizes 1 --num-draft-tokens 4 --max-new-tokens 64 \
                --profile 2>&1 | grep -vE "^\s*$|Loading|INFO|transformers" | head -62 ;;
+    offline50) python3 -m sgl.bench_offline_throughput --model-path $M --load-format dummy --skip-tokenizer-init \
+               --num-prompts 50 --random-input-len 4096 --random-output-len 2048 --random-range-ratio 0 \
+               --result-filename $OUT/offline50.jsonl 2>&1 | grep -E "duration|output_throughput|total_throughput|rror" ;;
+    hf_offline50) python3 -m sgl.bench_transformers --model-path $M --num-prompts 50 --batch-size 50 \
+               --random-input-len 4096 --random-output-len 2048 --random-range-ratio 0 \
+               --result-filename $OUT/hf_offline50.jsonl 2>&1 | tail -1 ;;
     gemv_probe) python3 scripts/gemv_probe.py --out $OUT/gemv_probe.json ;;
     structured_prof) python3 -m sgl.bench_structured --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
                --batch-size 64 --max-new-tokens 128 --profile jump 2>&1 | grep -vE "^\s*$|Loading|INFO|transformers" | tail -70 ;;
