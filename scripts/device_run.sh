@@ -69,6 +69,8 @@ for stage in "$@"; do
     hf_offline50) python3 -m sgl.bench_transformers --model-path $M --num-prompts 50 --batch-size 50 \
                --random-input-len 4096 --random-output-len 2048 --random-range-ratio 0 \
                --result-filename $OUT/hf_offline50.jsonl 2>&1 | tail -1 ;;
+    tp_bench_overlap) for tp in 2 4; do for ov in 0 1; do echo "tp $tp SGL_TP_OVERLAP=$ov"; SGL_TP_OVERLAP=$ov timeout -s INT 150 \
+               $B --tp-size $tp --batch-size 1 64 --input-len 128 --output-len 256 2>&1 | grep -E "Total|Error|error"; done; done ;;
     gemv_probe) python3 scripts/gemv_probe.py --out $OUT/gemv_probe.json ;;
     structured_prof) python3 -m sgl.bench_structured --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
                --batch-size 64 --max-new-tokens 128 --profile jump 2>&1 | grep -vE "^\s*$|Loading|INFO|transformers" | tail -70 ;;

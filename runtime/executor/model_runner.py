@@ -14,7 +14,7 @@ from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.executor.tensor_parallel import (agree_min, broadcast_step, init_tensor_parallel,
-                                                   leave_tensor_parallel)
+                                                   leave_tensor_parallel, share_sampled_ids)
 from sgl.runtime.grammar import bitmask_to_bool
 from sgl.runtime.loader import load_model
 from sgl.runtime.loader.bundled import bundled_model_path
@@ -208,7 +208,8 @@ class ModelRunner:
     def launch_forward(self, step: StepInputs) -> torch.Tensor:
         """Queue the forward alone: logits of step.batch.logits_indices (device tensor)."""
         if self.tp_size > 1:  # the other ranks run the same forward (rank 0 alone samples)
-            broadcast_step((dataclasses.replace(step.batch), step.table_writes))
+            num_sampled = len(step.sample_rows) if step.sample_reqs else 0
+            broadcast_step((dataclasses.replace(step.batch), step.table_writes, num_sampled))
         return self.forward_logits(step.batch, keep_hidden=step.capture_hidden)
 
     @torch.inference_mode()
@@ -220,6 +221,8 @@ class ModelRunner:
         if step.sample_reqs:
             pending.sampled = self._sample(logits, step)
             self._last_tokens = pending.sampled.next_token_ids
+            if self.tp_size > 1:  # the other ranks keep them too, for the next step's future_src
+                share_sampled_ids(self._last_tokens)
         if step.lp_rows:
             pending.prompt_lp = self._prompt_logprobs(logits, step)
         pending.copy_to_host()

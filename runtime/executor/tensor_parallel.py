@@ -1,7 +1,9 @@
 """Tensor parallelism on torch.distributed (gloo on CPU, NCCL on GPU). Rank 0 runs the scheduler;
 every other rank runs `run_tp_worker`, which receives each step's ForwardBatch (and the step's
 request->token table writes) from rank 0 and runs the same forward, so the collectives inside
-the layers meet. Only rank 0 samples: the logits are gathered whole on every rank."""
+the layers meet. Only rank 0 samples (the logits are gathered whole on every rank) and
+broadcasts the sampled ids, which the other ranks keep for a next step that names them
+(overlap scheduling)."""
 from __future__ import annotations
 
 import dataclasses
@@ -57,6 +59,14 @@ def broadcast_step(msg: Optional[Any]) -> Any:
     return box[0]
 
 
+def share_sampled_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Rank 0 sends the ids it sampled this step, the others receive them into `ids` (a device
+    broadcast, ordered on the stream after the sampling and before the next forward: no host
+    sync). Every rank then holds the tokens an overlapped step's `future_src` names."""
+    dist.broadcast(ids, src=0)
+    return ids
+
+
 def local_ranks(args: Any) -> list[int]:
     """The ranks this node runs: tp_size / nnodes consecutive ones."""
     per_node = args.tp_size // args.nnodes
@@ -89,9 +99,12 @@ def run_tp_worker(server_args: Any, rank: int) -> None:
         msg = broadcast_step(None)
         if msg is None:
             break
-        batch, table_writes = msg
+        batch, table_writes, num_sampled = msg
         runner.req_to_token_pool.apply(*table_writes)
         runner.forward_logits(dataclasses.replace(batch))
+        if num_sampled:  # rank 0's sampled ids: a later step's input ids may name them (overlap)
+            runner._last_tokens = share_sampled_ids(
+                torch.empty(num_sampled, dtype=torch.int64, device=runner.device))
     if not leave_tensor_parallel(runner):
         os._exit(0)  # a stuck destroy would hang this process's exit too
 
