@@ -14,6 +14,7 @@ from an empty prefix cache."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import dataclasses
 import itertools
@@ -23,7 +24,7 @@ import random
 import time
 from typing import Any
 
-from sgl.runtime.bench_utils import append_jsonl
+from sgl.runtime.bench_utils import append_jsonl, hook_steps
 from sgl.runtime.config import ServerArgs
 
 _NAMES = ["Alice Martin", "Bruno Costa", "Chen Wei", "Dara Okafor", "Elena Petrova", "Farid Haddad",
@@ -87,14 +88,12 @@ def run_one(engine: Any, server_args: ServerArgs, prompts: list[str], params: di
     engine.generate(prompts, params)
     engine.flush_cache()
     prof = cProfile.Profile() if profile else None
-    if prof is not None:  # the scheduler thread's host time (cProfile is per thread)
-        engine.call_in_scheduler(lambda s: prof.enable())
-    t = time.perf_counter()
-    outs = engine.generate(prompts, params)
-    elapsed = time.perf_counter() - t
+    with hook_steps(engine.scheduler, [], prof) if profile else contextlib.nullcontext():
+        t = time.perf_counter()
+        outs = engine.generate(prompts, params)
+        elapsed = time.perf_counter() - t
     if prof is not None:
-        engine.call_in_scheduler(lambda s: prof.disable())
-        print(f"--- scheduler thread, {server_args.speculative_algorithm or 'no speculation'}, "
+        print(f"--- scheduler steps, {server_args.speculative_algorithm or 'no speculation'}, "
               f"batch {len(prompts)}, {elapsed:.3f} s")
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--apply-chat-template", action="store_true")
     p.add_argument("--result-filename", default=None)
-    p.add_argument("--profile", action="store_true", help="cProfile the scheduler thread of every run.")
+    p.add_argument("--profile", action="store_true", help="cProfile the scheduler's steps in every run.")
     ServerArgs.add_cli_args(p)
     args = p.parse_args(argv)
     if bool(args.prompts_file) == bool(args.dataset):

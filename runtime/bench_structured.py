@@ -14,7 +14,7 @@ import contextlib
 import json
 import time
 
-from sgl.runtime.bench_utils import append_jsonl
+from sgl.runtime.bench_utils import append_jsonl, hook_steps
 from sgl.runtime.config import ServerArgs
 
 SCHEMA = {"type": "object", "properties": {
@@ -37,7 +37,7 @@ def timed(engine, prompts: list[str], params: dict | list[dict], profile: bool =
     if warm:
         engine.generate(prompts, params)
     steps: list[tuple[bool, float]] = []
-    with _step_hook(engine.scheduler, steps, None) if profile else contextlib.nullcontext():
+    with hook_steps(engine.scheduler, steps) if profile else contextlib.nullcontext():
         t = time.perf_counter()
         outs = engine.generate(prompts, params)
         elapsed = time.perf_counter() - t
@@ -50,33 +50,10 @@ def timed(engine, prompts: list[str], params: dict | list[dict], profile: bool =
         import cProfile
         import pstats
         prof = cProfile.Profile()
-        with _step_hook(engine.scheduler, [], prof):
+        with hook_steps(engine.scheduler, [], prof):
             engine.generate(prompts, params)
         pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
     return elapsed, outs
-
-
-@contextlib.contextmanager
-def _step_hook(sched, steps: list, prof):
-    """Time every scheduler step (on the scheduler's own thread), under `prof` if given."""
-    plain_step = sched.step
-
-    def step():
-        stats = sched.stats
-        extend_before, t0 = stats.num_extend_passes, time.perf_counter()
-        if prof is not None:
-            prof.enable()
-        try:
-            return plain_step()
-        finally:
-            if prof is not None:
-                prof.disable()
-            steps.append((stats.num_extend_passes > extend_before, time.perf_counter() - t0))
-    sched.step = step  # the loop looks it up on every step
-    try:
-        yield
-    finally:
-        del sched.step
 
 
 def _tokens(outs: list[dict]) -> int:
@@ -89,8 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--result-filename", default=None)
     p.add_argument("--profile", choices=["constrained", "jump"], default=None,
-                   help="Profile one timed run (torch.profiler): the constrained batch, or the "
-                        "jump-forward one.")
+                   help="For one workload (the constrained batch, or the jump-forward one): step "
+                        "times by kind, then cProfile of the scheduler's steps.")
     ServerArgs.add_cli_args(p)
     args = p.parse_args(argv)
     from sgl.runtime.engine import Engine

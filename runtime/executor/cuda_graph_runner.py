@@ -47,6 +47,15 @@ def capture_graphs(forward: Callable[[ForwardBatch], Any], batches: dict[int, Fo
     return graphs, outputs, pool
 
 
+def release_graphs(graphs: dict[int, torch.cuda.CUDAGraph]) -> None:
+    """Reset the graphs now (their executables and pool references go), rather than whenever a
+    collector gets to them: one destroyed during another capture breaks that capture, and live
+    graphs that captured NCCL collectives block destroy_process_group (pytorch/pytorch#115388)."""
+    for graph in graphs.values():
+        graph.reset()
+    graphs.clear()
+
+
 class CudaGraphRunner:
     def __init__(self, runner: Any, batch_sizes: list[int]) -> None:
         self.runner, self.model = runner, runner.model

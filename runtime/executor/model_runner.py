@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 from typing import Any, Optional
 
 import torch
@@ -45,6 +46,9 @@ class ModelRunner:
         self.device = resolve_device(server_args.device)
         self.dtype = resolve_dtype(server_args.dtype, self.device)
         self.tp_size, self.tp_rank = server_args.tp_size, tp_rank
+        # Overlap scheduling under tensor parallelism (opt-in until timed on GPUs): rank 0 then
+        # broadcasts each step's sampled ids, which the next step's future_src names.
+        self.tp_overlap = self.tp_size > 1 and os.environ.get("SGL_TP_OVERLAP", "0") == "1"
         if self.tp_size > 1:
             init_tensor_parallel(tp_rank, self.tp_size, server_args.dist_init_addr, self.device)
             if self.device.type == "cuda":
@@ -119,9 +123,10 @@ class ModelRunner:
         """Reset and drop every captured graph (decode and verify). Graphs that captured NCCL
         collectives must go before the process group is destroyed, or the destroy blocks forever
         (pytorch/pytorch#115388; seen here on H100s as a TP=2 engine that never shut down)."""
+        from sgl.runtime.executor.cuda_graph_runner import release_graphs
         for runner in (self.graph_runner, self.verify_graph_runner):
-            for graph in getattr(runner, "graphs", {}).values():
-                graph.reset()
+            if runner is not None:
+                release_graphs(runner.graphs)
         self.graph_runner = self.verify_graph_runner = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -208,7 +213,7 @@ class ModelRunner:
     def launch_forward(self, step: StepInputs) -> torch.Tensor:
         """Queue the forward alone: logits of step.batch.logits_indices (device tensor)."""
         if self.tp_size > 1:  # the other ranks run the same forward (rank 0 alone samples)
-            num_sampled = len(step.sample_rows) if step.sample_reqs else 0
+            num_sampled = len(step.sample_rows) if step.sample_reqs and self.tp_overlap else 0
             broadcast_step((dataclasses.replace(step.batch), step.table_writes, num_sampled))
         return self.forward_logits(step.batch, keep_hidden=step.capture_hidden)
 
@@ -221,7 +226,7 @@ class ModelRunner:
         if step.sample_reqs:
             pending.sampled = self._sample(logits, step)
             self._last_tokens = pending.sampled.next_token_ids
-            if self.tp_size > 1:  # the other ranks keep them too, for the next step's future_src
+            if self.tp_overlap:  # the other ranks keep them too, for the next step's future_src
                 share_sampled_ids(self._last_tokens)
         if step.lp_rows:
             pending.prompt_lp = self._prompt_logprobs(logits, step)

@@ -1,9 +1,9 @@
 """Tensor parallelism on torch.distributed (gloo on CPU, NCCL on GPU). Rank 0 runs the scheduler;
 every other rank runs `run_tp_worker`, which receives each step's ForwardBatch (and the step's
 request->token table writes) from rank 0 and runs the same forward, so the collectives inside
-the layers meet. Only rank 0 samples (the logits are gathered whole on every rank) and
-broadcasts the sampled ids, which the other ranks keep for a next step that names them
-(overlap scheduling)."""
+the layers meet. Only rank 0 samples (the logits are gathered whole on every rank); with overlap
+scheduling under TP (`ModelRunner.tp_overlap`) it also broadcasts the sampled ids, which the
+other ranks keep for a next step that names them."""
 from __future__ import annotations
 
 import dataclasses

@@ -21,14 +21,13 @@ recaptures every size (once; speculation runs with tp_size 1, so no other rank m
 from __future__ import annotations
 
 import bisect
-import gc
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sgl.runtime.executor.cuda_graph_runner import capture_graphs
+from sgl.runtime.executor.cuda_graph_runner import capture_graphs, release_graphs
 from sgl.runtime.executor.forward_batch import ForwardBatch, ForwardMode
 
 logger = logging.getLogger("sgl.runner")
@@ -141,10 +140,7 @@ class VerifyGraphRunner:
         The batch is on the device; `plan` is `self.plan(batch)` from before it moved."""
         if keep_hidden and self.use_graphs and self._layers() != self.layers_captured:
             logger.info("Recapturing the verify graphs for hidden states of layers %s", self._layers())
-            for graph in self.graphs.values():  # released now, not by a collector mid-capture
-                graph.reset()
-            self.graphs, self.outputs = {}, {}
-            gc.collect()
+            release_graphs(self.graphs)
             self._capture_all(self.pool)
         index = plan.index
         if index.device != self.input_ids.device:

@@ -48,9 +48,6 @@ class StopChecker:
 
 
 def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: Any) -> list[TokenOutput]:
-    # Requests whose step ran the end of their prompt (before any jump-forward below moves
-    # num_computed back).
-    prompt_ended = {id(r) for r, n in zip(plan.reqs, plan.num_new) if r.num_computed - n < r.prompt_len}
     _store_prompt_logprobs(step, result)
     dropped = {id(r) for r in step.sample_reqs if is_stale(r, step)}
     row = 0
@@ -88,8 +85,8 @@ def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: 
         elif id(req) not in sampled:
             sched.kv.cache_unfinished(req)  # a prompt chunk: share it as we go
             continue
-        elif id(req) in prompt_ended and req.cache_protected_len < req.prompt_len:
-            # The prompt's last chunk: share the prompt now, not only when the request finishes,
+        elif req.cache_protected_len < req.prompt_len and not sched.kv.tree.disable:
+            # The prompt's last chunk ran: share the prompt now, not only when the request finishes,
             # so that requests arriving meanwhile with the same prefix reuse it (SGLang does the
             # same). Not the output: a later jump-forward may re-spell its tail.
             sched.kv.cache_unfinished(req, upto=req.prompt_len)

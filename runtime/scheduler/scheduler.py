@@ -3,7 +3,6 @@ runner does the device work. One step: admit -> build batch -> forward + sample 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from typing import Any, Optional
@@ -42,9 +41,9 @@ class Scheduler:
         self.running: list[Req] = []
         # Overlap scheduling (see overlap.py): on by default on GPUs, where it hides the host's
         # share of each decode step; on CPU the "device" is the host, so there is nothing to hide.
-        # With tensor parallelism only where SGL_TP_OVERLAP=1: the other ranks receive each step's
-        # sampled ids for it (tensor_parallel.share_sampled_ids), not yet timed on GPUs.
-        tp_ok = getattr(runner, "tp_size", 1) == 1 or os.environ.get("SGL_TP_OVERLAP", "0") == "1"
+        # With tensor parallelism only where the runner shares each step's sampled ids with the
+        # other ranks (`ModelRunner.tp_overlap`, SGL_TP_OVERLAP=1).
+        tp_ok = getattr(runner, "tp_size", 1) == 1 or getattr(runner, "tp_overlap", False)
         self.overlap = (not server_args.disable_overlap_schedule and hasattr(runner, "launch_batch")
                         and tp_ok and getattr(getattr(runner, "device", None), "type", "cpu") == "cuda")
         self.inflight: Optional[InFlight] = None

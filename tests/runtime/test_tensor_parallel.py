@@ -115,12 +115,13 @@ def test_leaving_resets_the_graphs_before_destroying_the_groups(monkeypatch):
     stuck.set()
 
 
-def test_tp2_with_overlap_scheduling_matches_tp1(tmp_path):
+def test_tp2_with_overlap_scheduling_matches_tp1(tmp_path, monkeypatch):
     # Overlapped steps name the tokens of the step in flight (future_src); the follower rank gets
     # them from rank 0's broadcast of each step's sampled ids. Overlap is forced on (CPU default
     # off); greedy tokens must equal TP=1's, with most decode steps overlapped.
     path = tiny(tmp_path, transformers.LlamaConfig, num_attention_heads=4, num_key_value_heads=2)
     expected = greedy(path, PROMPTS)
+    monkeypatch.setenv("SGL_TP_OVERLAP", "1")
     with Engine(path, skip_tokenizer_init=True, chunked_prefill_size=16, tp_size=2) as e:
         e.call_in_scheduler(lambda s: setattr(s, "overlap", True))
         got = [o["output_ids"] for o in e.generate(input_ids=PROMPTS, sampling_params=GREEDY)]
