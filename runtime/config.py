@@ -41,6 +41,8 @@ class ServerArgs:
     chunked_prefill_size: Optional[int] = _f(None, "Split prompts into chunks of this many tokens (-1: off); auto 8192 on GPU, 2048 on CPU.")
     schedule_policy: str = _f("fcfs", "Order of admission from the waiting queue.", choices=SCHEDULE_POLICIES)
     schedule_conservativeness: float = _f(1.0, "Higher reserves more KV for running requests.")
+    enable_mixed_chunk: bool = _f(False, "Run prompt chunks and admissions in the same step as decoding "
+                                  "requests (default: a step with prompt work runs prompts only).")
     disable_radix_cache: bool = _f(False, "Turn off prefix reuse.")
     stream_interval: int = _f(1, "Stream a chunk every this many tokens.")
     # Kernels and GPU

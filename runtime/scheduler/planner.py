@@ -50,16 +50,39 @@ class NewTokenRatio:
 
 
 class Planner:
-    def __init__(self, kv: KVManager, chunk_size: int, max_running: int, ratio: NewTokenRatio) -> None:
+    def __init__(self, kv: KVManager, chunk_size: int, max_running: int, ratio: NewTokenRatio,
+                 mixed: bool = False) -> None:
         self.kv, self.chunk_size, self.max_running, self.ratio = kv, chunk_size, max_running, ratio
+        self.mixed = mixed
 
     def plan(self, running: list[Req], waiting: list[Req]) -> StepPlan:
         """`waiting` must already be in policy order. Mutates both lists: admitted requests move
         to running, retracted ones to the front of waiting."""
         plan = StepPlan()
+        if not self.mixed and self._plan_prompts(running, waiting, plan):
+            return plan
         budget = self._schedule_running(running, waiting, plan)
-        self._admit(running, waiting, plan, budget)
+        if self.mixed:
+            self._admit(running, waiting, plan, budget)
         return plan
+
+    def _plan_prompts(self, running: list[Req], waiting: list[Req], plan: StepPlan) -> bool:
+        """Unless mixing (--enable-mixed-chunk), a step with prompt work runs prompts only: the
+        next chunk of running prompts, then admissions. The decoding requests sit it out, and the
+        next step decodes them alone (under a CUDA graph), as SGLang schedules by default. False
+        when there is no prompt work, or no KV for it (the full planner then retracts)."""
+        prompts = [r for r in running if r.seq_len - r.num_computed > 1]
+        if not prompts and not waiting:
+            return False
+        wants, budget = self._wants(prompts, self.chunk_size)
+        if wants:
+            slots = self.kv.alloc(sum(n for _, n in wants))
+            if slots is None:
+                return False
+            for (req, n), part in zip(wants, torch.split(slots, [n for _, n in wants])):
+                plan.add(req, n, part)
+        self._admit(running, waiting, plan, budget)
+        return bool(plan.reqs)
 
     def _schedule_running(self, running: list[Req], waiting: list[Req], plan: StepPlan) -> int:
         wants, budget = self._wants(running, self.chunk_size)

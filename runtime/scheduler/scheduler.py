@@ -42,7 +42,7 @@ class Scheduler:
         # Overlap scheduling (see overlap.py): on by default on GPUs, where it hides the host's
         # share of each decode step; on CPU the "device" is the host, so there is nothing to hide.
         # With tensor parallelism only where the runner shares each step's sampled ids with the
-        # other ranks (`ModelRunner.tp_overlap`, SGL_TP_OVERLAP=1).
+        # other ranks (`ModelRunner.tp_overlap`: on GPUs unless SGL_TP_OVERLAP=0).
         tp_ok = getattr(runner, "tp_size", 1) == 1 or getattr(runner, "tp_overlap", False)
         self.overlap = (not server_args.disable_overlap_schedule and hasattr(runner, "launch_batch")
                         and tp_ok and getattr(getattr(runner, "device", None), "type", "cpu") == "cuda")
@@ -59,7 +59,7 @@ class Scheduler:
         self.ratio = NewTokenRatio(self.args.schedule_conservativeness)
         chunk = self.runner.chunked_prefill_size
         max_running = min(self.runner.max_running_requests, self.runner.req_to_token_pool.max_reqs - 1)
-        self.planner = Planner(self.kv, chunk, max_running, self.ratio)
+        self.planner = Planner(self.kv, chunk, max_running, self.ratio, mixed=self.args.enable_mixed_chunk)
 
     # -- inputs ------------------------------------------------------------------------------
     def handle(self, msg: Any) -> Optional[list[TokenOutput]]:

@@ -84,6 +84,34 @@ def test_overlap_chains_steady_decode_and_stops_for_arrivals():
     assert res["b"]["out"].finished_reason == {"type": "length", "length": 10}
 
 
+@pytest.mark.parametrize("mixed", [False, True])
+def test_prompt_steps_run_prompts_only_unless_mixed(mixed):
+    """Default (SGLang's): an arrival gets a step of its own while the decoding request waits;
+    with enable_mixed_chunk the two share the step. Outputs are the same either way."""
+    runner = FakeRunner(chunked_prefill_size=8)
+    s = Scheduler(ServerArgs(random_seed=1, enable_mixed_chunk=mixed), runner, eos_token_ids=[])
+    steps, plan = [], s.planner.plan
+
+    def spy(running, waiting):
+        p = plan(running, waiting)
+        steps.append([(r.rid, n) for r, n in zip(p.reqs, p.num_new)])
+        return p
+    s.planner.plan = spy
+    submit(s, "a", [1, 2, 3], 12)
+    early = [t for _ in range(3) for out in s.step() for t in out.new_token_ids]
+    submit(s, "b", list(range(20)), 5)  # a 20-token prompt: three chunks of at most 8
+    res = run_all(s)
+    assert early + res["a"]["ids"] == reference_generate([1, 2, 3], 12)
+    assert res["b"]["ids"] == reference_generate(list(range(20)), 5)
+    prompt_steps = [st for st in steps if ("b", 1) not in st and any(r == "b" for r, _ in st)]
+    assert [n for st in prompt_steps for r, n in st if r == "b"] == [8, 8, 4]
+    if mixed:
+        assert all(("a", 1) in st for st in prompt_steps)
+    else:
+        assert all(len(st) == 1 for st in prompt_steps)
+        assert len(steps) == 3 + 3 + 9  # a's 12 tokens and b's 3 chunks, none shared
+
+
 def test_prefix_reuse_reports_cached_tokens():
     s, runner = make()
     submit(s, "first", list(range(30)), 4)
