@@ -1,74 +1,210 @@
-"""Batch-1 matrix-vector products of the Llama-3.1-8B shape on this GPU: cuBLAS (F.linear, torch.mv)
-against the Triton gemv (kernels/triton/gemv.py) over a grid of configs, each timed over weights
-that do not fit in L2 (a ring of copies, as consecutive layers read different weights).
+"""Batch-1 matrix-vector products of the Llama-3.1-8B shape on this GPU: cuBLAS (F.linear) against
+the Triton gemv (kernels/triton/gemv.py) over a grid of configs, split-K included.
 
-    python scripts/gemv_probe.py [--out probe.json]"""
+How a candidate is timed: after a warm-up (Triton compiles, workspaces are allocated) its calls
+are captured into one CUDA graph, cycling through a ring of weight copies larger than the L2 (as
+consecutive layers read different weights), and the graph is replayed; the median replay over the
+number of calls is the time of one call, with no Python launch cost in it, as under the model's
+decode graphs. It prints a table per shape and GEMV_CONFIGS ready to paste into kernels/linear.py.
+
+    python scripts/gemv_probe.py [--out probe.json] [--shapes qkv,o] [--fused]
+
+--fused also times one decoder layer's linears (qkv, o, gate_up, down) back to back in one graph,
+through kernels/linear.py with cuBLAS, with its current GEMV_CONFIGS and with the probed table."""
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import math
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from sgl.kernels import linear as linear_mod
 from sgl.kernels.triton.gemv import gemv
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
           "lm_head": (128256, 4096)}
-GRID = list(itertools.product((4, 8, 16, 32), (256, 512, 1024), (4, 8), (2, 3, 4)))
+LAYER = ("qkv", "o", "gate_up", "down")
+HBM_BYTES_PER_S = 3.35e12  # H100 SXM datasheet
+RING_BYTES = 400e6         # weight copies per shape: > 8x the 50 MB L2
+GRAPH_BYTES = 1.5e9        # weight bytes one replay streams (sets the calls per graph)
+REPLAYS = 7
+# (BLOCK_N, BLOCK_K, num_warps) holding 8 to 64 weights per thread per K step: one to eight
+# 16-byte loads in flight per thread, at most 64 float32 accumulators.
+BLOCKS = [(bn, bk, w) for bn, bk, w in itertools.product((1, 2, 4, 8, 16),
+                                                         (256, 512, 1024, 2048, 4096), (4, 8))
+          if 8 <= bn * bk // (32 * w) <= 64]
+# --quick: a few shapes of thread block from the grid above (Triton compiles every config: the
+# full grid takes several minutes)
+QUICK_BLOCKS = [(1, 2048, 4), (2, 1024, 4), (4, 512, 4), (4, 1024, 8), (8, 256, 4), (8, 512, 8),
+                (16, 256, 8)]
+SPLITS = (1, 2, 4, 8)
+MAX_SPLIT_BLOCKS = 4096  # more row blocks than this keep every SM busy without split-K
+WIN = 0.98               # Triton must beat F.linear by 2% to get a table entry
 
 
-def time_us(fn, weights, reps: int = 50) -> float:
-    for w in weights[:2]:
-        fn(w)
+def configs(n: int, k: int, stages: tuple[int, ...], quick: bool = False) -> list[tuple[int, ...]]:
+    """The grid for a weight (n, k): split-K only where row blocks are few and each slice holds a
+    K block at least. num_stages does not change this loop's code on Triton 3.x (no dot to
+    pipeline), so one value is the default."""
+    out = []
+    for (bn, bk, w), s, split in itertools.product(QUICK_BLOCKS if quick else BLOCKS, stages, SPLITS):
+        if bk > k or (split > 1 and (math.ceil(n / bn) > MAX_SPLIT_BLOCKS or k // split < bk)):
+            continue
+        out.append((bn, bk, w, s, split))
+    return out
+
+
+def graph_us(call: Callable[[object], object], weights: list, nbytes: float) -> float:
+    """Median microseconds of one call(w), over CUDA-graph replays of calls cycling through the
+    ring `weights`, each call reading nbytes."""
+    calls = len(weights) * math.ceil(max(8, GRAPH_BYTES / nbytes) / len(weights))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # compile, pick cuBLAS kernels, allocate outside the capture
+        for w in weights:
+            call(w)
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for i in range(reps):
-        fn(weights[i % len(weights)])
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / reps
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            call(weights[i % len(weights)])
+    graph.replay()
+    times = []
+    for _ in range(REPLAYS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    del graph
+    return statistics.median(times)
+
+
+def _weights(n: int, k: int, copies: int) -> list[torch.Tensor]:
+    return [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+
+
+def probe_shape(n: int, k: int, stages: tuple[int, ...], quick: bool = False) -> dict:
+    nbytes = n * k * 2
+    weights = _weights(n, k, max(2, int(RING_BYTES // nbytes)))
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    ref = x.float() @ weights[0].float().T
+    row = {"n": n, "k": k, "ideal_us": nbytes / HBM_BYTES_PER_S * 1e6,
+           "f_linear_us": graph_us(lambda w: F.linear(x, w), weights, nbytes),
+           "triton": [], "rejected": {}}
+    for cfg in configs(n, k, stages, quick):
+        try:
+            got = gemv(x, weights[0], config=cfg).float()
+            err = float((got - ref).norm() / ref.norm())
+            if not err < 1e-2:
+                row["rejected"][str(cfg)] = f"rel err {err:.3g}"
+                continue
+            us = graph_us(lambda w, cfg=cfg: gemv(x, w, config=cfg), weights, nbytes)
+            row["triton"].append((cfg, us))
+        except Exception as e:  # noqa: BLE001 - a config the compiler refuses (registers, smem)
+            row["rejected"][str(cfg)] = f"{type(e).__name__}: {str(e)[:200]}"
+    row["triton"].sort(key=lambda c: c[1])
+    del weights
+    torch.cuda.empty_cache()
+    return row
+
+
+def table_entry(row: dict) -> tuple[int, ...] | None:
+    """The best Triton config if it beats F.linear, else None (cuBLAS)."""
+    if row["triton"] and row["triton"][0][1] < WIN * row["f_linear_us"]:
+        return tuple(row["triton"][0][0])
+    return None
+
+
+def print_rows(report: dict) -> None:
+    print(f"\n{'shape':<8} {'N x K':^15} {'F.linear':>9} {'Triton':>8} {'ideal':>7}  "
+          f"{'% roof':>10}  best (BLOCK_N, BLOCK_K, warps, stages, SPLIT_K); next two")
+    for name, row in report.items():
+        (best, best_us), *rest = row["triton"] or [(None, math.nan)]
+        nxt = ", ".join(f"{tuple(c)} {us:.1f}" for c, us in rest[:2])
+        print(f"{name:<8} {row['n']:>6} x {row['k']:<6} {row['f_linear_us']:8.1f}u {best_us:7.1f}u "
+              f"{row['ideal_us']:6.1f}u  {100 * row['ideal_us'] / best_us:9.0f}%  "
+              f"{tuple(best) if best else None}; {nxt}")
+
+
+def print_table(report: dict, device: str) -> None:
+    print(f"\n# scripts/gemv_probe.py on {device}; paste over GEMV_CONFIGS in kernels/linear.py")
+    print("GEMV_CONFIGS: dict[tuple[int, int], tuple[int, ...] | None] = {")
+    for name, row in report.items():
+        entry, f_us = table_entry(row), row["f_linear_us"]
+        best_us = row["triton"][0][1] if row["triton"] else math.nan
+        key = f"({row['n']}, {row['k']}):"
+        print(f"    {key:<15} {str(entry) + ',':<22} # {name}: Triton {best_us:.1f} us, "
+              f"F.linear {f_us:.1f} us, ideal {row['ideal_us']:.1f} us")
+    print("}")
+
+
+def time_layer(tables: dict[str, dict | None]) -> dict:
+    """us of one layer's four linears through linear_mod.linear, per table (None: cuBLAS)."""
+    nbytes = sum(n * k * 2 for n, k in (SHAPES[s] for s in LAYER))
+    layers = [[torch.randn(*SHAPES[s], device="cuda", dtype=torch.bfloat16) * 0.02 for s in LAYER]
+              for _ in range(max(2, math.ceil(RING_BYTES / nbytes)))]
+    xs = {k: torch.randn(1, k, device="cuda", dtype=torch.bfloat16) for k in (4096, 14336)}
+
+    def layer(ws: list[torch.Tensor]) -> None:
+        for w in ws:
+            linear_mod.linear(xs[w.shape[1]], w)
+
+    saved = linear_mod._GEMV, linear_mod.GEMV_CONFIGS
+    out = {"ideal_us": nbytes / HBM_BYTES_PER_S * 1e6}
+    try:
+        for name, table in tables.items():
+            linear_mod._GEMV, linear_mod.GEMV_CONFIGS = table is not None, table or {}
+            out[name] = graph_us(layer, layers, nbytes)  # cycling through the layers
+    finally:
+        linear_mod._GEMV, linear_mod.GEMV_CONFIGS = saved
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="the full report (every config's time) as JSON")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names from SHAPES")
+    p.add_argument("--stages", default="3", help="num_stages values to try, comma-separated")
+    p.add_argument("--quick", action="store_true", help="a small grid (QUICK_BLOCKS)")
+    p.add_argument("--fused", action="store_true", help="also time a layer's linears back to back")
+    p.add_argument("--table-out", default=None,
+                   help="write the probed table as JSON, for SGL_GEMV_CONFIGS=PATH (kernels/linear.py)")
     args = p.parse_args()
     torch.manual_seed(0)
-    report = {}
-    for name, (n, k) in SHAPES.items():
-        copies = max(2, int(400e6 // (n * k * 2)))  # > 8x the L2
-        weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
-        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        ideal_us = n * k * 2 / 3.35e12 * 1e6
-        row = {"ideal_us_at_3.35TBps": ideal_us,
-               "F.linear": time_us(lambda w, x=x: F.linear(x, w), weights),
-               "torch.mv": time_us(lambda w, x=x: torch.mv(w, x[0]), weights)}
-        ref = F.linear(x, weights[0]).float()
-        best = None
-        for cfg in GRID:
-            try:
-                got = gemv(x, weights[0], config=cfg).float()
-                if not torch.allclose(got, ref, atol=2e-2, rtol=2e-2):
-                    row[f"bad {cfg}"] = float((got - ref).abs().max())
-                    continue
-                t = time_us(lambda w, x=x, cfg=cfg: gemv(x, w, config=cfg), weights)
-            except Exception as e:  # a config the compiler refuses (registers, shared memory)
-                row[f"fail {cfg}"] = type(e).__name__
-                continue
-            if best is None or t < best[1]:
-                best = (cfg, t)
-        row["triton_best"] = best
-        report[name] = row
-        print(name, {k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()
-                     if not k.startswith(("bad", "fail"))}, flush=True)
-        del weights
-        torch.cuda.empty_cache()
+    device = torch.cuda.get_device_name()
+    stages = tuple(int(s) for s in args.stages.split(","))
+    report, t0 = {}, time.time()
+    for name in filter(None, args.shapes.split(",")):
+        report[name] = probe_shape(*SHAPES[name], stages, args.quick)
+        row = report[name]
+        print(f"{name}: {len(row['triton'])} configs timed, {len(row['rejected'])} rejected, "
+              f"{time.time() - t0:.0f} s so far", flush=True)
+    result = {"device": device, "shapes": report}
+    if report:
+        print_rows(report)
+        print_table(report, device)
+    if args.fused:
+        probed = {(r["n"], r["k"]): table_entry(r) for r in report.values()}
+        tables = {"cuBLAS": None, "linear.py table": dict(linear_mod.GEMV_CONFIGS)}
+        if probed:
+            tables["probed table"] = {**linear_mod.GEMV_CONFIGS, **probed}
+        result["layer"] = time_layer(tables)
+        print("\none layer (qkv, o, gate_up, down) in one graph: "
+              + ", ".join(f"{k} {v:.1f} us" for k, v in result["layer"].items()))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+            json.dump(result, f, indent=1)
+    if args.table_out:
+        with open(args.table_out, "w") as f:
+            json.dump({f"{r['n']},{r['k']}": table_entry(r) for r in report.values()}, f)
 
 
 if __name__ == "__main__":
