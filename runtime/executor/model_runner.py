@@ -120,14 +120,14 @@ class ModelRunner:
             self.release_cuda_graphs()
 
     def release_cuda_graphs(self) -> None:
-        """Reset and drop every captured graph (decode and verify). Graphs that captured NCCL
+        """Reset and drop every captured graph (decode, verify, draft). Graphs that captured NCCL
         collectives must go before the process group is destroyed, or the destroy blocks forever
         (pytorch/pytorch#115388; seen here on H100s as a TP=2 engine that never shut down)."""
         from sgl.runtime.executor.cuda_graph_runner import release_graphs
-        for runner in (self.graph_runner, self.verify_graph_runner):
+        for runner in (self.graph_runner, self.verify_graph_runner, self.draft_graph_runner):
             if runner is not None:
                 release_graphs(runner.graphs)
-        self.graph_runner = self.verify_graph_runner = None
+        self.graph_runner = self.verify_graph_runner = self.draft_graph_runner = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -137,7 +137,7 @@ class ModelRunner:
         return "triton" if self.device.type == "cuda" else "torch_native"
 
     def _init_cuda_graphs(self) -> None:
-        self.graph_runner = self.verify_graph_runner = None
+        self.graph_runner = self.verify_graph_runner = self.draft_graph_runner = None
         if self.device.type != "cuda" or self.args.disable_cuda_graph:
             return
         if self._attention_backend_name() != "triton":
@@ -165,6 +165,25 @@ class ModelRunner:
         sizes = verify_batch_sizes(self.graph_runner.batch_sizes, num_rows)
         if sizes:
             self.verify_graph_runner = VerifyGraphRunner(self, sizes, num_rows, pool=self.graph_runner.pool)
+
+    def prepare_draft_graphs(self, drafter: Any) -> Any:
+        """CUDA graphs of a model drafter's tree steps (decode batches of the draft model; see
+        runtime/executor/draft_graph_runner.py), sharing the decode graphs' memory pool.
+        Called by each new drafter (a benchmark may switch settings on a running engine: the
+        previous drafter's graphs go first). Returns the graph runner, None where decode runs
+        eagerly (CPU, --disable-cuda-graph, a backend other than triton), and unless
+        SGL_DRAFT_CUDA_GRAPH=1: opt-in until tests/runtime/test_draft_graphs.py has run on a GPU."""
+        from sgl.runtime.executor.cuda_graph_runner import release_graphs
+        from sgl.runtime.executor.draft_graph_runner import DraftGraphRunner, draft_batch_sizes
+        if self.draft_graph_runner is not None:
+            release_graphs(self.draft_graph_runner.graphs)
+            self.draft_graph_runner = None
+        if self.graph_runner is None or os.environ.get("SGL_DRAFT_CUDA_GRAPH", "0") != "1":
+            return None
+        sizes = draft_batch_sizes(self.graph_runner.batch_sizes, drafter.topk)
+        if sizes:
+            self.draft_graph_runner = DraftGraphRunner(drafter, sizes, pool=self.graph_runner.pool)
+        return self.draft_graph_runner
 
     # -- the step -------------------------------------------------------------------------
     @torch.inference_mode()

@@ -12,10 +12,17 @@ positions [0, S - 1)):
      EAGLE head reads (target hidden h_i, token i + 1) at position i, up to S - 2. The last row
      gives the first level of candidates.
   2. num_steps - 1 tree steps: the frontier (the topk best candidates so far) runs at depth d in
-     scratch slots, attending to the prefix and its own ancestors (a tree mask); each frontier node
-     proposes topk children scored by summed log-probabilities.
+     scratch slots, attending to the prefix and its own ancestors; each frontier node proposes
+     topk children scored by summed log-probabilities.
   3. The best num_draft_tokens - 1 candidates (ancestor-closed) form the draft tree.
-Scratch slots go back to the allocator before the target's step is planned."""
+Scratch slots go back to the allocator before the target's step is planned.
+
+A tree step is a DECODE batch of one row per frontier node, each on a table row of its own
+(candidates.py: "branch rows"; a chain uses the requests' own rows, a tree the drafter's
+`branch_table`). It replays CUDA graphs (`graph_runner`, runtime/executor/draft_graph_runner.py)
+where the target decodes under graphs and the rows fit a captured size; else it runs eagerly. A
+tree whose frontier needs more rows than `branch_table` holds (MAX_DRAFT_ROWS) runs its steps as
+eager masked extends instead. The catch-up extend is always eager."""
 from __future__ import annotations
 
 import logging
@@ -24,9 +31,12 @@ from typing import Any, Optional
 
 import torch
 
-from sgl.runtime.cache.memory_pool import MHATokenToKVPool
+from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
 from sgl.runtime.executor.attention import get_attention_backend
+from sgl.runtime.executor.draft_graph_runner import MAX_DRAFT_ROWS, DraftOutput
 from sgl.runtime.executor.forward_batch import ForwardBatch
+from sgl.runtime.speculative import candidates
+from sgl.runtime.speculative.candidates import Cand
 from sgl.runtime.speculative.tree import DraftTree
 
 logger = logging.getLogger("sgl.speculative")
@@ -37,17 +47,6 @@ class _ReqState:
     admission: int = -1
     done: int = 0                                   # draft KV covers positions [0, done)
     pending: list[torch.Tensor] = field(default_factory=list)  # target hidden of [done, ...)
-
-
-@dataclass
-class _Cand:
-    token: int
-    parent: int        # index of the parent candidate, -1 = the root
-    score: float
-    depth: int
-    hidden: Optional[torch.Tensor] = None  # EAGLE: the draft hidden this node feeds its children
-    placed: int = -1   # when fed: its column among the request's scratch tokens
-    fed: bool = False  # among the topk best of its depth: runs at the next step
 
 
 class ModelDrafter:
@@ -63,6 +62,19 @@ class ModelDrafter:
                                         self.num_layers, runner.dtype, runner.device)
         self.attn_backend = get_attention_backend(runner._attention_backend_name())()
         self.states: dict[int, _ReqState] = {}
+        self._init_branches()
+
+    def _init_branches(self) -> None:
+        """The table the tree steps' rows live in, and their CUDA graphs (None: eager)."""
+        main = self.runner.req_to_token_pool
+        self.branch_table: Optional[ReqToTokenPool] = None
+        if self.topk > 1:  # MAX_DRAFT_ROWS branch rows, then the dummy row
+            self.branch_table = ReqToTokenPool(MAX_DRAFT_ROWS + 1, main.max_context_len,
+                                               self.runner.device)
+        self.max_branch_rows = MAX_DRAFT_ROWS  # a tree with more frontier rows: masked extends
+        self.rows_table = main if self.branch_table is None else self.branch_table
+        prepare = getattr(self.runner, "prepare_draft_graphs", None)
+        self.graph_runner = prepare(self) if prepare is not None else None
 
     def _load(self, path: str) -> None:
         runner = self.runner
@@ -110,17 +122,22 @@ class ModelDrafter:
             return trees
         scratch: list[torch.Tensor] = []
         try:
-            last_logits, last_hidden, roots = self._catch_up([r for _, r in work], kv, scratch)
-            if last_logits is None:
+            drafting = [r for _, r in work]
+            first, roots = self._catch_up(drafting, kv, scratch)
+            if first is None:
                 return trees
-            cands = self._children(last_logits, last_hidden, [(-1, 0.0)] * len(work), depth=1)
+            cands = self._children(first, [(-1, 0.0)] * len(work), depth=1)
             for req_cands in cands:
-                _mark_frontier(req_cands, 1, self.topk)
+                candidates.mark_frontier(req_cands, 1, self.topk)
+            by_rows = self.branch_table is None or len(work) * self.topk <= self.max_branch_rows
+            if by_rows and self.branch_table is not None and self.num_steps > 1:
+                candidates.copy_prefixes(self.branch_table, self.runner.req_to_token_pool,
+                                         drafting, self.topk, max(roots))
             for step in range(1, self.num_steps):
-                if not self._tree_step(work, roots, cands, kv, scratch, depth=step + 1):
+                if not self._tree_step(drafting, roots, cands, kv, scratch, step + 1, by_rows):
                     break
-            for (i, req), req_cands in zip(work, cands):
-                trees[i] = _select(req_cands, min(limits[i], self.max_nodes))
+            for (i, _), req_cands in zip(work, cands):
+                trees[i] = candidates.select(req_cands, min(limits[i], self.max_nodes))
         finally:
             for slots in scratch:
                 kv.allocator.free(slots)
@@ -139,13 +156,14 @@ class ModelDrafter:
         return True
 
     def _catch_up(self, reqs: list[Any], kv: Any, scratch: list[torch.Tensor]):
-        """One causal extend over each request's unseen positions. Returns (logits, hidden) of
-        each request's last row and the table column where its scratch tokens start."""
+        """One causal extend over each request's unseen positions. Returns the draft's output
+        (top-k, hidden) of each request's last row and the table column where its scratch tokens
+        start (the position of its first draft token)."""
         ids, pos, locs, rows, prefix, extend, logit_rows, hiddens, roots = [], [], [], [], [], [], [], [], []
         root_slots = kv.alloc(len(reqs)) if self.shift == 0 else None
         if self.shift == 0:
             if root_slots is None:
-                return None, None, None
+                return None, None
             scratch.append(root_slots)
         table = self.runner.req_to_token_pool
         for k, req in enumerate(reqs):
@@ -174,112 +192,79 @@ class ModelDrafter:
         table.flush()
         batch = ForwardBatch.build(ids, pos, locs, rows, prefix, extend, logit_rows)
         hidden_in = torch.cat(hiddens) if hiddens else None
-        logits, hidden = self._forward(batch, hidden_in)
-        return logits, hidden, roots
+        return self._forward(batch, hidden_in), roots
 
-    def _tree_step(self, work: list[tuple[int, Any]], roots: list[int], cands: list[list[_Cand]],
-                   kv: Any, scratch: list[torch.Tensor], depth: int) -> bool:
-        frontier = [[j for j, c in enumerate(rc) if c.depth == depth - 1 and c.placed < 0 and c.fed]
-                    for rc in cands]
-        total = sum(len(f) for f in frontier)
+    def _tree_step(self, reqs: list[Any], roots: list[int], cands: list[list[Cand]], kv: Any,
+                   scratch: list[torch.Tensor], depth: int, by_rows: bool) -> bool:
+        """Run the frontier (candidates of depth - 1) in new scratch slots, on branch rows or as
+        a masked extend (candidates.py), and add its children."""
+        fronts = [candidates.frontier(rc, depth) for rc in cands]
+        total = sum(len(f) for f in fronts)
         if total == 0:
             return False
         slots = kv.alloc(total)
         if slots is None:
             return False
         scratch.append(slots)
-        table = self.runner.req_to_token_pool
-        ids, pos, locs, rows, prefix, extend, logit_rows, hiddens, masks = [], [], [], [], [], [], [], [], []
-        placed_counts = [sum(c.placed >= 0 for c in rc) for rc in cands]
-        offset = 0
-        for k, ((_, req), rc, front) in enumerate(zip(work, cands, frontier)):
-            if not front:
-                continue
-            mine = slots[offset:offset + len(front)]
-            offset += len(front)
-            base = roots[k]  # first scratch column in the table
-            for n, j in enumerate(front):
-                rc[j].placed = placed_counts[k] + n
-            table.write(req.req_pool_idx, base + placed_counts[k], mine)
-            placed_counts[k] += len(front)
-            seq = base + placed_counts[k]
-            block = torch.zeros((len(front), seq), dtype=torch.bool)  # prefix + ancestors + self
-            block[:, :base] = True
-            for n, j in enumerate(front):
-                node = j
-                while node >= 0:
-                    block[n, base + rc[node].placed] = True
-                    node = rc[node].parent
-                ids.append(rc[j].token)
-                pos.append(base - 1 + rc[j].depth)
-                if rc[j].hidden is not None:
-                    hiddens.append(rc[j].hidden)
-            locs.extend(mine.tolist())
-            rows.append(req.req_pool_idx)
-            prefix.append(seq - len(front))
-            extend.append(len(front))
-            masks.append(block)
-        table.flush()
-        logit_rows = list(range(len(ids)))
-        batch = ForwardBatch.build(ids, pos, locs, rows, prefix, extend, logit_rows)
-        if not all(bool(m.all()) for m in masks):  # a chain (topk 1) sees everything: decode
-            batch.set_custom_mask(masks)
-        hidden_in = torch.stack(hiddens) if hiddens else None
-        logits, hidden = self._forward(batch, hidden_in)
+        if by_rows:
+            batch, hidden_in = candidates.branch_batch(
+                reqs, roots, cands, fronts, slots, self.rows_table, self.topk,
+                chain=self.branch_table is None)
+        else:
+            batch, hidden_in = candidates.masked_batch(
+                reqs, roots, cands, fronts, slots, self.runner.req_to_token_pool)
+        vals, ids, hidden = self._forward(batch, hidden_in, is_tree_step=True)
         row = 0
-        for rc, front in zip(cands, frontier):
+        for rc, front in zip(cands, fronts):
             if not front:
                 continue
             part = slice(row, row + len(front))
             row += len(front)
-            for row_cands in self._children(logits[part], None if hidden is None else hidden[part],
-                                            [(j, rc[j].score) for j in front], depth):
+            out = (vals[part], ids[part], None if hidden is None else hidden[part])
+            for row_cands in self._children(out, [(j, rc[j].score) for j in front], depth):
                 rc.extend(row_cands)
-            _mark_frontier(rc, depth, self.topk)
+            candidates.mark_frontier(rc, depth, self.topk)
         return True
 
-    def _children(self, logits: torch.Tensor, hidden: Optional[torch.Tensor],
-                  parents: list[tuple[int, float]], depth: int) -> list[list[_Cand]]:
-        """The topk candidates proposed by each row; row k extends parents[k] = (the parent's
-        candidate index, -1 for the root; its score)."""
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        vals, idx = logp.topk(min(self.topk, logp.shape[-1]), dim=-1)
-        if self.draft_to_target is not None:
-            idx = self.draft_to_target[idx]
-        vals, idx = vals.tolist(), idx.tolist()
-        return [[_Cand(t, parent, score + v, depth, None if hidden is None else hidden[k])
-                 for v, t in zip(vals[k], idx[k]) if t < self.runner.vocab_size]
+    def _children(self, out: DraftOutput, parents: list[tuple[int, float]],
+                  depth: int) -> list[list[Cand]]:
+        """The topk candidates proposed by each row of `out` (top-k log-probabilities, target
+        ids, hidden); row k extends parents[k] = (the parent's candidate index, -1 for the root;
+        its score)."""
+        vals, ids, hidden = out
+        vals, ids = vals.tolist(), ids.tolist()
+        return [[Cand(t, parent, score + v, depth, None if hidden is None else hidden[k])
+                 for v, t in zip(vals[k], ids[k]) if t < self.runner.vocab_size]
                 for k, (parent, score) in enumerate(parents)]
 
-    def _forward(self, batch: ForwardBatch, hidden_in: Optional[torch.Tensor]):
+    def _forward(self, batch: ForwardBatch, hidden_in: Optional[torch.Tensor],
+                 is_tree_step: bool = False) -> DraftOutput:
+        """The draft's output for `batch`; a tree step on branch rows replays a graph when one
+        fits (a one-token catch-up is decode-shaped too, but reads the target's hidden states,
+        3H wide for EAGLE-3: it stays eager)."""
         runner = self.runner
         batch.to(runner.device)
-        batch.req_to_token = runner.req_to_token_pool.req_to_token
+        if hidden_in is not None:
+            hidden_in = hidden_in.to(runner.device)
+        if batch.req_to_token is None:
+            batch.req_to_token = runner.req_to_token_pool.req_to_token
         batch.kv_pool, batch.attn_backend = self.kv_pool, self.attn_backend
+        if is_tree_step and self.graph_runner is not None and self.graph_runner.can_run(batch):
+            return self.graph_runner.replay(batch, hidden_in)
+        return self.run_model(batch, hidden_in)
+
+    def run_model(self, batch: ForwardBatch, hidden_in: Optional[torch.Tensor]) -> DraftOutput:
+        """The draft model over `batch` (on the device, pools set): for each logit row the top-k
+        log-probabilities (float32) and their ids in the target vocabulary, and (EAGLE) the
+        hidden state it feeds its children. Captured as is by the draft graphs."""
         self.attn_backend.init_forward_metadata(batch)
         if self.needs_hidden:
-            nxt, for_logits = self.model(batch.input_ids, batch.positions, batch, hidden_in.to(runner.device))
+            nxt, for_logits = self.model(batch.input_ids, batch.positions, batch, hidden_in)
         else:
-            nxt = None
-            for_logits = self.model(batch.input_ids, batch.positions, batch)
+            nxt, for_logits = None, self.model(batch.input_ids, batch.positions, batch)
         rows = batch.logits_indices
-        logits = self.model.compute_logits(for_logits[rows])
-        return logits, None if nxt is None else nxt[rows]
-
-
-def _mark_frontier(cands: list[_Cand], depth: int, topk: int) -> None:
-    """The topk best new candidates of this depth are fed at the next step."""
-    level = sorted((c for c in cands if c.depth == depth), key=lambda c: -c.score)
-    for c in level:
-        c.fed = False
-    for c in level[:topk]:
-        c.fed = True
-
-
-def _select(cands: list[_Cand], max_nodes: int) -> DraftTree:
-    """The best max_nodes candidates by summed log-probability. A child never scores above its
-    parent, and ties go to the shallower node, so the choice is ancestor-closed (a child whose
-    parent float rounding left out is dropped)."""
-    order = sorted(range(len(cands)), key=lambda j: (-cands[j].score, cands[j].depth, j))[:max_nodes]
-    every = DraftTree([c.token for c in cands], [c.parent for c in cands])
-    return every.subtree(order)
+        logp = torch.log_softmax(self.model.compute_logits(for_logits[rows]).float(), dim=-1)
+        vals, ids = logp.topk(min(self.topk, logp.shape[-1]), dim=-1)
+        if self.draft_to_target is not None:
+            ids = self.draft_to_target[ids]
+        return vals, ids, None if nxt is None else nxt[rows]

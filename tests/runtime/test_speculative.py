@@ -155,6 +155,11 @@ def reference() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def heads(tmp_path_factory) -> dict[str, str]:
+    return random_heads(tmp_path_factory)
+
+
+def random_heads(tmp_path_factory) -> dict[str, str]:
+    """Random EAGLE and EAGLE-3 heads for the bundled model: {algorithm: path}."""
     config = load_model(bundled_model_path()).hf_config
     out = {}
     for kind in ("EAGLE", "EAGLE3"):

@@ -1,0 +1,142 @@
+"""A model drafter's tree steps under CUDA graphs.
+
+A tree step (runtime/speculative/draft_worker.py) runs the draft model over the frontier: at
+most topk nodes per request, each a new token at position base - 1 + depth that attends to its
+request's prefix, its own ancestors and itself. Laid out as one sequence per node (a "branch
+row", runtime/speculative/candidates.py: a table row holding the prefix's slots, then its
+ancestors' and its own scratch slot, column = position), every step is a DECODE batch of the
+draft model: one token per row, the decode attention kernel, no mask. A chain (topk 1) runs on
+the requests' own rows of the target's request->token table, a tree (topk > 1) on rows of the
+drafter's `branch_table`; `drafter.rows_table` is the one the graphs read.
+
+This runner replays those steps: one graph per captured row count (topk x the target's decode
+sizes, up to MAX_DRAFT_ROWS), static buffers for input_ids, positions, out_cache_loc,
+req_pool_indices, seq_lens (and hidden_in, the (rows, H) draft hidden states an EAGLE / EAGLE-3
+head reads), rows padded up to the nearest captured size with the table's reserved dummy row
+and the pool's padding slot 0 (as CudaGraphRunner does). The drafter's attention backend is its
+own instance: `init_cuda_graph_state` gives it a decode workspace for the draft's heads. The
+graph ends in the top-k of each row's log-softmax (ids mapped to the target vocabulary), so what
+comes back is small: (rows, topk) values and ids, and the next hidden states (EAGLE).
+
+What stays eager: the catch-up extend (ragged; a one-token catch-up is decode-shaped but reads
+the target's hidden states), a step with more rows than the largest captured size, the masked
+steps of a tree too wide for the branch table, and everything where the target has no decode
+graphs (CPU, --disable-cuda-graph, a backend other than triton). The graphs share the target's
+graph memory pool: a draft graph's outputs are read (`tolist`, or copied into the next step's
+hidden_in) before any target graph replays, and the target's are consumed before the drafter
+runs, so neither clobbers the other's live data. `use_graphs=False` runs the static padded
+batch eagerly instead (checks the layout on the CPU)."""
+from __future__ import annotations
+
+import bisect
+import logging
+from typing import Any, Optional
+
+import torch
+
+from sgl.runtime.executor.cuda_graph_runner import capture_graphs
+from sgl.runtime.executor.forward_batch import ForwardBatch, ForwardMode
+from sgl.runtime.layers.attention import RadixAttention
+
+logger = logging.getLogger("sgl.runner")
+
+MAX_DRAFT_ROWS = 64  # the largest draft step captured (and the rows of a tree's branch table)
+
+DraftOutput = tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]  # (vals, ids, hidden)
+
+
+def draft_batch_sizes(decode_sizes: list[int], topk: int,
+                      max_rows: int = MAX_DRAFT_ROWS) -> list[int]:
+    """Row counts to capture: topk rows for each of the target's decode batch sizes."""
+    return sorted({bs * topk for bs in decode_sizes if bs * topk <= max_rows})
+
+
+class DraftGraphRunner:
+    def __init__(self, drafter: Any, batch_sizes: list[int], pool: Any = None,
+                 use_graphs: bool = True) -> None:
+        """drafter: the ModelDrafter (its model, KV pool, attention backend, `rows_table` and
+        `run_model`). use_graphs=False runs the static padded batch eagerly instead."""
+        self.drafter = drafter
+        self.batch_sizes = sorted(set(batch_sizes))
+        self.max_bs = self.batch_sizes[-1]
+        self.use_graphs = use_graphs
+        self.num_replays = 0  # tree steps served from a graph (or the static batch)
+        self.graphs: dict[int, Any] = {}
+        self._init_buffers()
+        self._capture_all(pool)
+
+    def _init_buffers(self) -> None:
+        n, dev, d = self.max_bs, self.drafter.runner.device, self.drafter
+        self.dummy_row = d.rows_table.dummy_row
+        self.input_ids = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.positions = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=dev)  # slot 0: padding
+        self.req_pool_indices = torch.full((n,), self.dummy_row, dtype=torch.int64, device=dev)
+        self.seq_lens = torch.ones(n, dtype=torch.int64, device=dev)
+        self.prefix_lens = torch.zeros(n, dtype=torch.int64, device=dev)  # seq_lens - 1
+        self.ones = torch.ones(n, dtype=torch.int64, device=dev)
+        self.arange = torch.arange(n, dtype=torch.int64, device=dev)
+        self.hidden_in = None  # (n, H): the draft's own hidden states (EAGLE tree steps)
+        if d.needs_hidden:
+            self.hidden_in = torch.zeros((n, d.model.hidden_size), dtype=d.runner.dtype, device=dev)
+        if self.use_graphs:  # the drafter's backend: a decode workspace of its own heads
+            attn = next(m for m in d.model.modules() if isinstance(m, RadixAttention))
+            d.attn_backend.init_cuda_graph_state(n, attn.num_heads, attn.num_kv_heads,
+                                                 attn.head_dim, dev)
+
+    def _static_batch(self, bs: int) -> ForwardBatch:
+        b = ForwardBatch(
+            forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=self.input_ids[:bs],
+            positions=self.positions[:bs], out_cache_loc=self.out_cache_loc[:bs],
+            req_pool_indices=self.req_pool_indices[:bs], prefix_lens=self.prefix_lens[:bs],
+            extend_lens=self.ones[:bs], seq_lens=self.seq_lens[:bs],
+            logits_indices=self.arange[:bs])
+        b.req_to_token = self.drafter.rows_table.req_to_token
+        b.kv_pool, b.attn_backend = self.drafter.kv_pool, self.drafter.attn_backend
+        return b
+
+    def _forward(self, batch: ForwardBatch) -> DraftOutput:
+        hidden_in = None if self.hidden_in is None else self.hidden_in[:batch.batch_size]
+        return self.drafter.run_model(batch, hidden_in)
+
+    @torch.inference_mode()
+    def _capture_all(self, pool: Any) -> None:
+        self.batches = {bs: self._static_batch(bs) for bs in self.batch_sizes}
+        if not self.use_graphs:
+            return
+        self.graphs, self.outputs, self.pool = capture_graphs(self._forward, self.batches, pool)
+        logger.info("Captured CUDA graphs for draft steps of %s rows", self.batch_sizes)
+
+    # -- the step ------------------------------------------------------------------------------
+    def can_run(self, batch: ForwardBatch) -> bool:
+        """A decode batch on the rows table, of a captured size, graphs not yet released."""
+        return (batch.forward_mode is ForwardMode.DECODE and batch.batch_size <= self.max_bs
+                and batch.req_to_token is self.drafter.rows_table.req_to_token
+                and (bool(self.graphs) or not self.use_graphs))
+
+    def replay(self, batch: ForwardBatch, hidden_in: Optional[torch.Tensor]) -> DraftOutput:
+        """(top-k log-probabilities, their target ids, next hidden states or None) of every row
+        of `batch` (on the device). The tensors are views of the graph's outputs: read them
+        before the next replay."""
+        bs = batch.batch_size
+        padded = self.batch_sizes[bisect.bisect_left(self.batch_sizes, bs)]
+        self.input_ids[:bs].copy_(batch.input_ids, non_blocking=True)
+        self.positions[:bs].copy_(batch.positions, non_blocking=True)
+        self.out_cache_loc[:bs].copy_(batch.out_cache_loc, non_blocking=True)
+        self.req_pool_indices[:bs].copy_(batch.req_pool_indices, non_blocking=True)
+        self.seq_lens[:bs].copy_(batch.seq_lens, non_blocking=True)
+        self.prefix_lens[:bs].copy_(batch.prefix_lens, non_blocking=True)
+        if self.hidden_in is not None:
+            self.hidden_in[:bs].copy_(hidden_in, non_blocking=True)
+        if padded > bs:  # padding rows: the dummy row, one key, K/V to slot 0
+            self.out_cache_loc[bs:padded].zero_()
+            self.req_pool_indices[bs:padded].fill_(self.dummy_row)
+            self.seq_lens[bs:padded].fill_(1)
+            self.prefix_lens[bs:padded].zero_()
+        if self.use_graphs:
+            self.graphs[padded].replay()
+            vals, ids, hidden = self.outputs[padded]
+        else:
+            vals, ids, hidden = self._forward(self.batches[padded])
+        self.num_replays += 1
+        return vals[:bs], ids[:bs], None if hidden is None else hidden[:bs]
