@@ -28,6 +28,19 @@ for stage in "$@"; do
     offline) python3 -m sgl.bench_offline_throughput --model-path $M --load-format dummy --skip-tokenizer-init \
                --num-prompts 500 --random-input-len 4096 --random-output-len 2048 --random-range-ratio 0 \
                --result-filename $OUT/offline.jsonl 2>&1 | grep -vE "^\s*$|Loading" | tail -12 ;;
+    gemv_tests) python3 -m pytest -q -m gpu tests/kernels/test_gemv.py 2>&1 | tail -3 ;;
+    gemv_probe_q) python3 scripts/gemv_probe.py --quick --fused --out $OUT/gemv_probe.json \
+               --table-out $OUT/gemv_table.json 2>&1 | grep -vE "^\s*$" | tail -22 ;;
+    bench1_probed) SGL_GEMV_CONFIGS=$OUT/gemv_table.json $B --batch-size 1 64 --input-len 128 --output-len 256 \
+               --result-filename $OUT/one_batch.jsonl 2>&1 | grep -E "Total|Error|error" ;;
+    dp_mixed) SERVER_FLAGS="--tokenizer-path .tok/llama3 --enable-mixed-chunk" timeout 240 bash scripts/dp_router_bench.sh 98304
+        pkill -f "port 310[0-9][0-9]"; pkill -f sgl.router ;;
+    dp4) GPUS="0 1 2 3" timeout 300 bash scripts/dp_router_bench.sh 98304; pkill -f "port 310[0-9][0-9]"; pkill -f sgl.router ;;
+    dp_long) GSP="--gsp-num-groups 64 --gsp-prompts-per-group 16 --gsp-system-prompt-len 4096 --gsp-question-len 128 \
+               --gsp-output-len 32 --max-concurrency 64" timeout 400 bash scripts/dp_router_bench.sh 196608
+        pkill -f "port 310[0-9][0-9]"; pkill -f sgl.router ;;
+    draft_graphs) python3 -m pytest -q -m gpu tests/runtime/test_draft_graphs.py -rfE --tb=short 2>&1 | tail -30 ;;
+    gpu_log) python3 -m pytest -q -m gpu tests -rfE --tb=short --durations=15 > $OUT/gpu.log 2>&1; tail -n 40 $OUT/gpu.log ;;
     gpu) python3 -m pytest -q -m gpu tests 2>&1 | tail -15 ;;
     gpu0) python3 -m pytest -q -m gpu tests/kernels tests/runtime/test_speculative.py tests/runtime/test_tensor_parallel.py 2>&1 | tail -15 ;;
     gpu_engine) python3 -m pytest -q -m gpu tests/runtime/test_gpu_engine.py 2>&1 | tail -25 ;;
@@ -50,7 +63,7 @@ for stage in "$@"; do
     tp_offline) for tp in 1 2 4; do echo "tp $tp"; python3 -m sgl.bench_offline_throughput --model-path $M --load-format dummy \
                --skip-tokenizer-init --tp-size $tp --num-prompts 200 --random-input-len 4096 --random-output-len 2048 \
                --random-range-ratio 0 --result-filename $OUT/tp_offline.jsonl 2>&1 | grep -E "duration|output_throughput|total_throughput|rror"; done ;;
-    dp) timeout 240 bash scripts/dp_router_bench.sh 98304; pkill -f sgl.launch_server; pkill -f sgl.router
+    dp) timeout 240 bash scripts/dp_router_bench.sh 98304; pkill -f "port 310[0-9][0-9]"; pkill -f sgl.router
         tail -n 5 /tmp/worker1.log /tmp/router_cache_aware.log /tmp/router_round_robin.log ;;
     spec_prof) python3 -m sgl.bench_speculative --speculative-algorithm NGRAM --dataset copy --apply-chat-template \
                --batch-sizes 1 --num-draft-tokens 8 --max-new-tokens 256 --profile 2>&1 | grep -vE "^\s*$|Loading|INFO" | head -60 ;;

@@ -120,13 +120,14 @@ def test_speculative_verify_cuda_graph_equals_eager(algo, tmp_path):
     with Engine(path, **kw, **spec) as e:
         runner = e.runner
         seen = _spy_replays(runner)
+        verify_graphs = runner.verify_graph_runner  # shutdown releases it from the runner
         graph = run(e)
         e.call_in_scheduler(lambda s: s.check_pool_invariant())
         num_verify = e.scheduler.spec.num_verify
         layers = tuple(runner.model.model.layers_to_capture)
     assert graph == eager == plain
-    assert num_verify > 0 and runner.verify_graph_runner.num_replays == len(seen) > 0
+    assert num_verify > 0 and verify_graphs.num_replays == len(seen) > 0
     assert any(1 in lens and max(lens) > 1 for lens in seen), seen  # drafted beside undrafted
-    assert runner.verify_graph_runner.layers_captured == layers
+    assert verify_graphs.layers_captured == layers
     if algo == "EAGLE3":
         assert layers, "EAGLE-3 sets the target's capture layers"
