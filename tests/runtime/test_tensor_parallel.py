@@ -3,7 +3,11 @@ same greedy tokens as one rank, with query/KV heads split, KV heads replicated w
 fewer than ranks, and the vocab-parallel embedding and LM head."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +132,20 @@ def test_tp2_with_overlap_scheduling_matches_tp1(tmp_path, monkeypatch):
         assert e.scheduler.stats.num_overlapped >= 10
         e.call_in_scheduler(lambda s: s.check_pool_invariant())
     assert got == expected
+
+
+def test_parity_script_reports_teacher_forced_agreement(tmp_path):
+    """scripts/tp_parity.py (the GPU parity report) on a tiny float32 model over gloo: TP=2 gives
+    TP=1's tokens, and scoring TP=1's outputs teacher-forced agrees to float32 rounding."""
+    path = tiny(tmp_path / "model", transformers.LlamaConfig, num_attention_heads=8, num_key_value_heads=2)
+    out = tmp_path / "parity.json"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "tp_parity.py"
+    subprocess.run([sys.executable, str(script), "--model-path", path, "--tp-sizes", "1", "2",
+                    "--num-prompts", "3", "--input-len", "12", "--output-len", "6",
+                    "--vocab-size", "200", "--out", str(out)], check=True, timeout=300,
+                   stdout=subprocess.DEVNULL)
+    report = json.loads(out.read_text())["by_tp_size"]["2"]
+    assert report["identical_requests"] == 1.0
+    forced = report["teacher_forced"]
+    assert forced["positions"] == 3 * 6 and forced["top1_agreement"] == 1.0
+    assert forced["max_abs_logprob_diff"] < 1e-4 and forced["decisive_positions"] > 0
