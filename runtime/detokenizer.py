@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
+# A character is at most 4 bytes, so more unread tokens than this still ending in an incomplete
+# sequence are broken bytes (a model emitting lone byte tokens): emit them as U+FFFD rather than
+# wait, which would re-decode an ever longer window on every token.
+MAX_PENDING = 8
+
+
 class IncrementalDetokenizer:
     """Decodes a growing id list. Each `add` returns only whole new characters: text is decoded
     over a small window of already-read tokens so that tokenizers which change spacing at a
@@ -25,7 +31,8 @@ class IncrementalDetokenizer:
         self.ids.extend(new_ids)
         prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
         new_text = self._decode(self.ids[self.prefix_offset:])
-        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
+        unread = len(self.ids) - self.read_offset
+        if len(new_text) <= len(prefix_text) or (new_text.endswith("\ufffd") and unread < MAX_PENDING):
             return ""  # an incomplete UTF-8 sequence: wait for the next token
         delta = new_text[len(prefix_text):]
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)

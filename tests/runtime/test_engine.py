@@ -232,3 +232,21 @@ def test_detokenizer_never_emits_half_a_character(engine):
     assert all("\ufffd" not in d for d in deltas)
     assert "".join(deltas) == tok.decode(ids)
     assert len(ids) > len(text.split())  # some characters span several tokens
+
+
+def test_detokenizer_emits_broken_bytes_instead_of_waiting_forever(engine):
+    """A stream of lone byte tokens never completes a character; past MAX_PENDING unread tokens
+    it is emitted as U+FFFD, so the window decoded per token stays short, and the text still
+    equals decoding everything at once."""
+    from sgl.runtime.detokenizer import MAX_PENDING
+    tok = engine.tokenizer
+    lone = next(i for i in range(tok.vocab_size) if tok.decode([i]).endswith("\ufffd"))
+    ids = [lone] * 200 + tok.encode(" done")
+    detok = IncrementalDetokenizer(tok)
+    deltas = []
+    for t in ids:
+        deltas.append(detok.add([t]))
+        assert len(detok.ids) - detok.prefix_offset <= 2 * MAX_PENDING + 2
+    deltas.append(detok.finish())
+    assert "".join(deltas) == tok.decode(ids)
+    assert sum(bool(d) for d in deltas) > 200 // (MAX_PENDING + 1)
