@@ -59,13 +59,12 @@ class DraftTree:
         """(1 + n, 1 + n) bool over the verify rows (root first): row i may see column j iff j is
         i, an ancestor of i, or the root."""
         n = len(self.tokens)
-        mask = torch.zeros((n + 1, n + 1), dtype=torch.bool)
-        mask[:, 0] = True
-        for i, p in enumerate(self.parents, start=1):
-            if p >= 0:
-                mask[i] |= mask[p + 1]
-            mask[i, i] = True
-        return mask
+        rows = [[True] + [False] * n]  # built in Python, one tensor at the end: this runs on the
+        for i, p in enumerate(self.parents, start=1):  # host every verify step
+            row = list(rows[p + 1]) if p >= 0 else [True] + [False] * n
+            row[i] = True
+            rows.append(row)
+        return torch.tensor(rows, dtype=torch.bool)
 
 
 def verify(tree: DraftTree, target_tokens: list[int]) -> tuple[list[int], list[int]]:
