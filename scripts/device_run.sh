@@ -64,7 +64,7 @@ for stage in "$@"; do
                --skip-tokenizer-init --tp-size $tp --num-prompts 200 --random-input-len 4096 --random-output-len 2048 \
                --random-range-ratio 0 --result-filename $OUT/tp_offline.jsonl 2>&1 | grep -E "duration|output_throughput|total_throughput|rror"; done ;;
     dp) timeout 240 bash scripts/dp_router_bench.sh 98304; pkill -f "port 310[0-9][0-9]"; pkill -f sgl.router
-        tail -n 5 /tmp/worker1.log /tmp/router_cache_aware.log /tmp/router_round_robin.log ;;
+        tail -n 5 ${LOGS:-/tmp}/worker1.log ${LOGS:-/tmp}/router_cache_aware.log ${LOGS:-/tmp}/router_round_robin.log ;;
     spec_prof) python3 -m sgl.bench_speculative --speculative-algorithm NGRAM --dataset copy --apply-chat-template \
                --batch-sizes 1 --num-draft-tokens 8 --max-new-tokens 256 --profile 2>&1 | grep -vE "^\s*$|Loading|INFO" | head -60 ;;
     bench1_kernels) $B --batch-size 1 --input-len 128 --output-len 16 --profile-kernels 64 2>&1 | grep -vE "INFO|Loading" | tail -40 ;;
