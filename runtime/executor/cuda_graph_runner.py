@@ -56,6 +56,48 @@ def release_graphs(graphs: dict[int, torch.cuda.CUDAGraph]) -> None:
     graphs.clear()
 
 
+class DecodeBuffers:
+    """The static inputs of decode graphs (one token per row), up to n rows: a step's rows are
+    copied in, and rows past them up to the captured size are padding on the table's reserved
+    row, writing the pool's padding slot 0. The target's decode graphs and a drafter's tree-step
+    graphs (draft_graph_runner.py) both replay on these."""
+
+    def __init__(self, n: int, device: torch.device, dummy_row: int) -> None:
+        self.dummy_row = dummy_row
+        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
+        self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)  # slot 0: padding
+        self.req_pool_indices = torch.full((n,), dummy_row, dtype=torch.int64, device=device)
+        self.seq_lens = torch.ones(n, dtype=torch.int64, device=device)
+        self.prefix_lens = torch.zeros(n, dtype=torch.int64, device=device)  # seq_lens - 1
+        self.ones = torch.ones(n, dtype=torch.int64, device=device)
+        self.arange = torch.arange(n, dtype=torch.int64, device=device)
+
+    def batch(self, bs: int, req_to_token: torch.Tensor, kv_pool: Any,
+              attn_backend: Any) -> ForwardBatch:
+        b = ForwardBatch(
+            forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=self.input_ids[:bs],
+            positions=self.positions[:bs], out_cache_loc=self.out_cache_loc[:bs],
+            req_pool_indices=self.req_pool_indices[:bs], prefix_lens=self.prefix_lens[:bs],
+            extend_lens=self.ones[:bs], seq_lens=self.seq_lens[:bs],
+            logits_indices=self.arange[:bs])
+        b.req_to_token = req_to_token
+        b.kv_pool, b.attn_backend = kv_pool, attn_backend
+        return b
+
+    def fill(self, batch: ForwardBatch, padded: int) -> None:
+        """Copy a decode batch's rows in; rows [batch_size, padded) become padding."""
+        bs = batch.batch_size
+        for name in ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "seq_lens",
+                     "prefix_lens"):
+            getattr(self, name)[:bs].copy_(getattr(batch, name), non_blocking=True)
+        if padded > bs:  # the dummy row, one key, K/V to slot 0
+            self.out_cache_loc[bs:padded].zero_()
+            self.req_pool_indices[bs:padded].fill_(self.dummy_row)
+            self.seq_lens[bs:padded].fill_(1)
+            self.prefix_lens[bs:padded].zero_()
+
+
 class CudaGraphRunner:
     def __init__(self, runner: Any, batch_sizes: list[int]) -> None:
         self.runner, self.model = runner, runner.model
@@ -66,27 +108,14 @@ class CudaGraphRunner:
 
     def _init_buffers(self) -> None:
         n, dev = self.max_bs, self.runner.device
-        self.dummy_row = self.runner.req_to_token_pool.dummy_row
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=dev)  # slot 0: padding
-        self.req_pool_indices = torch.full((n,), self.dummy_row, dtype=torch.int64, device=dev)
-        self.seq_lens = torch.ones(n, dtype=torch.int64, device=dev)
-        self.ones = torch.ones(n, dtype=torch.int64, device=dev)
-        self.arange = torch.arange(n, dtype=torch.int64, device=dev)
+        self.buffers = DecodeBuffers(n, dev, self.runner.req_to_token_pool.dummy_row)
         L = self.runner.loaded
         num_q_heads = L.hf_config.num_attention_heads // self.runner.tp_size
         self.runner.attn_backend.init_cuda_graph_state(n, num_q_heads, L.num_kv_heads, L.head_dim, dev)
 
     def _static_batch(self, bs: int) -> ForwardBatch:
-        b = ForwardBatch(
-            forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=self.input_ids[:bs],
-            positions=self.positions[:bs], out_cache_loc=self.out_cache_loc[:bs],
-            req_pool_indices=self.req_pool_indices[:bs], prefix_lens=self.seq_lens[:bs] - 1,
-            extend_lens=self.ones[:bs], seq_lens=self.seq_lens[:bs], logits_indices=self.arange[:bs])
-        b.req_to_token = self.runner.req_to_token_pool.req_to_token
-        b.kv_pool, b.attn_backend = self.runner.kv_pool, self.runner.attn_backend
-        return b
+        r = self.runner
+        return self.buffers.batch(bs, r.req_to_token_pool.req_to_token, r.kv_pool, r.attn_backend)
 
     def _forward(self, batch: ForwardBatch) -> torch.Tensor:
         batch.attn_backend.init_forward_metadata(batch)
@@ -106,14 +135,6 @@ class CudaGraphRunner:
     def replay(self, batch: ForwardBatch) -> torch.Tensor:
         bs = batch.batch_size
         padded = self.batch_sizes[bisect.bisect_left(self.batch_sizes, bs)]
-        self.input_ids[:bs].copy_(batch.input_ids, non_blocking=True)
-        self.positions[:bs].copy_(batch.positions, non_blocking=True)
-        self.out_cache_loc[:bs].copy_(batch.out_cache_loc, non_blocking=True)
-        self.req_pool_indices[:bs].copy_(batch.req_pool_indices, non_blocking=True)
-        self.seq_lens[:bs].copy_(batch.seq_lens, non_blocking=True)
-        if padded > bs:
-            self.out_cache_loc[bs:padded].zero_()
-            self.req_pool_indices[bs:padded].fill_(self.dummy_row)
-            self.seq_lens[bs:padded].fill_(1)
+        self.buffers.fill(batch, padded)
         self.graphs[padded].replay()
         return self.outputs[padded][:bs]

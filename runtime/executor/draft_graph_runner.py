@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 import torch
 
-from sgl.runtime.executor.cuda_graph_runner import capture_graphs
+from sgl.runtime.executor.cuda_graph_runner import DecodeBuffers, capture_graphs
 from sgl.runtime.executor.forward_batch import ForwardBatch, ForwardMode
 from sgl.runtime.layers.attention import RadixAttention
 
@@ -67,15 +67,7 @@ class DraftGraphRunner:
 
     def _init_buffers(self) -> None:
         n, dev, d = self.max_bs, self.drafter.runner.device, self.drafter
-        self.dummy_row = d.rows_table.dummy_row
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=dev)  # slot 0: padding
-        self.req_pool_indices = torch.full((n,), self.dummy_row, dtype=torch.int64, device=dev)
-        self.seq_lens = torch.ones(n, dtype=torch.int64, device=dev)
-        self.prefix_lens = torch.zeros(n, dtype=torch.int64, device=dev)  # seq_lens - 1
-        self.ones = torch.ones(n, dtype=torch.int64, device=dev)
-        self.arange = torch.arange(n, dtype=torch.int64, device=dev)
+        self.buffers = DecodeBuffers(n, dev, d.rows_table.dummy_row)
         self.hidden_in = None  # (n, H): the draft's own hidden states (EAGLE tree steps)
         if d.needs_hidden:
             self.hidden_in = torch.zeros((n, d.model.hidden_size), dtype=d.runner.dtype, device=dev)
@@ -85,15 +77,8 @@ class DraftGraphRunner:
                                                  attn.head_dim, dev)
 
     def _static_batch(self, bs: int) -> ForwardBatch:
-        b = ForwardBatch(
-            forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=self.input_ids[:bs],
-            positions=self.positions[:bs], out_cache_loc=self.out_cache_loc[:bs],
-            req_pool_indices=self.req_pool_indices[:bs], prefix_lens=self.prefix_lens[:bs],
-            extend_lens=self.ones[:bs], seq_lens=self.seq_lens[:bs],
-            logits_indices=self.arange[:bs])
-        b.req_to_token = self.drafter.rows_table.req_to_token
-        b.kv_pool, b.attn_backend = self.drafter.kv_pool, self.drafter.attn_backend
-        return b
+        d = self.drafter
+        return self.buffers.batch(bs, d.rows_table.req_to_token, d.kv_pool, d.attn_backend)
 
     def _forward(self, batch: ForwardBatch) -> DraftOutput:
         hidden_in = None if self.hidden_in is None else self.hidden_in[:batch.batch_size]
@@ -120,19 +105,9 @@ class DraftGraphRunner:
         before the next replay."""
         bs = batch.batch_size
         padded = self.batch_sizes[bisect.bisect_left(self.batch_sizes, bs)]
-        self.input_ids[:bs].copy_(batch.input_ids, non_blocking=True)
-        self.positions[:bs].copy_(batch.positions, non_blocking=True)
-        self.out_cache_loc[:bs].copy_(batch.out_cache_loc, non_blocking=True)
-        self.req_pool_indices[:bs].copy_(batch.req_pool_indices, non_blocking=True)
-        self.seq_lens[:bs].copy_(batch.seq_lens, non_blocking=True)
-        self.prefix_lens[:bs].copy_(batch.prefix_lens, non_blocking=True)
+        self.buffers.fill(batch, padded)
         if self.hidden_in is not None:
             self.hidden_in[:bs].copy_(hidden_in, non_blocking=True)
-        if padded > bs:  # padding rows: the dummy row, one key, K/V to slot 0
-            self.out_cache_loc[bs:padded].zero_()
-            self.req_pool_indices[bs:padded].fill_(self.dummy_row)
-            self.seq_lens[bs:padded].fill_(1)
-            self.prefix_lens[bs:padded].zero_()
         if self.use_graphs:
             self.graphs[padded].replay()
             vals, ids, hidden = self.outputs[padded]
