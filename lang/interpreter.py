@@ -65,6 +65,9 @@ class StreamExecutor:
         self.cached_text_len = 0  # how much of text_ the backend has already seen
         self.error_: BaseException | None = None
         self.is_finished = False
+        # A streamed run's program function runs on this thread while the caller reads the
+        # state; it may not have appended everything yet (see ProgramState.sync).
+        self.body_thread: threading.Thread | None = None
 
     def _init_events(self) -> None:
         self.variable_event: dict[str, threading.Event] = {}

@@ -39,8 +39,10 @@ def run_program(program: Any, backend: Any, args: tuple, kwargs: dict[str, Any],
     state = ProgramState(executor)
     if stream:
         ctx = contextvars.copy_context()
-        threading.Thread(target=ctx.run, args=(_run_body, state, program, backend, args, kwargs, False),
-                         daemon=True).start()
+        body = threading.Thread(target=ctx.run, args=(_run_body, state, program, backend, args, kwargs, False),
+                                daemon=True)
+        body.start()
+        executor.body_thread = body  # what state.sync() waits for besides the queue
         return state
     _run_body(state, program, backend, args, kwargs, raise_error)
     return state

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -75,25 +76,36 @@ class ProgramState:
 
     # --- reading --------------------------------------------------------------------------------
 
-    def sync(self) -> None:
-        """Wait for everything appended so far; raise the program's error if it failed."""
+    def _wait(self) -> None:
+        """Everything the program appends has run: for a streamed run, read from outside its
+        function, that is once the function has returned; otherwise what was appended so far."""
+        body = self.stream_executor.body_thread
+        if body is not None and body is not threading.current_thread():
+            body.join()
         self.stream_executor.sync()
+
+    def sync(self) -> None:
+        """Wait for the program (see _wait); raise its error if it failed."""
+        self._wait()
         self.stream_executor.check_error()
 
     def error(self) -> BaseException | None:
-        self.stream_executor.sync()
+        self._wait()
         return self.stream_executor.error_
 
     def text(self) -> str:
-        self.stream_executor.sync()
+        self._wait()
         return self.stream_executor.text_
 
     def messages(self) -> list[dict[str, Any]]:
-        self.stream_executor.sync()
+        self._wait()
         return self.stream_executor.messages_
 
     def get_var(self, name: str) -> Any:
-        return self.stream_executor.get_var(name)
+        exe = self.stream_executor
+        if name not in exe.variables and name not in exe.variable_event:
+            self._wait()  # a streamed program may not have reached the expression yet
+        return exe.get_var(name)
 
     def set_var(self, name: str, value: Any) -> None:
         self.stream_executor.set_var(name, value)

@@ -20,7 +20,7 @@ def echo_reply(prompt: str, params: SglSamplingParams) -> str:
 class FakeBackend(BaseBackend):
     def __init__(self, reply: Callable[[str, SglSamplingParams], str] = echo_reply,
                  template: str = "chatml", delay_s: float = 0.0,
-                 fail_on: str | None = None) -> None:
+                 fail_on: str | None = None, rendezvous: int = 0) -> None:
         super().__init__()
         self.reply = reply
         self.chat_template = get_chat_template(template)
@@ -30,13 +30,19 @@ class FakeBackend(BaseBackend):
         self.cached: list[str] = []
         self.active = 0
         self.max_active = 0
+        # With rendezvous=N, each call waits (up to 3 s) until N calls are in flight at once, so a
+        # concurrency test asserts max_active == N without depending on the machine's speed.
+        self.rendezvous = rendezvous
         self._lock = threading.Lock()
+        self._met = threading.Condition(self._lock)
 
     def _enter(self, kind: str, prompt: str, extra: Any) -> None:
         with self._lock:
             self.calls.append((kind, prompt, extra))
             self.active += 1
             self.max_active = max(self.max_active, self.active)
+            self._met.notify_all()
+            self._met.wait_for(lambda: self.max_active >= self.rendezvous, timeout=3.0)
         if self.fail_on is not None and self.fail_on in prompt:
             self._exit()
             raise RuntimeError(f"backend failure: prompt contains {self.fail_on!r}")

@@ -447,7 +447,7 @@ def test_invalid_grammar_raises_value_error_fast(backends, backend_name, kind, t
     start = time.monotonic()
     with pytest.raises(ValueError) as info:
         backends[backend_name].compile(kind, text)
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 3.0
     if backend_name == "outlines" and kind in ("ebnf", "structural_tag"):
         assert "does not support" in str(info.value)
     else:
@@ -464,7 +464,7 @@ def test_validate_accepts_valid_and_is_fast():
     for regex in REGEXES.values():
         validate("regex", regex)
     validate("ebnf", 'root ::= "a"')
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 3.0
     with pytest.raises(ValueError, match="unknown grammar kind"):
         validate("yaml", "a: 1")
     with pytest.raises(ValueError, match="does not support"):
@@ -475,7 +475,7 @@ def test_pathological_regex_refused_quickly(backends):
     start = time.monotonic()
     with pytest.raises(ValueError, match="too large"):
         backends["outlines"].compile("regex", "((a{0,30}){0,30}){0,30}")
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 3.0
 
 
 def test_manager_timeout_does_not_block(tok, backends):

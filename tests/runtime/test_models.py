@@ -192,7 +192,7 @@ def bundled():
     return path, load_model(path)
 
 
-def test_bundled_gguf_matches_transformers(bundled):
+def test_bundled_gguf_matches_transformers(bundled, bundled_hf):
     path, loaded = bundled
     assert loaded.architecture == "LlamaForCausalLM" and loaded.hf_config.tie_word_embeddings
     assert (loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, loaded.context_len) == (30, 3, 64, 8192)
@@ -203,9 +203,7 @@ def test_bundled_gguf_matches_transformers(bundled):
                                            tokenize=False, add_generation_prompt=True)
     assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
     tokens = tokenizer("The capital of France is")["input_ids"]
-    hf_model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                    dtype=torch.float32)
-    ref = _hf_logits(hf_model.eval(), tokens)
+    ref = _hf_logits(bundled_hf[0], tokens)
     runner = Runner(loaded)
     (first,) = runner.step({0: tokens[:3]})
     (rest,) = runner.step({0: tokens[3:]})

@@ -3,14 +3,12 @@ bundled SmolLM2, under every scheduling path (cold, warm cache, tiny chunks, mix
 retraction), and prompt/output logprobs against transformers' log-softmax."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 import transformers
 
 from sgl.runtime.engine import Engine
-from sgl.runtime.loader.bundled import bundled_model_path
 
 NEW_TOKENS = 32
 
@@ -78,12 +76,8 @@ def test_tiny_models_match_transformers(tiny, engine_kw):
 # -- the bundled SmolLM2 (GGUF, Q4_1 dequantized) -------------------------------------------
 
 @pytest.fixture(scope="module")
-def smol_hf():
-    path = bundled_model_path()
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
-    return model, tok
+def smol_hf(bundled_hf):
+    return bundled_hf
 
 
 @pytest.fixture(scope="module")

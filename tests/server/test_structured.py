@@ -84,7 +84,7 @@ def test_invalid_response_format_is_400_naming_it(server, model_name, route, res
             **({"messages": ASK} if "chat" in route else {"prompt": "x"})}
     start = time.perf_counter()
     res = requests.post(server.url + route, json=body, timeout=60)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 5.0  # compiling nothing; CI cores are shared
     assert res.status_code == 400, res.text
     assert res.json()["error"]["param"].startswith("response_format"), res.json()
 
@@ -93,7 +93,7 @@ def test_native_invalid_regex_is_400_in_under_a_second(server):
     body = {"text": "x", "sampling_params": {"regex": "(unclosed[", "max_new_tokens": 4}}
     start = time.perf_counter()
     res = requests.post(server.url + "/generate", json=body, timeout=60)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 3.0  # a hung compile would take minutes
     assert res.status_code == 400
     err = res.json()["error"]
     assert err["param"] == "sampling_params.regex" and "regex" in err["message"], err

