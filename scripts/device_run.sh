@@ -47,6 +47,12 @@ for stage in "$@"; do
     structured) python3 -m sgl.bench_structured --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
                --batch-size 64 --max-new-tokens 128 --result-filename $OUT/structured.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -14 ;;
     bench1_sync) $B --batch-size 1 --input-len 128 --output-len 256 --disable-overlap-schedule 2>&1 | grep -E "Prefill|Decode|Total|Error|error" ;;
+    eagle3_smol) python3 -m sgl.train_eagle3 --dataset copy --apply-chat-template --num-prompts 512 --max-new-tokens 256 \
+               --epochs 3 --output /tmp/smol_eagle3 2>&1 | grep -E "generated|epoch|wrote|Error" ;
+               python3 -c "from sgl.runtime.bench_speculative import copy_prompts; open('/tmp/heldout.txt', 'w').write(''.join(p.replace(chr(10), chr(92) + 'n') + chr(10) for p in copy_prompts(32, seed=1000)))" ;
+               python3 -m sgl.bench_speculative --speculative-algorithm EAGLE3 --speculative-draft-model-path /tmp/smol_eagle3 \
+               --prompts-file /tmp/heldout.txt --apply-chat-template --batch-sizes 1 4 --num-steps 3 5 --topk 1 4 \
+               --num-draft-tokens 4 8 --max-new-tokens 256 --result-filename $OUT/spec_eagle3.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -20 ;;
     spec_smol) python3 -m sgl.bench_speculative --speculative-algorithm NGRAM --dataset copy --apply-chat-template \
                --batch-sizes 1 4 16 --num-draft-tokens 4 8 16 --max-new-tokens 256 \
                --result-filename $OUT/spec_smol.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -16 ;;
