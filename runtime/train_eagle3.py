@@ -37,7 +37,7 @@ from torch import nn
 
 from sgl.kernels.norm import fused_add_rms_norm_ref, rms_norm_ref
 from sgl.kernels.rotary import apply_rotary_ref
-from sgl.runtime.loader.draft import _random_head_config
+from sgl.runtime.loader.draft import eagle_head_config
 from sgl.runtime.models.llama_eagle import draft_rotary
 from sgl.runtime.models.llama_eagle3 import eagle3_capture_layers
 
@@ -244,7 +244,7 @@ def save_head(head: Eagle3Trainee, head_config: dict, draft_ids: torch.Tensor, v
 
 
 def head_config_for(target_config: Any, draft_vocab_size: int) -> dict:
-    config = _random_head_config(target_config, "EAGLE3", draft_vocab_size)
+    config = eagle_head_config(target_config, "EAGLE3", draft_vocab_size)
     n = target_config.num_hidden_layers
     # Outputs of these layers = inputs of 2, n // 2, n - 3 (written out, not left to defaults).
     config["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": [1, n // 2 - 1, n - 4],

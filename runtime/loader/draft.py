@@ -119,7 +119,7 @@ def write_random_eagle_head(target_config: PretrainedConfig, path: str, kind: st
     draft_vocab = draft_vocab_size or vocab
     if kind == "EAGLE" and draft_vocab != vocab:
         raise ValueError("EAGLE-1 heads draft over the target's whole vocabulary")
-    config = _random_head_config(target_config, kind, draft_vocab)
+    config = eagle_head_config(target_config, kind, draft_vocab)
     if aux_layer_ids is not None:
         config["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": list(aux_layer_ids),
                                   "use_aux_hidden_state": True}
@@ -137,7 +137,9 @@ def write_random_eagle_head(target_config: PretrainedConfig, path: str, kind: st
         save_file(tensors, os.path.join(path, "model.safetensors"))
 
 
-def _random_head_config(target_config: PretrainedConfig, kind: str, draft_vocab: int) -> dict:
+def eagle_head_config(target_config: PretrainedConfig, kind: str, draft_vocab: int) -> dict:
+    """config.json of an EAGLE ("EAGLE") or EAGLE-3 ("EAGLE3") head for `target_config`, as the
+    published heads write it (random heads here, trained ones in train_eagle3.py)."""
     theta, rope_scaling = rope_params_from_config(target_config)
     config = {
         "architectures": [_KIND_ARCHITECTURES[kind]], "model_type": "llama",

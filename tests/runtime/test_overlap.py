@@ -62,7 +62,7 @@ SCHEMA = {"type": "object", "properties": {
 def _structured(engine: Engine, jump_forward: bool) -> list[str]:
     engine.call_in_scheduler(lambda s: setattr(s.grammar, "jump_forward", jump_forward))
     prompts = [f"Order {i} as JSON:" for i in range(5)] + ["Answer yes or no, then a word:"]
-    params = [{"temperature": 1.0, "seed": i, "max_new_tokens": 40, "json_schema": json.dumps(SCHEMA)}
+    params = [{"temperature": 1.0, "seed": i, "max_new_tokens": 30, "json_schema": json.dumps(SCHEMA)}
               for i in range(5)]
     params.append({"temperature": 0, "max_new_tokens": 30, "regex": "(yes|no), [a-z]{2,8}\\."})
     return [o["text"] for o in engine.generate(prompts, params)]

@@ -20,9 +20,10 @@ PROMPTS = [[5, 17, 99, 3, 42, 8], list(range(10, 40)), [7, 7, 7]]
 GREEDY = {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}
 
 
-def greedy(path: str, prompts: list, **kw) -> list[list[int]]:
+def greedy(path: str, prompts: list, max_new_tokens: int = 16, **kw) -> list[list[int]]:
+    params = {**GREEDY, "max_new_tokens": max_new_tokens}
     with Engine(path, skip_tokenizer_init=True, chunked_prefill_size=16, **kw) as e:
-        out = [o["output_ids"] for o in e.generate(input_ids=prompts, sampling_params=GREEDY)]
+        out = [o["output_ids"] for o in e.generate(input_ids=prompts, sampling_params=params)]
         e.call_in_scheduler(lambda s: s.check_pool_invariant())
         return out
 
@@ -50,7 +51,7 @@ def test_tp3_matches_tp1_on_the_bundled_model():
     # SmolLM2-135M has 9 query and 3 KV heads: 3 ranks is its tensor-parallel degree (2 does not divide 9).
     prompts = [[504, 3575, 282, 4649, 314], [1604, 3987, 46477, 24, 94, 727]]
     path = bundled_model_path()
-    assert greedy(path, prompts, tp_size=3) == greedy(path, prompts)
+    assert greedy(path, prompts, 8, tp_size=3) == greedy(path, prompts, 8)
 
 
 def test_tp_size_that_does_not_divide_the_heads_is_an_error(tmp_path):
