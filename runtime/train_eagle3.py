@@ -243,11 +243,11 @@ def save_head(head: Eagle3Trainee, head_config: dict, draft_ids: torch.Tensor, v
     save_file(head.checkpoint(draft_ids, vocab_size), os.path.join(path, "model.safetensors"))
 
 
-def head_config_for(target_config: Any, draft_vocab_size: int) -> dict:
+def head_config_for(target_config: Any, draft_vocab_size: int, capture: list[int]) -> dict:
+    """The head's config.json; `capture` (the target layers whose inputs it reads) is written as
+    eagle_config's layer ids, which name layer outputs: the inputs of the next layers."""
     config = eagle_head_config(target_config, "EAGLE3", draft_vocab_size)
-    n = target_config.num_hidden_layers
-    # Outputs of these layers = inputs of 2, n // 2, n - 3 (written out, not left to defaults).
-    config["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": [1, n // 2 - 1, n - 4],
+    config["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": [i - 1 for i in capture],
                               "use_aux_hidden_state": True}
     return config
 
@@ -286,14 +286,13 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("generated %d sequences (%d tokens) in %.1f s", len(seqs), sum(map(len, seqs)), time.time() - t0)
     hf_model = load_hf_target(model_path, args.device, torch.float32)
     config = hf_model.config
-    capture = eagle3_capture_layers(argparse.Namespace(eagle_config=head_config_for(config, 1)["eagle_config"]),
-                                    config.num_hidden_layers)
+    capture = eagle3_capture_layers(config, config.num_hidden_layers)  # SGLang's default layers
     samples = target_features(hf_model, seqs, capture, args.device)
     embed = hf_model.get_input_embeddings().weight.detach().float().cpu()
     lm_head = hf_model.get_output_embeddings().weight.detach().float().cpu()
     del hf_model
     draft_ids = draft_vocabulary(samples, config.vocab_size, args.draft_vocab_size)
-    head_config = head_config_for(config, len(draft_ids))
+    head_config = head_config_for(config, len(draft_ids), capture)
     head, accuracy = train(samples, head_config, embed, lm_head, draft_ids, args.ttt_steps, args.epochs, args.lr,
                            args.device, args.seed)
     save_head(head, head_config, draft_ids, config.vocab_size, args.output)

@@ -69,7 +69,6 @@ class DecodeBuffers:
         self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)  # slot 0: padding
         self.req_pool_indices = torch.full((n,), dummy_row, dtype=torch.int64, device=device)
         self.seq_lens = torch.ones(n, dtype=torch.int64, device=device)
-        self.prefix_lens = torch.zeros(n, dtype=torch.int64, device=device)  # seq_lens - 1
         self.ones = torch.ones(n, dtype=torch.int64, device=device)
         self.arange = torch.arange(n, dtype=torch.int64, device=device)
 
@@ -78,7 +77,8 @@ class DecodeBuffers:
         b = ForwardBatch(
             forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=self.input_ids[:bs],
             positions=self.positions[:bs], out_cache_loc=self.out_cache_loc[:bs],
-            req_pool_indices=self.req_pool_indices[:bs], prefix_lens=self.prefix_lens[:bs],
+            req_pool_indices=self.req_pool_indices[:bs],
+            prefix_lens=self.seq_lens[:bs] - 1,  # as captured; decode kernels read seq_lens only
             extend_lens=self.ones[:bs], seq_lens=self.seq_lens[:bs],
             logits_indices=self.arange[:bs])
         b.req_to_token = req_to_token
@@ -88,14 +88,12 @@ class DecodeBuffers:
     def fill(self, batch: ForwardBatch, padded: int) -> None:
         """Copy a decode batch's rows in; rows [batch_size, padded) become padding."""
         bs = batch.batch_size
-        for name in ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "seq_lens",
-                     "prefix_lens"):
+        for name in ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "seq_lens"):
             getattr(self, name)[:bs].copy_(getattr(batch, name), non_blocking=True)
         if padded > bs:  # the dummy row, one key, K/V to slot 0
             self.out_cache_loc[bs:padded].zero_()
             self.req_pool_indices[bs:padded].fill_(self.dummy_row)
             self.seq_lens[bs:padded].fill_(1)
-            self.prefix_lens[bs:padded].zero_()
 
 
 class CudaGraphRunner:

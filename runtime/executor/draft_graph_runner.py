@@ -111,7 +111,9 @@ class DraftGraphRunner:
         if self.use_graphs:
             self.graphs[padded].replay()
             vals, ids, hidden = self.outputs[padded]
-        else:
-            vals, ids, hidden = self._forward(self.batches[padded])
+        else:  # the torch path reads prefix_lens, which the replayed decode kernels do not
+            static = self.batches[padded]
+            static.prefix_lens = static.seq_lens - 1
+            vals, ids, hidden = self._forward(static)
         self.num_replays += 1
         return vals[:bs], ids[:bs], None if hidden is None else hidden[:bs]

@@ -75,21 +75,14 @@ class Planner:
         if not prompts and not waiting:
             return False
         wants, budget = self._wants(prompts, self.chunk_size)
-        if wants:
-            slots = self.kv.alloc(sum(n for _, n in wants))
-            if slots is None:
-                return False
-            for (req, n), part in zip(wants, torch.split(slots, [n for _, n in wants])):
-                plan.add(req, n, part)
+        if wants and not self._add_all(wants, plan):
+            return False
         self._admit(running, waiting, plan, budget)
         return bool(plan.reqs)
 
     def _schedule_running(self, running: list[Req], waiting: list[Req], plan: StepPlan) -> int:
         wants, budget = self._wants(running, self.chunk_size)
-        slots = self.kv.alloc(sum(n for _, n in wants))
-        if slots is not None:  # the common case: one allocation for the whole batch
-            for (req, n), part in zip(wants, torch.split(slots, [n for _, n in wants])):
-                plan.add(req, n, part)
+        if self._add_all(wants, plan):  # the common case: one allocation for the whole batch
             return budget
         budget = self.chunk_size  # short of KV: one request at a time, retracting as needed
         for req in list(running):
@@ -103,6 +96,16 @@ class Planner:
             if part is not None:
                 plan.add(req, n, part)
         return budget
+
+    def _add_all(self, wants: list[tuple[Req, int]], plan: StepPlan) -> bool:
+        """Give every (request, tokens) in `wants` its slots from one allocation; False (nothing
+        added) if the pool is short."""
+        slots = self.kv.alloc(sum(n for _, n in wants))
+        if slots is None:
+            return False
+        for (req, n), part in zip(wants, torch.split(slots, [n for _, n in wants])):
+            plan.add(req, n, part)
+        return True
 
     @staticmethod
     def _wants(reqs: list[Req], budget: int) -> tuple[list[tuple[Req, int]], int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 import torch
 import transformers
 
@@ -38,7 +37,7 @@ def test_trainee_computes_what_the_loaded_head_computes(tmp_path):
     hf = _hf_target(tmp_path / "target")
     config = hf.config
     draft_ids = torch.tensor(sorted(random.Random(0).sample(range(config.vocab_size), 40)))
-    head_config = head_config_for(config, len(draft_ids))
+    head_config = head_config_for(config, len(draft_ids), [2, 2, 1])
     embed, lm_head = hf.get_input_embeddings().weight.detach(), hf.get_output_embeddings().weight.detach()
     trainee = Eagle3Trainee(head_config, embed, lm_head[draft_ids])
     _randomize(trainee.weights.named_parameters(), torch.Generator().manual_seed(1))
@@ -85,10 +84,10 @@ def test_trained_head_is_accepted_where_a_random_one_is_not(tmp_path):
     rng = random.Random(0)
     train_prompts = [[rng.randrange(3, 128) for _ in range(rng.randrange(4, 12))] for _ in range(32)]
     seqs = generate_sequences(target, train_prompts, 40)
-    capture = eagle3_capture_layers(transformers.PretrainedConfig(**head_config_for(hf.config, 1)), 4)
+    capture = eagle3_capture_layers(hf.config, 4)  # SGLang's default: 2, n // 2, n - 3
     samples = target_features(hf, seqs, capture, "cpu")
     draft_ids = draft_vocabulary(samples, hf.config.vocab_size, 64)
-    head_config = head_config_for(hf.config, len(draft_ids))
+    head_config = head_config_for(hf.config, len(draft_ids), capture)
     head, accuracy = train(samples, head_config, hf.get_input_embeddings().weight.detach(),
                            hf.get_output_embeddings().weight.detach(), draft_ids, steps=3, epochs=40,
                            lr=3e-3, log_every=0)
