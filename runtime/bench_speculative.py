@@ -81,9 +81,18 @@ def _set_spec(sched: Any, server_args: ServerArgs) -> None:
         sched.runner.prepare_verify_graphs(sched.spec.num_draft_tokens)
 
 
+def _set_batch_limit(sched: Any, limit: int) -> None:
+    most = min(sched.runner.max_running_requests, sched.runner.req_to_token_pool.max_reqs - 1)
+    sched.planner.max_running = min(limit, most)
+
+
 def run_one(engine: Any, server_args: ServerArgs, prompts: list[str], params: dict,
-            profile: bool = False) -> dict:
+            profile: bool = False, batch_size: int = 0) -> dict:
+    """Run `prompts` (warm-up, then timed) under `server_args`' speculation, at most
+    `batch_size` of them running at once (0: all)."""
     engine.call_in_scheduler(lambda s: _set_spec(s, server_args), timeout=600)
+    limit = batch_size or len(prompts)
+    engine.call_in_scheduler(lambda s: _set_batch_limit(s, limit), timeout=60)
     # Warm up this setting's shapes (Triton compiles its kernels on first use), then time.
     engine.generate(prompts, params)
     engine.flush_cache()
@@ -94,8 +103,9 @@ def run_one(engine: Any, server_args: ServerArgs, prompts: list[str], params: di
         elapsed = time.perf_counter() - t
     if prof is not None:
         print(f"--- scheduler steps, {server_args.speculative_algorithm or 'no speculation'}, "
-              f"batch {len(prompts)}, {elapsed:.3f} s")
+              f"{len(prompts)} prompts, {elapsed:.3f} s")
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(r"sgl|runtime|kernels", 40)
     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
     verify = sum(o["meta_info"].get("spec_verify_ct", 0) for o in outs)
     accepted = sum(o["meta_info"].get("spec_accepted_tokens", 0) for o in outs)
@@ -113,6 +123,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--topk", type=int, nargs="+", default=[1, 4])
     p.add_argument("--num-draft-tokens", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--num-prompts", type=int, default=0,
+                   help="Prompts per run, at most the batch size running at once (default: the batch size).")
     p.add_argument("--apply-chat-template", action="store_true")
     p.add_argument("--result-filename", default=None)
     p.add_argument("--profile", action="store_true", help="cProfile the scheduler's steps in every run.")
@@ -124,7 +136,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     algorithm = base_args.speculative_algorithm
     if algorithm is None:
         p.error("--speculative-algorithm is required")
-    prompts = read_prompts(args.prompts_file) if args.prompts_file else copy_prompts(max(args.batch_sizes))
+    prompts = (read_prompts(args.prompts_file) if args.prompts_file
+               else copy_prompts(max(args.batch_sizes + [args.num_prompts])))
 
     from sgl.runtime.engine import Engine
     plain = dataclasses.replace(base_args, speculative_algorithm=None)
@@ -136,13 +149,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     run_one(engine, plain, prompts[:2], dict(params, max_new_tokens=8))  # warm up
     rows: list[dict] = []
     for bs in args.batch_sizes:
-        batch = [prompts[i % len(prompts)] for i in range(bs)]
-        base = run_one(engine, plain, batch, params, args.profile)
+        batch = [prompts[i % len(prompts)] for i in range(max(bs, args.num_prompts))]
+        base = run_one(engine, plain, batch, params, args.profile, bs)
         rows.append(_row(bs, None, base, base))
         for steps, topk, tokens in settings(args, algorithm):
             spec_args = dataclasses.replace(base_args, speculative_num_steps=steps,
                                             speculative_eagle_topk=topk, speculative_num_draft_tokens=tokens)
-            rows.append(_row(bs, (steps, topk, tokens), run_one(engine, spec_args, batch, params, args.profile), base))
+            rows.append(_row(bs, (steps, topk, tokens), run_one(engine, spec_args, batch, params, args.profile, bs),
+                             base))
     engine.shutdown()
     _print(rows, algorithm)
     for row in rows:

@@ -17,7 +17,7 @@ from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.executor.tensor_parallel import (agree_min, broadcast_step, init_tensor_parallel,
                                                    leave_tensor_parallel, share_sampled_ids)
 from sgl.runtime.grammar import bitmask_to_bool
-from sgl.runtime.loader import load_model
+from sgl.runtime.loader import kv_layout, load_model
 from sgl.runtime.loader.bundled import bundled_model_path
 from sgl.runtime.sampling.sampler import Sampler, SamplingBatchInfo
 from sgl.runtime.scheduler.batch import RunResult, StepInputs
@@ -83,7 +83,8 @@ class ModelRunner:
     def _init_memory(self) -> None:
         L = self.loaded
         probe = MHATokenToKVPool(1, L.num_kv_heads, L.head_dim, L.num_layers, self.dtype, "meta")
-        self.max_total_tokens = self.args.max_total_tokens or self._auto_pool_tokens(probe.bytes_per_token())
+        self.max_total_tokens = self.args.max_total_tokens or self._auto_pool_tokens(
+            probe.bytes_per_token() + self._draft_bytes_per_token())
         if self.tp_size > 1:  # every rank must hold the same slots
             self.max_total_tokens = agree_min(self.max_total_tokens)
         default_running = 256 if self.device.type == "cpu" else 1024
@@ -99,6 +100,17 @@ class ModelRunner:
         self.chunked_prefill_size = chunk if chunk > 0 else max(self.args.max_prefill_tokens, self.context_len)
         logger.info("KV pool: %d tokens (%.2f GB), max running requests %d", self.max_total_tokens,
                     self.max_total_tokens * probe.bytes_per_token() / 1e9, self.max_running_requests)
+
+    def _draft_bytes_per_token(self) -> int:
+        """A draft model keeps a KV pool of as many tokens as the target's (speculative/
+        draft_worker.py), so the auto-sized pool leaves room for it. Counted whenever a draft
+        model is named, also with speculation off: bench_speculative starts that way and turns
+        speculation on later."""
+        path = self.args.speculative_draft_model_path
+        if not path:
+            return 0
+        layers, kv_heads, head_dim = kv_layout(path)
+        return MHATokenToKVPool(1, kv_heads, head_dim, layers, self.dtype, "meta").bytes_per_token()
 
     def _auto_pool_tokens(self, bytes_per_token: int) -> int:
         if self.device.type == "cpu":

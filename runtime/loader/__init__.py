@@ -3,6 +3,7 @@ the target dtype/device, stream the weights in."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -77,6 +78,22 @@ def load_model(model_path: str, load_format: str = "auto",
         context_len=context_len, vocab_size=config.vocab_size, num_layers=config.num_hidden_layers,
         num_kv_heads=attn.num_kv_heads, head_dim=attn.head_dim, dtype=dtype,
         eos_token_ids=_eos_token_ids(model_path, load_format, config, checkpoint))
+
+
+def kv_layout(model_path: str) -> tuple[int, int, int]:
+    """(layers, KV heads, head dim) of a model or a draft head, from its config alone (no
+    weights): what a KV pool for it holds per token."""
+    model_path = resolve_model_path(model_path)
+    if os.path.isdir(model_path):  # a HF folder or a draft head: its config.json as written
+        with open(os.path.join(model_path, "config.json")) as f:
+            c = json.load(f)
+        heads = c["num_attention_heads"]
+        return (c["num_hidden_layers"], c.get("num_key_value_heads") or heads,
+                c.get("head_dim") or c["hidden_size"] // heads)
+    config, _ = _load_config(model_path, _resolve_format(model_path, "auto"))
+    heads = config.num_attention_heads
+    return (config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads,
+            getattr(config, "head_dim", None) or config.hidden_size // heads)
 
 
 def resolve_model_path(model_path: str) -> str:

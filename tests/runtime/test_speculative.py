@@ -528,3 +528,31 @@ def test_grammar_subtree_keeps_the_paths_the_grammar_allows():
     kept = grammar_subtree(tree, grammar)
     assert kept.tokens == [yes, bang, no, bang] and kept.parents == [-1, 0, -1, 2]
     assert grammar.num_accepted == 0 and grammar.accept_token(no)  # the state was left as it was
+
+
+
+def test_auto_kv_pool_leaves_room_for_the_draft_pool(tmp_path):
+    """A draft model keeps a KV pool of as many tokens as the target's, so the auto-sized pool
+    is sized for both whenever a draft model is named (also with speculation off, as
+    bench_speculative starts): a STANDALONE copy of the target halves it, an EAGLE-3 head (one
+    layer) takes 1/num_layers more per token. (A small random model whose KV per token puts the
+    CPU pool below its 65,536-token cap.)"""
+    from sgl.runtime.executor import model_runner
+    config = _tiny_config(hidden_size=512, num_attention_heads=8, num_key_value_heads=8,
+                          num_hidden_layers=8, intermediate_size=64)
+    config.save_pretrained(tmp_path / "target")
+    write_random_eagle_head(config, str(tmp_path / "head"), "EAGLE3", seed=1, draft_vocab_size=32)
+    pools = {}
+    for name, draft in (("plain", None), ("standalone", tmp_path / "target"), ("eagle3", tmp_path / "head")):
+        runner = ModelRunner(ServerArgs(model_path=str(tmp_path / "target"), load_format="dummy",
+                                        dtype="float32", skip_tokenizer_init=True,
+                                        speculative_draft_model_path=draft and str(draft)))
+        pools[name] = (runner.max_total_tokens, runner.kv_pool.bytes_per_token())
+        runner.shutdown()
+    tokens, per_token = pools["plain"]
+
+    def fit(nbytes: int) -> int:
+        return int(min(65536, max(4096, model_runner._CPU_KV_BYTES // nbytes)))
+    assert tokens == fit(per_token) < 65536
+    assert pools["standalone"][0] == fit(2 * per_token) < tokens
+    assert pools["eagle3"][0] == fit(per_token + per_token // 8) < tokens
