@@ -43,6 +43,9 @@ for stage in "$@"; do
     gpu_log) python3 -m pytest -q -m gpu tests -rfE --tb=short --durations=15 > $OUT/gpu.log 2>&1; tail -n 40 $OUT/gpu.log ;;
     gpu) python3 -m pytest -q -m gpu tests 2>&1 | tail -15 ;;
     gpu0) python3 -m pytest -q -m gpu tests/kernels tests/runtime/test_speculative.py tests/runtime/test_tensor_parallel.py 2>&1 | tail -15 ;;
+    gpu_bundled) python3 -m pytest -q -m gpu tests/runtime/test_gpu_engine.py tests/runtime/test_draft_graphs.py -rfE --tb=short \
+               -k "bundled or radix or cuda_graph_decode or overlap or draft" \
+               > $OUT/gpu_bundled.log 2>&1; tail -n 30 $OUT/gpu_bundled.log ;;
     gpu_engine) python3 -m pytest -q -m gpu tests/runtime/test_gpu_engine.py 2>&1 | tail -25 ;;
     structured) python3 -m sgl.bench_structured --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
                --batch-size 64 --max-new-tokens 128 --result-filename $OUT/structured.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -14 ;;
@@ -50,12 +53,12 @@ for stage in "$@"; do
     eagle3_smol) python3 -m sgl.train_eagle3 --dataset copy --apply-chat-template --num-prompts 512 --max-new-tokens 256 \
                --epochs 3 --output /tmp/smol_eagle3 2>&1 | grep -E "generated|epoch|wrote|Error" ;
                python3 -c "from sgl.runtime.bench_speculative import copy_prompts; open('/tmp/heldout.txt', 'w').write(''.join(p.replace(chr(10), chr(92) + 'n') + chr(10) for p in copy_prompts(32, seed=1000)))" ;
-               python3 -m sgl.bench_speculative --speculative-algorithm EAGLE3 --speculative-draft-model-path /tmp/smol_eagle3 \
+               SGL_DRAFT_CUDA_GRAPH=${DG:-0} python3 -m sgl.bench_speculative --speculative-algorithm EAGLE3 --speculative-draft-model-path /tmp/smol_eagle3 \
                --prompts-file /tmp/heldout.txt --apply-chat-template --batch-sizes 1 4 --num-steps 3 5 --topk 1 4 \
-               --num-draft-tokens 4 8 --max-new-tokens 256 --result-filename $OUT/spec_eagle3.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -20 ;;
+               --num-draft-tokens 4 8 --num-prompts 8 --max-new-tokens 256 --result-filename $OUT/spec_eagle3.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -20 ;;
     spec_smol) python3 -m sgl.bench_speculative --speculative-algorithm NGRAM --dataset copy --apply-chat-template \
-               --batch-sizes 1 4 16 --num-draft-tokens 4 8 16 --max-new-tokens 256 \
-               --result-filename $OUT/spec_smol.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -16 ;;
+               --batch-sizes 1 4 16 --num-draft-tokens 4 8 16 32 --num-prompts 16 --max-new-tokens 256 \
+               --result-filename $OUT/spec_smol.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -20 ;;
     spec_8b) python3 -m sgl.bench_speculative --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
                --speculative-algorithm NGRAM --dataset copy --batch-sizes 1 8 --num-draft-tokens 4 8 16 \
                --max-new-tokens 256 --result-filename $OUT/spec_8b.jsonl 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -14 ;;
@@ -72,7 +75,8 @@ for stage in "$@"; do
     dp) timeout 240 bash scripts/dp_router_bench.sh 98304; pkill -f "port 310[0-9][0-9]"; pkill -f sgl.router
         tail -n 5 ${LOGS:-/tmp}/worker1.log ${LOGS:-/tmp}/router_cache_aware.log ${LOGS:-/tmp}/router_round_robin.log ;;
     spec_prof) python3 -m sgl.bench_speculative --speculative-algorithm NGRAM --dataset copy --apply-chat-template \
-               --batch-sizes 1 --num-draft-tokens 8 --max-new-tokens 256 --profile 2>&1 | grep -vE "^\s*$|Loading|INFO" | head -60 ;;
+               --batch-sizes 1 --num-draft-tokens 16 --max-new-tokens 256 --profile > $OUT/spec_prof.log 2>&1; \
+               grep -vE "^\s*$|Loading|INFO" $OUT/spec_prof.log | grep -A48 "NGRAM, 1 prompts" | head -75 ;;
     bench1_kernels) $B --batch-size 1 --input-len 128 --output-len 16 --profile-kernels 64 2>&1 | grep -vE "INFO|Loading" | tail -40 ;;
     hf_prefill) python3 -m sgl.bench_transformers --model-path $M --batch-size 8 --input-len 4096 --output-len 1 \
                --result-filename $OUT/hf.jsonl 2>&1 | tail -1 ;;

@@ -186,14 +186,14 @@ class ModelRunner:
         runtime/executor/draft_graph_runner.py), sharing the decode graphs' memory pool.
         Called by each new drafter (a benchmark may switch settings on a running engine: the
         previous drafter's graphs go first). Returns the graph runner, None where decode runs
-        eagerly (CPU, --disable-cuda-graph, a backend other than triton), and unless
-        SGL_DRAFT_CUDA_GRAPH=1: opt-in until tests/runtime/test_draft_graphs.py has run on a GPU."""
+        eagerly (CPU, --disable-cuda-graph, a backend other than triton) or with
+        SGL_DRAFT_CUDA_GRAPH=0 (the drafter alone eager)."""
         from sgl.runtime.executor.cuda_graph_runner import release_graphs
         from sgl.runtime.executor.draft_graph_runner import DraftGraphRunner, draft_batch_sizes
         if self.draft_graph_runner is not None:
             release_graphs(self.draft_graph_runner.graphs)
             self.draft_graph_runner = None
-        if self.graph_runner is None or os.environ.get("SGL_DRAFT_CUDA_GRAPH", "0") != "1":
+        if self.graph_runner is None or os.environ.get("SGL_DRAFT_CUDA_GRAPH", "1") == "0":
             return None
         sizes = draft_batch_sizes(self.graph_runner.batch_sizes, drafter.topk)
         if sizes:

@@ -168,13 +168,14 @@ GPU_PROMPTS = PROMPTS + ["List three colors:", "Repeat exactly: one two three, o
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("case", list(GPU_CASES))
-def test_draft_cuda_graphs_keep_greedy_outputs(case, eagle_heads, monkeypatch):
+def test_draft_cuda_graphs_keep_greedy_outputs(case, eagle_heads):
     """Float32 on the bundled model, 5 requests (padded to 8 rows a step, or 10 to 16 for the
     tree): speculation whose draft tree steps replay CUDA graphs gives the greedy tokens of
     eager speculation (--disable-cuda-graph) and of plain decoding; the graphs were replayed,
     propose the eager drafter's trees (same engine, drafter graphs detached), and are released
-    at shutdown. The bundled model drafting for itself has its drafts accepted."""
-    monkeypatch.setenv("SGL_DRAFT_CUDA_GRAPH", "1")  # opt-in until this test has run on a GPU
+    at shutdown. The bundled model drafting for itself has its drafts accepted: a chain's
+    every step (nearly always), a tree's as often as the eager drafter's (a tree of fewer
+    nodes than steps x topk keeps the best-scored ones, which can cut the top-1 chain short)."""
     spec = dict(GPU_CASES[case])
     algo = spec["speculative_algorithm"]
     spec["speculative_draft_model_path"] = (bundled_model_path() if algo == "STANDALONE"
@@ -185,7 +186,8 @@ def test_draft_cuda_graphs_keep_greedy_outputs(case, eagle_heads, monkeypatch):
         plain = _ids(_greedy(e, GPU_PROMPTS, 32))
     with Engine(disable_cuda_graph=True, **kw, **spec) as e:
         assert e.runner.draft_graph_runner is None and e.scheduler.spec.drafter.graph_runner is None
-        eager = _ids(_greedy(e, GPU_PROMPTS, 32))
+        eager_outs = _greedy(e, GPU_PROMPTS, 32)
+        eager = _ids(eager_outs)
     with Engine(**kw, **spec) as e:
         runner, drafter = e.runner, e.scheduler.spec.drafter
         graphs = runner.draft_graph_runner  # shutdown releases it from the runner
@@ -207,7 +209,11 @@ def test_draft_cuda_graphs_keep_greedy_outputs(case, eagle_heads, monkeypatch):
             / max(len(graph_trees), len(eager_trees)))
     assert same >= 0.95, f"{same:.3f} of the proposals identical"
     assert runner.draft_graph_runner is None and not graphs.graphs  # released at shutdown
-    if algo == "STANDALONE":  # its own draft: (nearly) every drafted token is accepted
+    if algo == "STANDALONE":  # its own draft
         verified = sum(o["meta_info"]["spec_verify_ct"] for o in outs)
         accepted = sum(o["meta_info"]["spec_accepted_tokens"] for o in outs)
-        assert accepted >= 0.9 * spec["speculative_num_steps"] * verified, (accepted, verified)
+        if spec.get("speculative_eagle_topk", 1) == 1:  # every drafted token, but at the ends
+            assert accepted >= 0.9 * spec["speculative_num_steps"] * verified, (accepted, verified)
+        eager_accepted = sum(o["meta_info"]["spec_accepted_tokens"] for o in eager_outs)
+        eager_verified = sum(o["meta_info"]["spec_verify_ct"] for o in eager_outs)
+        assert accepted / verified >= 0.95 * eager_accepted / eager_verified > 2
