@@ -82,8 +82,7 @@ def _set_spec(sched: Any, server_args: ServerArgs) -> None:
 
 
 def _set_batch_limit(sched: Any, limit: int) -> None:
-    most = min(sched.runner.max_running_requests, sched.runner.req_to_token_pool.max_reqs - 1)
-    sched.planner.max_running = min(limit, most)
+    sched.planner.max_running = min(limit, sched.max_running)
 
 
 def run_one(engine: Any, server_args: ServerArgs, prompts: list[str], params: dict,

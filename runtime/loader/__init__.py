@@ -9,11 +9,13 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import torch
 from sgl.runtime.loader import dummy, hf
 from sgl.runtime.loader.bundled import bundled_model_path
+from sgl.runtime.models.llama import get_head_dim
 from sgl.runtime.models.registry import DRAFT_ARCHITECTURES, get_model_class, resolve_architecture
 from torch import nn
 from tqdm.auto import tqdm
@@ -86,14 +88,11 @@ def kv_layout(model_path: str) -> tuple[int, int, int]:
     model_path = resolve_model_path(model_path)
     if os.path.isdir(model_path):  # a HF folder or a draft head: its config.json as written
         with open(os.path.join(model_path, "config.json")) as f:
-            c = json.load(f)
-        heads = c["num_attention_heads"]
-        return (c["num_hidden_layers"], c.get("num_key_value_heads") or heads,
-                c.get("head_dim") or c["hidden_size"] // heads)
-    config, _ = _load_config(model_path, _resolve_format(model_path, "auto"))
-    heads = config.num_attention_heads
-    return (config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads,
-            getattr(config, "head_dim", None) or config.hidden_size // heads)
+            config = SimpleNamespace(**json.load(f))
+    else:
+        config, _ = _load_config(model_path, _resolve_format(model_path, "auto"))
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return config.num_hidden_layers, kv_heads, get_head_dim(config)
 
 
 def resolve_model_path(model_path: str) -> str:

@@ -58,8 +58,9 @@ class Scheduler:
         self.rng = random.Random(self.args.random_seed)
         self.ratio = NewTokenRatio(self.args.schedule_conservativeness)
         chunk = self.runner.chunked_prefill_size
-        max_running = min(self.runner.max_running_requests, self.runner.req_to_token_pool.max_reqs - 1)
-        self.planner = Planner(self.kv, chunk, max_running, self.ratio, mixed=self.args.enable_mixed_chunk)
+        # the most requests running at once (the planner's limit may be set lower, never higher)
+        self.max_running = min(self.runner.max_running_requests, self.runner.req_to_token_pool.max_reqs - 1)
+        self.planner = Planner(self.kv, chunk, self.max_running, self.ratio, mixed=self.args.enable_mixed_chunk)
 
     # -- inputs ------------------------------------------------------------------------------
     def handle(self, msg: Any) -> Optional[list[TokenOutput]]:
