@@ -3,7 +3,6 @@ bundled SmolLM2, under every scheduling path (cold, warm cache, tiny chunks, mix
 retraction), and prompt/output logprobs against transformers' log-softmax."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import transformers
@@ -76,11 +75,6 @@ def test_tiny_models_match_transformers(tiny, engine_kw):
 # -- the bundled SmolLM2 (GGUF, Q4_1 dequantized) -------------------------------------------
 
 @pytest.fixture(scope="module")
-def smol_hf(bundled_hf):
-    return bundled_hf
-
-
-@pytest.fixture(scope="module")
 def smol_engine():
     with Engine(chunked_prefill_size=8) as engine:
         yield engine
@@ -89,8 +83,8 @@ def smol_engine():
 TEXTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
 
 
-def test_bundled_model_greedy_matches_transformers(smol_hf, smol_engine):
-    model, tok = smol_hf
+def test_bundled_model_greedy_matches_transformers(bundled_hf, smol_engine):
+    model, tok = bundled_hf
     prompts = [tok.encode(t) for t in TEXTS]
     expected = [hf_greedy(model, p) for p in prompts]
     assert engine_greedy(smol_engine, prompts) == expected
@@ -99,8 +93,8 @@ def test_bundled_model_greedy_matches_transformers(smol_hf, smol_engine):
         "meta_info"]["cached_tokens"] > 0
 
 
-def test_bundled_model_logprobs_match_transformers(smol_hf, smol_engine):
-    model, tok = smol_hf
+def test_bundled_model_logprobs_match_transformers(bundled_hf, smol_engine):
+    model, tok = bundled_hf
     prompt = tok.encode(TEXTS[2])
     out = smol_engine.generate(input_ids=prompt, sampling_params={"max_new_tokens": 8, "temperature": 0},
                                return_logprob=True, logprob_start_len=0, top_logprobs_num=3)
