@@ -66,13 +66,15 @@ def test_cache_aware_sticks_even_when_the_holder_is_busier_within_thresholds() -
     assert policy.select(workers, SYSTEM_A + "Q2") is holder
 
 
-def test_cache_aware_below_threshold_goes_to_the_least_loaded() -> None:
+def test_cache_aware_sends_a_new_prefix_to_the_smallest_tree() -> None:
     policy, workers = _policy("cache_aware", cache_threshold=0.9), _workers(0, 0)
     holder = _route(policy, workers, SYSTEM_A)
-    holder.load = 1
     other = next(w for w in workers if w is not holder)
-    # matches len(SYSTEM_A) of a twice-as-long text: 0.5 <= 0.9
+    other.load = 5  # busier (within the balance thresholds), but its tree is empty
+    # matches len(SYSTEM_A) of a twice-as-long text: 0.5 <= 0.9, a new prefix
     assert policy.select(workers, SYSTEM_A + SYSTEM_B) is other
+    policy.reset()  # equal (empty) trees: the least busy
+    assert policy.select(workers, SYSTEM_B) is holder
 
 
 def test_cache_aware_falls_back_to_shortest_queue_when_unbalanced() -> None:
