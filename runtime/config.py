@@ -72,6 +72,9 @@ class ServerArgs:
     dist_init_addr: Optional[str] = _f(None, "host:port of rank 0 for torch.distributed (auto: a free local port).")
     nnodes: int = _f(1, "Nodes the tensor-parallel ranks are spread over.")
     node_rank: int = _f(0, "This node's index; node 0 runs the scheduler and the HTTP server.")
+    enable_custom_all_reduce: bool = _f(False, "All-reduce small tensors one-shot over GPU peer memory "
+                                        "(ranks of one node) instead of NCCL; no faster on H100s "
+                                        "(docs/benchmarks.md).")
     dp_size: int = _f(1, "Data-parallel replicas: full copies of the model behind one front end.")
     load_balance_method: str = _f("round_robin", "How the front end picks a data-parallel replica.",
                                   choices=LOAD_BALANCE_METHODS)
@@ -103,6 +106,9 @@ class ServerArgs:
         if self.load_balance_method not in LOAD_BALANCE_METHODS:
             raise ValueError(f"load_balance_method must be one of {LOAD_BALANCE_METHODS}, "
                              f"got {self.load_balance_method!r}")
+        if self.enable_custom_all_reduce and self.nnodes > 1:
+            raise ValueError("enable_custom_all_reduce needs the ranks on one node (nnodes 1): "
+                             "peer memory does not cross nodes")
         if self.dp_size > 1 and self.nnodes > 1:
             raise ValueError("dp_size > 1 runs every replica on node 0: use nnodes 1")
         self._check_speculative()

@@ -17,6 +17,7 @@ from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.executor.tensor_parallel import (agree_min, broadcast_step, init_tensor_parallel,
                                                    leave_tensor_parallel, share_sampled_ids)
 from sgl.runtime.grammar import bitmask_to_bool
+from sgl.runtime.layers.custom_all_reduce import uninstall as uninstall_one_shot
 from sgl.runtime.loader import kv_layout, load_model
 from sgl.runtime.loader.bundled import bundled_model_path
 from sgl.runtime.sampling.sampler import Sampler, SamplingBatchInfo
@@ -53,7 +54,8 @@ class ModelRunner:
         self.tp_overlap = self.tp_size > 1 and (flag == "1" or (
             flag != "0" and self.device.type == "cuda" and not server_args.disable_overlap_schedule))
         if self.tp_size > 1:
-            init_tensor_parallel(tp_rank, self.tp_size, server_args.dist_init_addr, self.device)
+            init_tensor_parallel(tp_rank, self.tp_size, server_args.dist_init_addr, self.device,
+                                 custom_all_reduce=server_args.enable_custom_all_reduce)
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", torch.cuda.current_device())
         try:
@@ -64,6 +66,7 @@ class ModelRunner:
             self._init_cuda_graphs()
         except Exception:
             if self.tp_size > 1 and dist.is_initialized():
+                uninstall_one_shot()
                 dist.destroy_process_group()  # so this process can start another engine
             raise
         self.last_used_cuda_graph = False

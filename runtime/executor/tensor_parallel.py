@@ -18,6 +18,9 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from sgl.runtime.layers.custom_all_reduce import install as install_one_shot
+from sgl.runtime.layers.custom_all_reduce import uninstall as uninstall_one_shot
+
 logger = logging.getLogger("sgl.tp")
 _OBJECT_GROUP: Any = None  # a gloo group for Python objects, whatever the tensor backend
 _IDLE_FOREVER = timedelta(days=3650)
@@ -29,7 +32,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: torch.device) -> None:
+def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: torch.device,
+                         custom_all_reduce: bool = False) -> None:
+    """Join the process group. `custom_all_reduce`: also set up the one-shot all-reduce over peer
+    memory (GPUs of one node; layers/custom_all_reduce.py)."""
     global _OBJECT_GROUP
     if device.type == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
@@ -43,6 +49,11 @@ def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: t
     if backend == "nccl":  # open the communicator now: a first collective inside a graph capture fails
         dist.all_reduce(torch.zeros(1, device=torch.device("cuda", torch.cuda.current_device())))
         torch.cuda.synchronize()
+        if custom_all_reduce:
+            one_shot = install_one_shot(dist.group.WORLD)
+            if one_shot is not None and rank == 0:
+                logger.info("custom all-reduce: one-shot over peer memory up to %d bytes, NCCL above",
+                            one_shot.max_bytes)
 
 
 def agree_min(value: int) -> int:
@@ -115,6 +126,7 @@ def leave_tensor_parallel(runner: Any, timeout_s: float = 60.0) -> bool:
     goes on rather than hanging its process (whose exit frees the communicator anyway). True when
     the groups were destroyed."""
     runner.release_cuda_graphs()
+    uninstall_one_shot()  # its peer-memory handles belong to the group
     done = threading.Event()
 
     def destroy() -> None:

@@ -13,14 +13,21 @@ import torch.distributed as dist
 from torch import nn
 
 from sgl.kernels.linear import linear
+from sgl.runtime.layers import custom_all_reduce
 from sgl.runtime.layers.lazy_tensor import Loaded, full_weight
 
 ShardId = int | str | None
 
 
 def tp_all_reduce(x: torch.Tensor, tp_size: int) -> torch.Tensor:
-    if tp_size > 1:
-        dist.all_reduce(x)
+    """The sum of x over the ranks: one-shot through peer memory when small (decode) and
+    installed, else NCCL/gloo in place."""
+    if tp_size == 1:
+        return x
+    one_shot = custom_all_reduce.current()
+    if one_shot is not None and one_shot.fits(x):
+        return one_shot(x)
+    dist.all_reduce(x)
     return x
 
 

@@ -75,12 +75,15 @@ def test_dummy_weights_are_the_same_model_at_every_tp_size(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-def test_tp2_over_nccl_with_cuda_graphs_matches_tp1(tmp_path):
+@pytest.mark.parametrize("one_shot", [True, False], ids=["custom-all-reduce", "nccl-only"])
+def test_tp2_over_nccl_with_cuda_graphs_matches_tp1(tmp_path, one_shot):
     # float32 so that the split matmuls' rounding cannot flip a greedy choice; the all-reduces
-    # and the logits all-gather are captured inside the decode CUDA graphs.
+    # (NCCL, or one-shot over peer memory for decode-sized tensors when enabled) and the logits
+    # all-gather are captured inside the decode CUDA graphs.
     path = tiny(tmp_path, transformers.LlamaConfig, num_attention_heads=8, num_key_value_heads=2)
     kw = dict(device="cuda", dtype="float32")
-    assert greedy(path, PROMPTS, tp_size=2, **kw) == greedy(path, PROMPTS, **kw)
+    assert greedy(path, PROMPTS, tp_size=2, enable_custom_all_reduce=one_shot, **kw) == \
+        greedy(path, PROMPTS, **kw)
 
 
 def test_followers_outlast_an_idle_spell_longer_than_the_collective_timeout(tmp_path, monkeypatch):
