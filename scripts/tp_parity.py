@@ -83,7 +83,7 @@ def compare(ref: list[list[int]], got: list[list[int]]) -> dict:
         n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         agree.append(n)
     return {"identical_requests": sum(a == b for a, b in zip(ref, got)) / len(ref),
-            "tokens_before_divergence": sum(agree) / sum(map(len, ref)),
+            "tokens_before_divergence": sum(agree) / max(sum(map(len, ref)), 1),
             "first_divergence": [n for n, a in zip(agree, ref) if n < len(a)]}
 
 

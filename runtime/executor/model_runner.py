@@ -29,6 +29,13 @@ _CPU_KV_BYTES = 1 << 30     # default KV budget on CPU
 _GPU_MEM_FRACTION = 0.88    # weights + KV share of GPU memory when unset (an 80 GB card)
 
 
+def static_fraction(dtype: torch.dtype) -> float:
+    """The default share of GPU memory for weights and KV pool. The rest (activations, graph
+    pools, kernel modules) grows with the element size: a float32 8B engine given bfloat16's
+    headroom ran out of memory loading a kernel (H100)."""
+    return 1 - (1 - _GPU_MEM_FRACTION) * max(1.0, dtype.itemsize / 2)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,7 +130,7 @@ class ModelRunner:
         gc.collect()
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
-        frac = self.args.mem_fraction_static or _GPU_MEM_FRACTION
+        frac = self.args.mem_fraction_static or static_fraction(self.dtype)
         budget = total * frac - (total - free)  # what is left of our share after the weights
         return max(int(budget // bytes_per_token), 1024)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import torch
 
 from sgl.runtime.config import TOOL_CALL_PARSERS, ServerArgs
+from sgl.runtime.executor.model_runner import static_fraction
 from sgl.runtime.server.tools.parsers import ALIASES, PARSERS
 
 
@@ -14,6 +16,8 @@ from sgl.runtime.server.tools.parsers import ALIASES, PARSERS
     ({"dtype": "int8"}, "dtype"), ({"tool_call_parser": "mistral9"}, "tool_call_parser"),
     ({"max_total_tokens": 1}, "max_total_tokens"), ({"mem_fraction_static": 1.5}, "mem_fraction_static"),
     ({"no_such_flag": 1}, "no_such_flag"),
+    ({"enable_custom_all_reduce": True, "tp_size": 2, "nnodes": 2, "dist_init_addr": "10.0.0.1:5000"},
+     "enable_custom_all_reduce"),
 ])
 def test_bad_server_args_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -34,3 +38,11 @@ def test_cli_round_trip():
     assert (args.schedule_policy, args.tool_call_parser, args.port) == ("lpm", "qwen25", 30000)
     with pytest.raises(SystemExit):
         parser.parse_args(["--schedule-policy", "lifo"])
+
+
+def test_default_static_fraction_leaves_float32_twice_the_headroom():
+    # weights + KV share of GPU memory when --mem-fraction-static is unset: activations, graph
+    # pools and kernel modules get the rest, which doubles with 4-byte elements
+    assert static_fraction(torch.bfloat16) == pytest.approx(0.88)
+    assert static_fraction(torch.float16) == pytest.approx(0.88)
+    assert static_fraction(torch.float32) == pytest.approx(0.76)
