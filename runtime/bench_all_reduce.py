@@ -10,7 +10,6 @@ from its peers over NVLink."""
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 import torch
@@ -21,7 +20,9 @@ DEFAULT_SIZES = [8 << 10, 32 << 10, 128 << 10, 512 << 10, 1 << 20, 2 << 20, 4 <<
 
 
 def _graph_time_us(fn: Any, x: torch.Tensor, iters: int, repeats: int = 5) -> float:
-    """Median microseconds per call of fn(x), captured `iters` times in one CUDA graph."""
+    """Median microseconds per call of fn(x), captured `iters` times in one CUDA graph. A fixed
+    number of replays, not kernels/bench_kernels.py's time-based `do_bench`: every rank must
+    replay its collectives as often as the others, or the fastest waits forever."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -110,7 +111,6 @@ def main(argv: list[str] | None = None) -> None:
     from sgl.runtime.executor.tensor_parallel import free_port
 
     port = free_port()
-    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     torch.multiprocessing.spawn(run_rank, args=(args.tp_size, port, args.sizes, args.dtype, args.graph_iters,
                                                 args.result_filename), nprocs=args.tp_size)
 

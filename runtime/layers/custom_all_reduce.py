@@ -77,10 +77,12 @@ def install(group: Any, max_bytes: int | None = None) -> OneShotAllReduce | None
     """Set up the one-shot all-reduce for `group` (a collective call: every rank of the group
     makes it). Returns None, leaving NCCL in charge, where PyTorch lacks the kernels."""
     global _current
-    if not (torch.cuda.is_available() and hasattr(torch.ops, "symm_mem")
-            and hasattr(torch.ops.symm_mem, "one_shot_all_reduce")):
+    if not (torch.cuda.is_available() and hasattr(torch.ops.symm_mem, "one_shot_all_reduce")):
         logger.info("custom all-reduce: PyTorch has no symmetric-memory one-shot kernel; using NCCL")
         return None
+    # The one-shot kernel reads peers' buffers directly: keep PyTorch from also setting up NVLink
+    # multicast objects for them (a caller's own setting stands).
+    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     if max_bytes is None:
         max_bytes = int(os.environ.get("SGL_CUSTOM_ALL_REDUCE_MAX_BYTES", DEFAULT_MAX_BYTES))
     _current = OneShotAllReduce(group, max_bytes)
