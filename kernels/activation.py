@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sgl.kernels import use_triton
+from sgl.kernels.dispatch import use_triton
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sgl.kernels import use_triton
+from sgl.kernels.dispatch import use_triton
 
 
 def store_kv(k_buffer: torch.Tensor, v_buffer: torch.Tensor, loc: torch.Tensor,

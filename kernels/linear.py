@@ -11,7 +11,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from sgl.kernels import use_triton
+from sgl.kernels.dispatch import use_triton
 
 # Below this many weight elements an untuned shape stays with cuBLAS.
 GEMV_MIN_NUMEL = 48 * 1024 * 1024

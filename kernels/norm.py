@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from sgl.kernels import use_triton
+from sgl.kernels.dispatch import use_triton
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from sgl.kernels import use_triton
+from sgl.kernels.dispatch import use_triton
 
 
 def compute_inv_freq(rotary_dim: int, theta: float,

@@ -6,11 +6,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sgl.backends.base import resolve_backend
-from sgl.choices import ChoicesSamplingMethod, token_length_normalized
-from sgl.function import SglFunction
-from sgl.global_config import global_config
-from sgl.ir import (
+from sgl.lang.backends.base import resolve_backend
+from sgl.lang.choices import ChoicesSamplingMethod, token_length_normalized
+from sgl.lang.function import SglFunction
+from sgl.lang.global_config import global_config
+from sgl.lang.ir import (
     SglExpr,
     SglExprList,
     SglGen,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sgl.function import split_sampling_kwargs
-from sgl.interpreter import StreamExecutor
-from sgl.ir import (
+from sgl.lang.function import split_sampling_kwargs
+from sgl.lang.interpreter import StreamExecutor
+from sgl.lang.ir import (
     SglArgument,
     SglConstantText,
     SglExpr,
@@ -22,8 +22,8 @@ from sgl.ir import (
     SglSamplingParams,
     SglVariable,
 )
-from sgl.runner import pick_backend, run_many
-from sgl.state import ProgramState
+from sgl.lang.runner import pick_backend, run_many
+from sgl.lang.state import ProgramState
 
 
 def compile_func(function: Any, backend: Any = None) -> CompiledFunction:
@@ -126,7 +126,7 @@ class CompiledFunction:
                         [dict(k) for k in batch_kwargs], num_threads, progress_bar, False)
 
     def _precache(self, backend: Any) -> None:
-        from sgl.global_config import global_config
+        from sgl.lang.global_config import global_config
         with self._lock:
             if id(backend) in self._precached:
                 return

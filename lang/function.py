@@ -5,7 +5,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Union
 
-from sgl.ir import SglSamplingParams
+from sgl.lang.ir import SglSamplingParams
 
 StopType = Union[str, list[str], tuple]
 
@@ -40,7 +40,7 @@ class SglFunction:
 
     `num_api_spec_tokens=N` turns on SGLang's API speculative execution on completion (non-chat)
     backends: one call of up to N tokens serves several gens while the program's constant text
-    matches what was speculated (see `sgl.spec_exec`)."""
+    matches what was speculated (see `sgl.lang.spec_exec`)."""
     def __init__(self, func: Callable, num_api_spec_tokens: int | None = None,
                  bind_arguments: dict[str, Any] | None = None) -> None:
         self.func = func
@@ -63,7 +63,7 @@ class SglFunction:
     def run(self, *args: Any, stream: bool = False, backend: Any = None, **kwargs: Any) -> Any:
         """Run once. Sampling keywords (max_new_tokens, temperature, ...) set the defaults of
         every gen in the program; the rest are the program's arguments."""
-        from sgl.runner import run_program
+        from sgl.lang.runner import run_program
         params, kwargs = split_sampling_kwargs(kwargs)
         return run_program(self, backend, args, kwargs, params, stream)
 
@@ -73,7 +73,7 @@ class SglFunction:
         concurrently on `num_threads` threads. Returns states in order (a generator of them
         with `generator_style`). A failed program's error is on its state (`error()`,
         `sync()`); the others are unaffected."""
-        from sgl.runner import run_program_batch
+        from sgl.lang.runner import run_program_batch
         params, extra = split_sampling_kwargs(dict(sampling))
         if extra:
             raise TypeError(f"run_batch() got unexpected keyword(s) {sorted(extra)}")
@@ -88,23 +88,23 @@ class SglFunction:
         raise TypeError(f"batch item {item!r} does not match the arguments {self.arg_names}")
 
     def trace(self, *, backend: Any = None, **kwargs: Any) -> Any:
-        from sgl.tracer import trace_program
+        from sgl.lang.tracer import trace_program
         return trace_program(self, kwargs, backend)
 
     def cache(self, backend: Any = None) -> None:
-        from sgl.runner import cache_program
+        from sgl.lang.runner import cache_program
         cache_program(self, backend)
 
     def compile(self, *, backend: Any = None) -> Any:
-        from sgl.compiler import compile_func
+        from sgl.lang.compiler import compile_func
         return compile_func(self, backend)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Outside a program: `run`. Inside a running program: run as a nested program with the
         enclosing program's backend and default sampling params (keywords given here win).
         Inside a trace: trace it."""
-        from sgl.runner import current_run, run_program
-        from sgl.tracer import TracingScope
+        from sgl.lang.runner import current_run, run_program
+        from sgl.lang.tracer import TracingScope
         if TracingScope.get_current_scope() is not None:
             return self.trace(**dict(zip(self.arg_names, args)), **kwargs)
         enclosing = current_run()

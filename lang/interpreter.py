@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sgl.ir import (
+from sgl.lang.ir import (
     SglCommitLazy,
     SglConstantText,
     SglExpr,
@@ -31,7 +31,7 @@ from sgl.ir import (
     SglVarScopeEnd,
     as_expr,
 )
-from sgl.spec_exec import make_speculator
+from sgl.lang.spec_exec import make_speculator
 
 
 class ProgramError(RuntimeError):

@@ -10,11 +10,11 @@ from typing import Any
 
 import tqdm
 
-from sgl.backends.base import BaseBackend, resolve_backend
-from sgl.global_config import global_config
-from sgl.interpreter import StreamExecutor
-from sgl.ir import SglSamplingParams
-from sgl.state import ProgramState
+from sgl.lang.backends.base import BaseBackend, resolve_backend
+from sgl.lang.global_config import global_config
+from sgl.lang.interpreter import StreamExecutor
+from sgl.lang.ir import SglSamplingParams
+from sgl.lang.state import ProgramState
 
 # (backend, default sampling params) of the program running in this thread
 _current_run: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("sgl_run", default=None)
@@ -118,7 +118,7 @@ def _batch_states(run_one: Callable[[dict[str, Any]], ProgramState], batch_kwarg
 
 def cache_program(program: Any, backend: Any) -> str | None:
     """Cache the constant text every run of `program` starts with (found by tracing)."""
-    from sgl.tracer import extract_prefix_by_tracing
+    from sgl.lang.tracer import extract_prefix_by_tracing
     backend = pick_backend(backend)
     prefix = extract_prefix_by_tracing(program, backend)
     if prefix and len(prefix) > global_config.precache_min_chars:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sgl.ir import SglSamplingParams
+from sgl.lang.ir import SglSamplingParams
 
 
 class ApiSpeculator:

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sgl.interpreter import StreamExecutor
-from sgl.ir import (
+from sgl.lang.interpreter import StreamExecutor
+from sgl.lang.ir import (
     SglExpr,
     SglExprList,
     SglJoin,

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sgl.backends.base import BaseBackend, resolve_backend
-from sgl.global_config import global_config
-from sgl.ir import (
+from sgl.lang.backends.base import BaseBackend, resolve_backend
+from sgl.lang.global_config import global_config
+from sgl.lang.ir import (
     SglArgument,
     SglConstantText,
     SglExpr,

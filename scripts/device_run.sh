@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the device machine, from the repository root: set up (wheels, import shim, bundled model
+# On the device machine, from the repository root: set up (wheels, PYTHONPATH, bundled model
 # when its two halves have arrived), then run the named stages. Logs go to $OUT.
 #   bash scripts/device_run.sh kernels bench1 ...
 set -uo pipefail

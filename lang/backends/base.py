@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sgl.chat_template import ChatTemplate, get_chat_template
-from sgl.choices import ChoicesDecision, ChoicesSamplingMethod
-from sgl.ir import SglSamplingParams
+from sgl.lang.chat_template import ChatTemplate, get_chat_template
+from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod
+from sgl.lang.ir import SglSamplingParams
 
 
 class BaseBackend:
@@ -83,9 +83,9 @@ def resolve_backend(backend: Any | None) -> BaseBackend:
 
 def _wrap(backend: Any) -> BaseBackend:
     if hasattr(backend, "generate") and hasattr(backend, "tokenizer"):
-        from sgl.backends.local import LocalBackend
+        from sgl.lang.backends.local import LocalBackend
         return LocalBackend(backend)
     if hasattr(backend, "url") and hasattr(backend, "server_args"):
-        from sgl.backends.runtime_endpoint import RuntimeEndpoint
+        from sgl.lang.backends.runtime_endpoint import RuntimeEndpoint
         return RuntimeEndpoint(backend.url, api_key=getattr(backend.server_args, "api_key", None))
     raise TypeError(f"not a backend: {type(backend).__name__}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sgl.backends.srt import Payload, SrtBackend
-from sgl.chat_template import (
+from sgl.lang.backends.srt import Payload, SrtBackend
+from sgl.lang.chat_template import (
     ChatTemplate,
     chat_template_from_jinja,
     get_chat_template,

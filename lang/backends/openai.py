@@ -12,12 +12,12 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from sgl.backends.base import BaseBackend
-from sgl.backends.runtime_endpoint import HttpClient, sse_events
-from sgl.backends.srt import choice_token_logprobs
-from sgl.chat_template import get_chat_template, get_chat_template_by_model_path
-from sgl.choices import ChoicesDecision, ChoicesSamplingMethod, mean_logprob
-from sgl.ir import SglSamplingParams
+from sgl.lang.backends.base import BaseBackend
+from sgl.lang.backends.runtime_endpoint import HttpClient, sse_events
+from sgl.lang.backends.srt import choice_token_logprobs
+from sgl.lang.chat_template import get_chat_template, get_chat_template_by_model_path
+from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod, mean_logprob
+from sgl.lang.ir import SglSamplingParams
 
 OPENAI_URL = "https://api.openai.com/v1"
 _COMPLETION_MODELS = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")

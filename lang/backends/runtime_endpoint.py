@@ -9,9 +9,9 @@ from typing import Any
 
 import requests
 
-from sgl.backends.srt import Payload, SrtBackend
-from sgl.chat_template import get_chat_template, get_chat_template_by_model_path
-from sgl.global_config import global_config
+from sgl.lang.backends.srt import Payload, SrtBackend
+from sgl.lang.chat_template import get_chat_template, get_chat_template_by_model_path
+from sgl.lang.global_config import global_config
 
 
 class HttpClient:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sgl.backends.base import BaseBackend
-from sgl.choices import ChoicesDecision, ChoicesSamplingMethod, mean_logprob
-from sgl.global_config import global_config
-from sgl.ir import SglSamplingParams
+from sgl.lang.backends.base import BaseBackend
+from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod, mean_logprob
+from sgl.lang.global_config import global_config
+from sgl.lang.ir import SglSamplingParams
 
 Payload = dict[str, Any]
 

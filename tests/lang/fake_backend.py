@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sgl.backends.base import BaseBackend
-from sgl.chat_template import get_chat_template
-from sgl.choices import ChoicesDecision
-from sgl.ir import SglSamplingParams
+from sgl.lang.backends.base import BaseBackend
+from sgl.lang.chat_template import get_chat_template
+from sgl.lang.choices import ChoicesDecision
+from sgl.lang.ir import SglSamplingParams
 
 
 def echo_reply(prompt: str, params: SglSamplingParams) -> str:

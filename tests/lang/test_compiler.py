@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sgl
-from sgl.ir import SglFork, SglGen, SglGetForkItem, SglJoin
+from sgl.lang.ir import SglFork, SglGen, SglGetForkItem, SglJoin
 from tests.lang.fake_backend import FakeBackend
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import sgl
-from sgl.backends.openai import _openai_sampling
-from sgl.ir import SglSamplingParams
+from sgl.lang.backends.openai import _openai_sampling
+from sgl.lang.ir import SglSamplingParams
 from tests.lang.fake_http import FakeServer
 
 MODEL_INFO = {"model_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "is_generation": True}

@@ -8,7 +8,7 @@ import re
 import pytest
 
 import sgl
-from sgl.choices import greedy_logprob_matrix
+from sgl.lang.choices import greedy_logprob_matrix
 
 engine_mod = pytest.importorskip("sgl.runtime.engine")
 
@@ -311,7 +311,7 @@ def test_server_info_flush_and_default_backend(engine, backend):
 
 def test_runtime_endpoint_gives_the_same_results_as_local(engine, backend):
     """RuntimeEndpoint through a minimal native-protocol proxy in front of the same engine."""
-    from sgl.backends.local import _engine_kwargs
+    from sgl.lang.backends.local import _engine_kwargs
     from tests.lang.fake_http import FakeServer
 
     def answer(path, body):

@@ -6,18 +6,18 @@ import jinja2
 import pytest
 
 import sgl
-from sgl.backends.srt import SrtBackend, choice_token_logprobs
-from sgl.chat_template import (
+from sgl.lang.backends.srt import SrtBackend, choice_token_logprobs
+from sgl.lang.chat_template import (
     chat_template_from_jinja,
     get_chat_template,
     get_chat_template_by_model_path,
 )
-from sgl.choices import (
+from sgl.lang.choices import (
     greedy_token_selection,
     token_length_normalized,
     unconditional_likelihood_normalized,
 )
-from sgl.ir import REGEX_INT
+from sgl.lang.ir import REGEX_INT
 
 
 class RecordingSrt(SrtBackend):

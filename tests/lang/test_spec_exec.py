@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import sgl
-from sgl.ir import SglSamplingParams
+from sgl.lang.ir import SglSamplingParams
 from tests.lang.fake_backend import FakeBackend
 
 # The fake model fills in this form: after a label it gives the answer, then goes on writing

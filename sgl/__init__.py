@@ -10,7 +10,7 @@
 """
 from typing import Any
 
-from sgl.api import (
+from sgl.lang.api import (
     assistant,
     assistant_begin,
     assistant_end,
@@ -31,22 +31,22 @@ from sgl.api import (
     user_end,
     video,
 )
-from sgl.choices import (
+from sgl.lang.choices import (
     greedy_token_selection,
     token_length_normalized,
     unconditional_likelihood_normalized,
 )
-from sgl.global_config import global_config
-from sgl.interpreter import ProgramError
-from sgl.state import ProgramState
+from sgl.lang.global_config import global_config
+from sgl.lang.interpreter import ProgramError
+from sgl.lang.state import ProgramState
 
 _LAZY = {
     "Engine": ("sgl.runtime.engine", "Engine"),
     "Runtime": ("sgl.runtime.server.runtime", "Runtime"),
-    "LocalBackend": ("sgl.backends.local", "LocalBackend"),
-    "RuntimeEndpoint": ("sgl.backends.runtime_endpoint", "RuntimeEndpoint"),
-    "OpenAI": ("sgl.backends.openai", "OpenAI"),
-    "BaseBackend": ("sgl.backends.base", "BaseBackend"),
+    "LocalBackend": ("sgl.lang.backends.local", "LocalBackend"),
+    "RuntimeEndpoint": ("sgl.lang.backends.runtime_endpoint", "RuntimeEndpoint"),
+    "OpenAI": ("sgl.lang.backends.openai", "OpenAI"),
+    "BaseBackend": ("sgl.lang.backends.base", "BaseBackend"),
 }
 
 
