@@ -1,7 +1,7 @@
 """y = x W^T (+ b). cuBLAS, except a single row (batch-1 decode) on CUDA against a weight whose
 shape has a Triton GEMV entry in GEMV_CONFIGS, or an untuned weight of at least GEMV_MIN_NUMEL
 elements: there the Triton GEMV (kernels/triton/gemv.py) moves the weight bytes faster than
-cuBLAS's choice for M = 1 (scripts/gemv_probe.py on an H100: 78 vs 83 us for 4096 x 28672, 333
+cuBLAS's choice for M = 1 (sgl/bench_gemv.py on an H100: 78 vs 83 us for 4096 x 28672, 333
 vs 377 us for the LM head, before the per-shape table)."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sgl.kernels.dispatch import use_triton
 # Below this many weight elements an untuned shape stays with cuBLAS.
 GEMV_MIN_NUMEL = 48 * 1024 * 1024
 # Weight (N, K) -> the Triton GEMV's (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT_K) at M = 1,
-# or None for cuBLAS: Llama-3.1-8B at TP 1, from `scripts/gemv_probe.py --quick` on an H200 (the
+# or None for cuBLAS: Llama-3.1-8B at TP 1, from `sgl/bench_gemv.py --quick` on an H200 (the
 # H100's SM; 2026-11-27, docs/benchmarks.md), where one layer's four linears took 110.3 us
 # against cuBLAS's 117.9. Split-K won on no shape there. Not yet re-probed on an H100.
 GEMV_CONFIGS: dict[tuple[int, int], tuple[int, ...] | None] = {

@@ -51,7 +51,6 @@ class ServerArgs:
     cuda_graph_max_bs: Optional[int] = _f(None, "Largest decode batch captured in a CUDA graph.")
     cuda_graph_bs: Optional[list[int]] = _f(None, "Batch sizes to capture.", nargs="+", type=int)
     disable_overlap_schedule: bool = _f(False, "Do not overlap CPU scheduling with GPU work.")
-    enable_torch_compile: bool = _f(False, "torch.compile the decode step.")
     # Structured output
     grammar_backend: str = _f("xgrammar", "Grammar backend.", choices=("xgrammar", "outlines", "none"))
     disable_jump_forward: bool = _f(False, "Sample forced grammar spans token by token.")
@@ -67,6 +66,8 @@ class ServerArgs:
     speculative_ngram_min_match_window_size: int = _f(1, "NGRAM: shortest suffix looked up.")
     speculative_ngram_max_match_window_size: int = _f(12, "NGRAM: longest suffix looked up.")
     speculative_ngram_max_bfs_breadth: int = _f(8, "NGRAM: most earlier matches merged into the draft tree.")
+    disable_draft_cuda_graph: bool = _f(False, "Run a draft model's tree steps eagerly while the target "
+                                        "decodes under CUDA graphs (to compare the two).")
     # Parallelism
     tp_size: int = _f(1, "Tensor-parallel ranks.")
     dist_init_addr: Optional[str] = _f(None, "host:port of rank 0 for torch.distributed (auto: a free local port).")
@@ -135,8 +136,6 @@ class ServerArgs:
             if tokens > most:
                 raise ValueError(f"speculative_num_draft_tokens ({tokens}) exceeds what {steps} steps "
                                  f"of topk {topk} can draft ({most})")
-        if self.tp_size > 1:
-            raise ValueError("speculative decoding runs with tp_size 1 (each data-parallel replica may speculate)")
 
     def speculative_settings(self) -> tuple[int, int, int]:
         """(num_steps, topk, num_draft_tokens) with SGLang's defaults filled in."""

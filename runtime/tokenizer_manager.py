@@ -11,7 +11,7 @@ from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput
 from sgl.runtime.request import ParsedRequest, parse_generate
 
 
-class ReqState:
+class ReqStream:
     """Everything the front end keeps about one sequence while it runs."""
 
     def __init__(self, req: TokenizedGenerateReq, tokenizer: Any, text_in_logprobs: bool,
@@ -106,7 +106,7 @@ class TokenizerManager:
         self.tokenizer, self.vocab_size, self.context_len = tokenizer, vocab_size, context_len
         self.grammar_backend = grammar_backend
         self.send = send
-        self.states: dict[str, ReqState] = {}
+        self.states: dict[str, ReqStream] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
 
     def tokenize(self, text: str) -> list[int]:
@@ -171,10 +171,10 @@ class TokenizerManager:
                 self.states.pop(s.req.rid, None)
 
     def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool,
-                event: Optional[asyncio.Event] = None) -> ReqState:
+                event: Optional[asyncio.Event] = None) -> ReqStream:
         if req.rid in self.states:
             raise ValueError(f"rid {req.rid!r} is already running")
-        state = ReqState(req, self.tokenizer, text_in_logprobs, event)
+        state = ReqStream(req, self.tokenizer, text_in_logprobs, event)
         self.states[req.rid] = state
         self.send(req)
         return state

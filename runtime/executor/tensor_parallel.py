@@ -2,8 +2,9 @@
 every other rank runs `run_tp_worker`, which receives each step's ForwardBatch (and the step's
 request->token table writes) from rank 0 and runs the same forward, so the collectives inside
 the layers meet. Only rank 0 samples (the logits are gathered whole on every rank); with overlap
-scheduling under TP (`ModelRunner.tp_overlap`) it also broadcasts the sampled ids, which the
-other ranks keep for a next step that names them."""
+scheduling under TP (`ModelRunner.shares_sampled_ids`) it also broadcasts the sampled ids, which
+the other ranks keep for a next step that names them. A speculative drafter runs on rank 0 alone
+(runtime/executor/drafter.py); the verify forwards are ordinary steps for the other ranks."""
 from __future__ import annotations
 
 import dataclasses
@@ -110,12 +111,7 @@ def run_tp_worker(server_args: Any, rank: int) -> None:
         msg = broadcast_step(None)
         if msg is None:
             break
-        batch, table_writes, num_sampled = msg
-        runner.req_to_token_pool.apply(*table_writes)
-        runner.forward_logits(dataclasses.replace(batch))
-        if num_sampled:  # rank 0's sampled ids: a later step's input ids may name them (overlap)
-            runner._last_tokens = share_sampled_ids(
-                torch.empty(num_sampled, dtype=torch.int64, device=runner.device))
+        runner.follow_step(*msg)
     if not leave_tensor_parallel(runner):
         os._exit(0)  # a stuck destroy would hang this process's exit too
 

@@ -7,7 +7,7 @@ consecutive layers read different weights), and the graph is replayed; the media
 number of calls is the time of one call, with no Python launch cost in it, as under the model's
 decode graphs. It prints a table per shape and GEMV_CONFIGS ready to paste into kernels/linear.py.
 
-    python scripts/gemv_probe.py [--out probe.json] [--shapes qkv,o] [--fused]
+    python -m sgl.bench_gemv [--out probe.json] [--shapes qkv,o] [--fused]
 
 --fused also times one decoder layer's linears (qkv, o, gate_up, down) back to back in one graph,
 through kernels/linear.py with cuBLAS, with its current GEMV_CONFIGS and with the probed table."""
@@ -135,7 +135,7 @@ def print_rows(report: dict) -> None:
 
 
 def print_table(report: dict, device: str) -> None:
-    print(f"\n# scripts/gemv_probe.py on {device}; paste over GEMV_CONFIGS in kernels/linear.py")
+    print(f"\n# sgl/bench_gemv.py on {device}; paste over GEMV_CONFIGS in kernels/linear.py")
     print("GEMV_CONFIGS: dict[tuple[int, int], tuple[int, ...] | None] = {")
     for name, row in report.items():
         entry, f_us = table_entry(row), row["f_linear_us"]
