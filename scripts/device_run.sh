@@ -31,7 +31,7 @@ for stage in "$@"; do
     gemv_tests) python3 -m pytest -q -m gpu tests/kernels/test_gemv.py 2>&1 | tail -3 ;;
     gemv_probe_q) python3 scripts/gemv_probe.py --quick --fused --out $OUT/gemv_probe.json \
                --table-out $OUT/gemv_table.json 2>&1 | grep -vE "^\s*$" | tail -22 ;;
-    bench1_probed) SGL_GEMV_CONFIGS=$OUT/gemv_table.json $B --batch-size 1 64 --input-len 128 --output-len 256 \
+    bench1_probed) $B --gemv-configs $OUT/gemv_table.json --batch-size 1 64 --input-len 128 --output-len 256 \
                --result-filename $OUT/one_batch.jsonl 2>&1 | grep -E "Total|Error|error" ;;
     dp_mixed) SERVER_FLAGS="--tokenizer-path .tok/llama3 --enable-mixed-chunk" timeout 240 bash scripts/dp_router_bench.sh 98304
         pkill -f "port 310[0-9][0-9]"; pkill -f sgl.router ;;
@@ -80,7 +80,7 @@ for stage in "$@"; do
     bench1_kernels) $B --batch-size 1 --input-len 128 --output-len 16 --profile-kernels 64 2>&1 | grep -vE "INFO|Loading" | tail -40 ;;
     hf_prefill) python3 -m sgl.bench_transformers --model-path $M --batch-size 8 --input-len 4096 --output-len 1 \
                --result-filename $OUT/hf.jsonl 2>&1 | tail -1 ;;
-    bench1_nogemv) SGL_DISABLE_GEMV=1 $B --batch-size 1 --input-len 128 --output-len 256 2>&1 | grep -E "Prefill|Decode|Total|Error|error" ;;
+    bench1_nogemv) $B --disable-gemv --batch-size 1 --input-len 128 --output-len 256 2>&1 | grep -E "Prefill|Decode|Total|Error|error" ;;
     gpu_spec) python3 -m pytest -q -m gpu tests/kernels tests/runtime/test_speculative.py 2>&1 | tail -15 ;;
     gpu_verify) python3 -m pytest -q -m gpu tests/runtime/test_gpu_engine.py tests/runtime/test_speculative.py -k "verify" 2>&1 | tail -6 ;;
     spec8_prof) python3 -m sgl.bench_speculative --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
