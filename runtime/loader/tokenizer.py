@@ -48,7 +48,10 @@ def _load_gguf_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
 
 def _cache_dir(path: str) -> str | None:
-    root = os.environ.get("SGL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sgl")
+    # Where a cache lives is the machine's business, not the server's: an environment variable,
+    # as HF_HOME and TRITON_CACHE_DIR are (read here, at the first GGUF tokenizer load).
+    root = os.environ.get("SGL_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sgl")
     st = os.stat(path)
     key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}".encode())
     return os.path.join(root, "gguf-tokenizers", key.hexdigest()[:24])
