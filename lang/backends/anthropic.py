@@ -4,6 +4,7 @@ written in the open assistant turn is sent as the reply's start. The API enforce
 JSON schema or dtype, and has no logprobs: such gens and `select` are refused."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,10 +43,14 @@ class Anthropic(BaseBackend):
         stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
         if stop:
             body["stop_sequences"] = stop
-        for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")):
-            value = getattr(params, ours)
-            if value is not None and not (ours == "top_k" and value < 1):
-                body[theirs] = value
+        sampling = {k: getattr(params, k) for k in ("temperature", "top_p", "top_k")
+                    if getattr(params, k) is not None and not (k == "top_k" and params.top_k < 1)}
+        # SDK releases that dropped these from create()'s signature still send them as fields
+        named = inspect.signature(self.client.messages.create).parameters
+        body.update({k: v for k, v in sampling.items() if k in named})
+        extra = {k: v for k, v in sampling.items() if k not in named}
+        if extra:
+            body["extra_body"] = extra
         return body
 
     def generate(self, s: Any, sampling_params: SglSamplingParams) -> tuple[str, dict[str, Any]]:
