@@ -43,8 +43,11 @@ def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def sglang_python(request: pytest.FixtureRequest) -> Path:
-    root = Path(request.config.cache.mkdir(f"sglang-client-{SGLANG_VERSION}"))
+def sglang_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Path:
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    name = f"sglang-client-{SGLANG_VERSION}"
+    root = Path(cache.mkdir(name)) if cache is not None else tmp_path_factory.mktemp(name)
     python = root / "venv" / "bin" / "python"
     ready = root / "ready"
     if not ready.exists():
@@ -71,8 +74,8 @@ def client_result(sglang_python: Path, server: Any, tmp_path_factory: pytest.Tem
                            cwd=cwd, capture_output=True, text=True, timeout=300)
     assert probe.stdout.startswith("True"), probe.stdout + probe.stderr  # the real sglang only
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    res = subprocess.run([str(sglang_python), str(PROGRAM), server.url, json.dumps(SCHEMA)], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=900)
+    res = subprocess.run([str(sglang_python), str(PROGRAM), server.url, json.dumps(SCHEMA)],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
     line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
