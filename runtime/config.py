@@ -7,6 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from sgl.runtime.reasoning_parser import PARSER_NAMES as REASONING_PARSERS
+
 SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs", "random")
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -60,6 +62,8 @@ class ServerArgs:
     disable_jump_forward: bool = _f(False, "Sample forced grammar spans token by token.")
     tool_call_parser: Optional[str] = _f(None, "Tool-call format (default: picked from the model).",
                                          choices=TOOL_CALL_PARSERS)
+    reasoning_parser: Optional[str] = _f(None, "Split <think> reasoning from the answer in chat "
+                                         "responses (reasoning_content).", choices=REASONING_PARSERS)
     # Speculative decoding
     speculative_algorithm: Optional[str] = _f(None, "Draft tokens and verify them in one target forward.",
                                               choices=SPECULATIVE_ALGORITHMS)
@@ -107,6 +111,8 @@ class ServerArgs:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise ValueError(f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {self.tool_call_parser!r}")
+        if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(f"reasoning_parser must be one of {REASONING_PARSERS}, got {self.reasoning_parser!r}")
         if self.nnodes < 1 or self.tp_size % self.nnodes or not 0 <= self.node_rank < self.nnodes:
             raise ValueError(f"nnodes ({self.nnodes}) must divide tp_size ({self.tp_size}) and "
                              f"node_rank ({self.node_rank}) must be in [0, nnodes)")

@@ -11,12 +11,16 @@ import tempfile
 import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from sgl.runtime.loader.hub_cache import cached_snapshot, looks_like_hub_id
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def get_tokenizer(model_path: str, tokenizer_path: str | None = None,
                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     path = tokenizer_path or model_path
+    if looks_like_hub_id(path):
+        path = cached_snapshot(path)
     if path.endswith(".gguf"):
         return _load_gguf_tokenizer(os.path.abspath(path))
     if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
