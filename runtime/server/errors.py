@@ -67,10 +67,35 @@ async def read_json(request: Request) -> dict[str, Any]:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(f"malformed JSON in request body: {e}", param="body") from None
+    except RecursionError:
+        raise ApiError("request body is nested too deeply", param="body") from None
+    _check_surrogates(obj)
     if not isinstance(obj, dict):
         raise ApiError(f"request body must be a JSON object, got {type(obj).__name__}",
                        param="body")
     return obj
+
+
+_SCALARS = (int, float, bool, type(None))
+
+
+def _check_surrogates(obj: Any, path: str = "body") -> None:
+    """JSON may escape a lone UTF-16 surrogate (`"\\ud800"`), which no tokenizer, encoder or
+    grammar can take: refuse it here, naming the field, rather than fail deep in a route."""
+    stack = [(obj, path)]
+    while stack:  # iterative: the depth is the client's to choose
+        value, where = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(f"{where}: a string holds a lone UTF-16 surrogate, which is not "
+                               "valid Unicode", param=where) from None
+        elif isinstance(value, dict):
+            stack += [(k, where) for k in value]
+            stack += [(v, f"{where}.{k}" if where != "body" else str(k)) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{where}[{i}]") for i, v in enumerate(value) if not isinstance(v, _SCALARS)]
 
 
 def pydantic_error(e: Any) -> ApiError:

@@ -56,6 +56,8 @@ class ServerTokenizerManager(TokenizerManager):
     def close(self) -> None:
         if self._recv_task is not None:
             self._recv_task.cancel()
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
         for ctx in (self._sync_ctx, getattr(self, "_async_ctx", None)):
             if ctx is not None:
                 ctx.destroy(linger=0)
@@ -106,7 +108,7 @@ class ServerTokenizerManager(TokenizerManager):
     # -- hooks on the shared front end ---------------------------------------------------------
     async def generate(self, obj: dict[str, Any], parsed: Optional[ParsedRequest] = None
                        ) -> AsyncIterator[list[dict[str, Any]]]:
-        parsed = parsed or self.parse(obj)
+        parsed = parsed or await self.parse_async(obj)
         if len(parsed.reqs) <= len(parsed.prompts):
             async for results in super().generate(obj, parsed):
                 yield results
