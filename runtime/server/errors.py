@@ -13,7 +13,8 @@ from sgl.runtime.request_fields import KNOWN
 from sgl.runtime.sampling.params import SamplingParams
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 503: "service_unavailable"}
+          405: "invalid_request_error", 413: "invalid_request_error", 503: "service_unavailable",
+          504: "timeout_error"}
 _REQUEST_FIELDS = ("input_ids", "text", "sampling_params", "return_logprob", "logprob_start_len",
                    "top_logprobs_num", "return_text_in_logprobs", "stream", "rid", "priority",
                    *sorted(KNOWN))
