@@ -23,14 +23,15 @@ _SAMPLING_FIELDS = tuple(SamplingParams.__dataclass_fields__)
 
 class ApiError(Exception):
     def __init__(self, message: str, status: int = 400, param: Optional[str] = None,
-                 code: Optional[str] = None) -> None:
+                 code: Optional[str] = None, headers: Optional[dict[str, str]] = None) -> None:
         super().__init__(message)
         self.message, self.status, self.param = message, status, param
         self.code = code if code is not None else status
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         return JSONResponse(error_body(self.message, self.status, self.param, self.code),
-                            status_code=self.status)
+                            status_code=self.status, headers=self.headers)
 
 
 def error_body(message: str, status: int = 400, param: Optional[str] = None,

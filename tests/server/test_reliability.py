@@ -23,14 +23,15 @@ def limited(tiny_model_dir, tmp_path_factory):
     key_file = folder / "key"
     key_file.write_text(KEY + "\n")
     runtime = start_tiny(tiny_model_dir, folder, api_key_file=str(key_file),
-                         max_request_body_bytes=BODY_LIMIT, request_timeout=1.5)
+                         max_request_body_bytes=BODY_LIMIT, request_timeout=1.5,
+                         max_running_requests=1, max_queued_requests=1)
     yield runtime
     runtime.shutdown()
 
 
 @pytest.fixture(scope="module")
 def plain(tiny_model_dir, tmp_path_factory):
-    runtime = start_tiny(tiny_model_dir, tmp_path_factory.mktemp("plain"), max_total_tokens=1024)
+    runtime = start_tiny(tiny_model_dir, tmp_path_factory.mktemp("plain"), max_total_tokens=256)
     yield runtime
     runtime.shutdown()
 
@@ -68,6 +69,22 @@ def test_request_past_the_timeout_is_aborted(limited):
     wait_idle(limited.url, headers=AUTH)
 
 
+def test_full_queue_sheds_load_with_503_and_retry_after(limited):
+    threads = [threading.Thread(target=_post, args=(limited.url, LONG_RUN)) for _ in range(2)]
+    for i, t in enumerate(threads):
+        t.start()
+        key = "num_running_reqs" if i == 0 else "num_queue_reqs"
+        while server_state(limited.url, headers=AUTH)[key] == 0:
+            time.sleep(0.02)
+    res = _post(limited.url, {"input_ids": [5, 6], "sampling_params": {"max_new_tokens": 2}})
+    assert res.status_code == 503 and res.headers["retry-after"] == "1", res.text
+    assert res.json()["error"]["code"] == "server_busy"
+    for t in threads:  # both end at the 1.5 s timeout
+        t.join(30)
+    wait_idle(limited.url, headers=AUTH)
+    assert _post(limited.url, {"input_ids": [5], "sampling_params": {"max_new_tokens": 1}}).ok
+
+
 def test_taken_rid_refuses_the_batch_before_sending_any(plain):
     out: dict = {}
     busy = threading.Thread(target=lambda: out.update(res=requests.post(
@@ -89,9 +106,9 @@ def test_taken_rid_refuses_the_batch_before_sending_any(plain):
 
 
 def test_request_larger_than_the_pool_does_not_wedge(plain):
-    """900 prompt tokens + 400 new ones in a 1,024-token pool (the context holds 2,048): it
+    """200 prompt tokens + 100 new ones in a 256-token pool (the context holds 2,048): it
     ends with `length` where the pool ends, others keep running, and the pool comes back."""
-    big = {"input_ids": [5] * 900, "sampling_params": {"max_new_tokens": 400, "ignore_eos": True}}
+    big = {"input_ids": [5] * 200, "sampling_params": {"max_new_tokens": 100, "ignore_eos": True}}
     small = {"input_ids": [7, 8, 9], "sampling_params": {"max_new_tokens": 3}}
     out: dict = {}
     worker = threading.Thread(target=lambda: out.update(res=requests.post(plain.url + "/generate", json=big, timeout=120)))
@@ -101,7 +118,7 @@ def test_request_larger_than_the_pool_does_not_wedge(plain):
     res = out["res"]
     assert res.status_code == 200, res.text
     meta = res.json()["meta_info"]
-    assert meta["finish_reason"]["type"] == "length" and 0 < meta["completion_tokens"] < 1024 - 900
+    assert meta["finish_reason"]["type"] == "length" and 0 < meta["completion_tokens"] < 256 - 200
     wait_idle(plain.url)
     assert requests.get(plain.url + "/health_generate", timeout=60).ok
 
