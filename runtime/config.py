@@ -61,6 +61,8 @@ class ServerArgs:
     # Structured output
     grammar_backend: str = _f("xgrammar", "Grammar backend.", choices=("xgrammar", "outlines", "none"))
     disable_jump_forward: bool = _f(False, "Sample forced grammar spans token by token.")
+    grammar_compile_timeout: float = _f(30.0, "Seconds a grammar may compile before its request "
+                                        "fails (the grammar is then refused at once).")
     tool_call_parser: Optional[str] = _f(None, "Tool-call format (default: picked from the model).",
                                          choices=TOOL_CALL_PARSERS)
     reasoning_parser: Optional[str] = _f(None, "Split <think> reasoning from the answer in chat "
@@ -149,7 +151,8 @@ class ServerArgs:
         sources = [k for k in ("api_key", "api_key_file", "api_key_env") if getattr(self, k)]
         if len(sources) > 1:
             raise ValueError(f"give one of api_key, api_key_file, api_key_env (got {sources})")
-        for name in ("max_request_body_bytes", "max_queued_requests", "request_timeout"):
+        for name in ("max_request_body_bytes", "max_queued_requests", "request_timeout",
+                     "grammar_compile_timeout"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
