@@ -108,6 +108,9 @@ class ServerArgs:
                                             "more are refused with 503 and Retry-After.")
     request_timeout: Optional[float] = _f(None, "Seconds a request may run before it is aborted "
                                           "(504, or a final error event when streaming).")
+    watchdog_timeout: float = _f(300.0, "Seconds a scheduler may go without stepping (a hung "
+                                 "step, a stopped process) before /health says 503 and the "
+                                 "requests on it fail with 503.")
     enable_metrics: bool = _f(False, "Serve Prometheus metrics on /metrics.")
     log_level: str = _f("info", "Logging level.")
     log_requests: bool = _f(False, "Log every request and its output.")
@@ -152,7 +155,7 @@ class ServerArgs:
         if len(sources) > 1:
             raise ValueError(f"give one of api_key, api_key_file, api_key_env (got {sources})")
         for name in ("max_request_body_bytes", "max_queued_requests", "request_timeout",
-                     "grammar_compile_timeout"):
+                     "grammar_compile_timeout", "watchdog_timeout"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
