@@ -2,7 +2,7 @@
 generated requests each (valid and invalid bodies), and never a 5xx; errors are JSON.
 
 The server is a 2-layer random-weight model with the bundled model's real tokenizer (text,
-chat templates and grammars all run) and a 256-token context, so each request costs milliseconds."""
+chat templates and grammars all run) and a 64-token context, so each request costs milliseconds."""
 from __future__ import annotations
 
 import json
@@ -28,8 +28,8 @@ def fuzz_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-49k")
     (folder / "config.json").write_text(json.dumps(dict(TINY_CONFIG, vocab_size=49152)))
     runtime = Runtime(model_path=str(folder), load_format="dummy",
-                      tokenizer_path=bundled_model_path(), max_total_tokens=4096, context_length=256,
-                      request_timeout=20, log_file=str(folder / "server.log"), log_level="warning")
+                      tokenizer_path=bundled_model_path(), max_total_tokens=4096, context_length=64,
+                      request_timeout=120, log_file=str(folder / "server.log"), log_level="warning")
     yield runtime
     runtime.shutdown()
 
@@ -62,7 +62,7 @@ def _fuzz(operation, mode, url: str, session: requests.Session, failures: list[s
               suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case) -> None:
-        res = case.call(base_url=url, session=session, timeout=60)
+        res = case.call(base_url=url, session=session, timeout=150)
         calls.append(res.status_code)
         label = f"{operation.method.upper()} {operation.path} ({mode.value})"
         if res.status_code >= 500:
