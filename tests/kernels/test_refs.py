@@ -115,8 +115,8 @@ def test_rotary_is_relative_and_partial():
 
 
 def test_rotary_rejects_unknown_type():
-    with pytest.raises(ValueError, match="unsupported rope_type 'yarn'"):
-        compute_inv_freq(64, 10000.0, {"rope_type": "yarn", "factor": 2.0})
+    with pytest.raises(ValueError, match="unsupported rope_type 'mrope'; supported: .*yarn"):
+        compute_inv_freq(64, 10000.0, {"rope_type": "mrope", "factor": 2.0})
 
 
 # ---- paged attention ------------------------------------------------------------------------
