@@ -101,6 +101,15 @@ class LlamaAttention(nn.Module):
         return self.o_proj(out)  # (T, hidden)
 
 
+def norm_into_residual(norm: nn.Module, hidden: torch.Tensor,
+                       residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(hidden + residual), hidden + residual); the first layer has no residual yet. The
+    residual stream is carried separately so that each add fuses into the next norm."""
+    if residual is None:
+        return norm(hidden), hidden
+    return norm(hidden, residual)
+
+
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: PretrainedConfig, layer_id: int, rotary_emb: RotaryEmbedding,
                  options: LayerOptions, tp_rank: int, tp_size: int,
@@ -114,11 +123,7 @@ class LlamaDecoderLayer(nn.Module):
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 residual: torch.Tensor | None,
                 batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        # The residual stream is carried separately so that each add fuses into the next norm.
-        if residual is None:
-            residual, hidden = hidden, self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden, residual = norm_into_residual(self.input_layernorm, hidden, residual)
         hidden = self.self_attn(positions, hidden, batch)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
@@ -160,7 +165,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.model = LlamaModel(config, self.layer_options(config), tp_rank, tp_size, self.make_mlp)
+        self.model = self.build_model(config, tp_rank, tp_size)
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens
         else:
@@ -174,6 +179,10 @@ class LlamaForCausalLM(nn.Module):
 
     # The MLP of each layer (MoE models return their sparse block on the layers that have one).
     make_mlp: MLPFactory = staticmethod(dense_mlp)
+
+    def build_model(self, config: PretrainedConfig, tp_rank: int, tp_size: int) -> nn.Module:
+        """The decoder stack under `self.model` (embed_tokens, layers, norm)."""
+        return LlamaModel(config, self.layer_options(config), tp_rank, tp_size, self.make_mlp)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 batch: ForwardBatch) -> torch.Tensor:
