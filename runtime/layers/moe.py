@@ -6,8 +6,10 @@ outputs meet in one all-reduce per block, shared expert included.
 Checkpoint layouts a weight loader takes (shard ids from runtime/models/weights.py):
   - one tensor per expert and projection (HF's usual layout; Mixtral's w1/w3/w2):
     shard id (expert, "gate" | "up" | "down");
-  - all experts stacked, (E, 2 * I, H) gate|up and (E, H, I) down (transformers 5's in-memory
-    layout, our dummy checkpoints): shard id None.
+  - one projection of all experts stacked, (E, I, H) or (E, H, I) (GGUF; transformers 5's
+    down_proj): shard id (None, kind);
+  - gate|up of all experts stacked, (E, 2 * I, H), or down, (E, H, I) (transformers 5's
+    in-memory layout, our dummy checkpoints): shard id None.
 """
 from __future__ import annotations
 
@@ -49,11 +51,13 @@ class FusedMoE(nn.Module):
             self._copy(param.data[:, inter:], loaded.narrow(1, full_inter + offset, inter))
             return
         expert, kind = shard_id
+        dst = param.data if expert is None else param.data[expert]
+        lead = 1 if expert is None else 0  # a stacked tensor has the experts first
         if kind == "down":
-            self._copy(param.data[expert], loaded.narrow(1, offset, inter))
+            self._copy(dst, loaded.narrow(lead + 1, offset, inter))
         else:
             rows = slice(0, inter) if kind == "gate" else slice(inter, 2 * inter)
-            self._copy(param.data[expert, rows], loaded.narrow(0, offset, inter))
+            self._copy(dst[..., rows, :], loaded.narrow(lead, offset, inter))
 
     @staticmethod
     def _check(ok: bool, param: torch.Tensor, loaded: Loaded) -> None:

@@ -25,9 +25,9 @@ STACKED_PARAMS = [
 _EXPERT_RE = re.compile(r"\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$")
 _EXPERT_KINDS = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up",
                  "down_proj": "down", "w2": "down"}
-# All experts stacked (transformers 5's parameter names) -> FusedMoE parameter.
-_STACKED_EXPERTS = {".experts.gate_up_proj": ".experts.w13_weight",
-                    ".experts.down_proj": ".experts.w2_weight"}
+# All experts stacked: gate|up (transformers 5's parameter) or one projection (transformers 5's
+# down_proj; GGUF's ffn_{gate,up,down}_exps) -> FusedMoE parameter + shard (None: all of it).
+_STACKED_EXPERT_RE = re.compile(r"\.experts\.(gate_up_proj|gate_proj|up_proj|down_proj)(\.weight)?$")
 
 
 def to_param_name(name: str) -> tuple[str, object]:
@@ -38,9 +38,14 @@ def to_param_name(name: str) -> tuple[str, object]:
         kind = _EXPERT_KINDS[proj]
         target = ".experts.w2_weight" if kind == "down" else ".experts.w13_weight"
         return name[:match.start()] + target, (expert, kind)
-    for piece, target in _STACKED_EXPERTS.items():
-        if name.endswith(piece):
-            return name[:-len(piece)] + target, None
+    match = _STACKED_EXPERT_RE.search(name)
+    if match:
+        proj = match.group(1)
+        if proj == "gate_up_proj":
+            return name[:match.start()] + ".experts.w13_weight", None
+        kind = _EXPERT_KINDS[proj]
+        target = ".experts.w2_weight" if kind == "down" else ".experts.w13_weight"
+        return name[:match.start()] + target, (None, kind)
     for hf_piece, our_piece, shard_id in STACKED_PARAMS:
         if hf_piece in name:
             return name.replace(hf_piece, our_piece), shard_id
@@ -75,5 +80,7 @@ def load_params(params: dict[str, nn.Parameter], weights: Iterable[tuple[str, to
 
 
 def _is_complete(loaded: set[object], expected: list[object]) -> bool:
-    # A stacked tensor (shard None) fills a fused parameter whole.
-    return None in loaded or all(shard in loaded for shard in expected)
+    # Shard None fills a fused parameter whole; (None, kind) one projection of every expert.
+    return None in loaded or all(
+        shard in loaded or (isinstance(shard, tuple) and (None, shard[1]) in loaded)
+        for shard in expected)
