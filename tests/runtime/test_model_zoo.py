@@ -31,6 +31,12 @@ CONFIGS = {
     "qwen2_layer_windows": lambda: tf.Qwen2Config(**{**TINY, "num_hidden_layers": 3},
                                                   use_sliding_window=True, sliding_window=3,
                                                   max_window_layers=1),
+    # Llama 3.2 (1B / 3B): tied embeddings, llama3 rope with factor 32 (a 16-token "original"
+    # context here, so that the scaling bends the frequencies the test positions use).
+    "llama32_tied": lambda: tf.LlamaConfig(**{**TINY, "tie_word_embeddings": True}, head_dim=32,
+                                           rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}),
     "llama_yarn": lambda: tf.LlamaConfig(**TINY, rope_scaling={
         "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
     "phi3": lambda: tf.Phi3Config(**{**TINY, "num_key_value_heads": 4}, pad_token_id=0),
