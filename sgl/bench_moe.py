@@ -115,12 +115,40 @@ def sweep(num_tokens: int, inter: int) -> tuple[tuple[int, ...], float]:
     return best
 
 
+def decode_floor(model_path: str = "qwen3-30b-a3b-dummy") -> str:
+    """The bytes one batch-1 decode token reads from the weights (every dense weight, the router,
+    top_k of each layer's experts, the LM head; bf16) and their time at the HBM rate: the
+    roofline of `bench_one_batch --model-path qwen3-30b-a3b-dummy --load-format dummy`."""
+    from sgl.kernels.bench_kernels import HBM_BYTES_PER_S
+    from sgl.runtime.loader import _load_config, resolve_model_path
+    from sgl.runtime.models.registry import get_model_class, resolve_architecture
+    config, _ = _load_config(resolve_model_path(model_path), "dummy")
+    with torch.device("meta"):
+        model = get_model_class(resolve_architecture(config))(config)
+    num_read = 0.0
+    for name, param in model.named_parameters():
+        if "embed_tokens" in name and not model.tie_word_embeddings:
+            continue  # one row a token
+        share = config.num_experts_per_tok / param.shape[0] if ".experts." in name else 1.0
+        num_read += param.numel() * share
+    nbytes = num_read * DTYPE.itemsize
+    ms = 1e3 * nbytes / HBM_BYTES_PER_S
+    return (f"{model_path}: a batch-1 decode token reads {nbytes / 1e9:.2f} GB of weights: "
+            f"{ms:.2f} ms at {HBM_BYTES_PER_S / 1e12:.1f} TB/s (60% of the roofline: "
+            f"{ms / 0.6:.2f} ms a step)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", default="1,64,256,2048", help="tokens per call, comma-separated")
     parser.add_argument("--tp-size", type=int, default=1, help="split the expert intermediate size")
     parser.add_argument("--sweep", action="store_true", help="search launch configurations")
+    parser.add_argument("--decode-floor", action="store_true",
+                        help="print the weight bytes of a batch-1 decode token and exit (no GPU)")
     args = parser.parse_args()
+    if args.decode_floor:
+        print(decode_floor())
+        return
     if not torch.cuda.is_available():
         raise SystemExit("bench_moe needs a CUDA GPU")
     inter = MOE_INTER // args.tp_size

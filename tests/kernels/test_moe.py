@@ -152,3 +152,14 @@ def test_triton_kernels_under_the_interpreter():
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_bench_decode_floor_counts_the_active_weights():
+    """bench_moe's roofline for a batch-1 decode token of Qwen3-30B-A3B: dense weights, router,
+    top_k of 128 experts, LM head (no embedding table), recounted here from the config."""
+    from sgl.bench_moe import decode_floor
+    h, layers, heads, kv_heads, head_dim, inter, vocab = 2048, 48, 32, 4, 128, 768, 151936
+    attention = h * (heads + 2 * kv_heads) * head_dim + heads * head_dim * h + 2 * head_dim
+    per_layer = attention + 128 * h + 8 * 3 * inter * h + 2 * h
+    expected_gb = 2 * (layers * per_layer + vocab * h + h) / 1e9
+    assert f"reads {expected_gb:.2f} GB" in decode_floor()
