@@ -31,13 +31,17 @@ from sgl.kernels.triton import fused_moe
 
 NUM_EXPERTS, TOP_K, HIDDEN, MOE_INTER = 128, 8, 2048, 768  # Qwen3-30B-A3B
 DTYPE = torch.bfloat16
-SWEEP = {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (32, 64, 128), "BLOCK_K": (64, 128),
-         "GROUP_M": (1, 8), "num_warps": (4, 8), "num_stages": (3, 4)}
+# 72 configurations (24 at batch 1): a few minutes with compilation; --batches narrows.
+SWEEP = {"BLOCK_M": (16, 32, 64), "BLOCK_N": (32, 64, 128), "BLOCK_K": (64, 128), "GROUP_M": (1, 8),
+         "num_warps": (4, 8), "num_stages": (3,)}
 
 
 def _inputs(num_tokens: int, inter: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator(device="cuda").manual_seed(seed)
-    randn = lambda *shape, scale=1.0: torch.randn(*shape, generator=g, device="cuda") * scale  # noqa: E731
+
+    def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, device="cuda") * scale
+
     logits = randn(num_tokens, NUM_EXPERTS)
     weights, ids = select_experts(logits, TOP_K, True)
     return {"x": randn(num_tokens, HIDDEN).to(DTYPE), "logits": logits.to(DTYPE),

@@ -12,10 +12,10 @@ from sgl.runtime.loader import load_model
 
 from tests.runtime.test_models import _check_against_hf
 
-TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            rms_norm_eps=1e-6, tie_word_embeddings=False)
-MOE = dict(moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2)
+TINY = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-6, "tie_word_embeddings": False}
+MOE = {"moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2}
 # Windows shorter than the test's 10-token sequences, so that they hide keys.
 CONFIGS = {
     "mixtral": lambda: tf.MixtralConfig(**TINY, num_local_experts=8, num_experts_per_tok=2),
