@@ -6,7 +6,7 @@ intermediate 768 / TP) on one GPU.
 
 Rows:
   - `fused_experts`: the grouped GEMMs, SiLU-and-mul and the top-k sum (sgl.kernels.moe), timed
-    as kernels/bench_kernels.py times its kernels (copies of the call on their own buffers in
+    as sgl/bench_kernels.py times its kernels (copies of the call on their own buffers in
     one CUDA graph, L2 flushed, median replay time per call);
   - `moe layer`: the same plus the Triton router (softmax, top-k, renormalize);
   - `torch per-expert loop`: sgl.kernels.moe.fused_experts_ref on the GPU, eager (it reads the
@@ -25,7 +25,7 @@ import itertools
 import torch
 import triton.testing
 
-from sgl.kernels.bench_kernels import Row, _time
+from sgl.bench_kernels import Row, _time
 from sgl.kernels.moe import fused_experts, fused_experts_ref, select_experts
 from sgl.kernels.triton import fused_moe
 
@@ -123,7 +123,7 @@ def decode_floor(model_path: str = "qwen3-30b-a3b-dummy") -> str:
     """The bytes one batch-1 decode token reads from the weights (every dense weight, the router,
     top_k of each layer's experts, the LM head; bf16) and their time at the HBM rate: the
     roofline of `bench_one_batch --model-path qwen3-30b-a3b-dummy --load-format dummy`."""
-    from sgl.kernels.bench_kernels import HBM_BYTES_PER_S
+    from sgl.bench_kernels import HBM_BYTES_PER_S
     from sgl.runtime.loader import _load_config, resolve_model_path
     from sgl.runtime.models.registry import get_model_class, resolve_architecture
     config, _ = _load_config(resolve_model_path(model_path), "dummy")
