@@ -85,7 +85,7 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, hidden) -> (N, vocab) float32, soft-capped to cap * tanh(logits / cap)."""
-        logits = self.lm_head.get_logits(hidden)
+        logits = self.head().get_logits(hidden)
         cap = getattr(self.config, "final_logit_softcapping", None)
         return cap * torch.tanh(logits / cap) if cap else logits
 

@@ -20,6 +20,7 @@ from transformers import PretrainedConfig
 
 # Checkpoint name of llama.cpp's per-frequency rope factors (see RotaryEmbedding.apply_freq_factors).
 ROPE_FREQS_NAME = "rope_freqs.weight"
+_STACK_NAMES = ("embed_tokens.", "layers.", "norm.")  # a bare decoder stack's checkpoint names
 
 # Builds layer `layer_id`'s MLP: (config, layer_id, options, tp_rank, tp_size) -> module.
 MLPFactory = Callable[[PretrainedConfig, int, "LayerOptions", int, int], nn.Module]
@@ -166,6 +167,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.model = self.build_model(config, tp_rank, tp_size)
+        self.is_headless = False  # set by load_weights
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens
         else:
@@ -191,17 +193,28 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, hidden) -> (N, vocab) float32."""
-        return self.lm_head.get_logits(hidden)
+        return self.head().get_logits(hidden)
+
+    def head(self) -> nn.Module:
+        if self.is_headless and not self.tie_word_embeddings:
+            raise ValueError("this checkpoint has no LM head (a sentence-embedding model saved "
+                             "without it): serve it with --is-embedding")
+        return self.lm_head
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors, fusing q/k/v and gate/up into the merged parameters. Raises if
-        any parameter is left unloaded."""
-        load_params(dict(self.named_parameters()), self._checkpoint_names(weights))
+        any parameter is left unloaded, but for the LM head of a headless checkpoint (the
+        decoder stack alone, its names without `model.`, as Qwen3-Embedding ships)."""
+        self.is_headless = False
+        load_params(dict(self.named_parameters()), self._checkpoint_names(weights),
+                    optional=lambda name: self.is_headless and name.startswith("lm_head."))
 
     def _checkpoint_names(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name:
                 continue
+            if name.startswith(_STACK_NAMES):
+                self.is_headless, name = True, "model." + name
             if name == ROPE_FREQS_NAME:
                 self.model.rotary_emb.apply_freq_factors(full_weight(tensor))
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from sgl.runtime.layers.linear import default_weight_loader
@@ -60,10 +60,10 @@ def _expected_shards(name: str, param: nn.Parameter) -> list[object]:
 
 
 def load_params(params: dict[str, nn.Parameter], weights: Iterable[tuple[str, torch.Tensor]],
-                what: str = "checkpoint") -> None:
+                what: str = "checkpoint", optional: Callable[[str], bool] = lambda name: False) -> None:
     """Load HF-named tensors into `params`, fusing q/k/v, gate/up and experts into the merged
     parameters (each parameter's weight_loader picks its slice). Raises if a parameter is left
-    (partly) unloaded."""
+    (partly) unloaded, unless `optional(name)` says it may be (asked once all weights are read)."""
     loaded: dict[str, set[object]] = {}  # parameter -> shards loaded (fused ones load in pieces)
     for name, tensor in weights:
         name, shard_id = to_param_name(name)
@@ -74,7 +74,8 @@ def load_params(params: dict[str, nn.Parameter], weights: Iterable[tuple[str, to
         getattr(param, "weight_loader", default_weight_loader)(param, tensor, shard_id)
         loaded.setdefault(name, set()).add(shard_id)
     missing = [name for name, param in params.items()
-               if not _is_complete(loaded.get(name, set()), _expected_shards(name, param))]
+               if not _is_complete(loaded.get(name, set()), _expected_shards(name, param))
+               and not (name not in loaded and optional(name))]
     if missing:
         raise ValueError(f"{what} lacks (parts of) {len(missing)} parameters, e.g. {missing[:5]}")
 
