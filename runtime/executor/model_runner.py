@@ -108,7 +108,9 @@ class ModelRunner:
         self.vocab_size = self.loaded.vocab_size
         self.context_len = self.loaded.context_len
         self.pooling: Optional[PoolingConfig] = None
-        if self.args.is_embedding:  # a GGUF file or shipped config has no sentence-transformers files
+        if not self.args.is_embedding:
+            self.model.head()  # a checkpoint without an LM head cannot generate: say so now
+        else:  # a GGUF file or shipped config has no sentence-transformers files
             path = self.loaded.model_path
             self.pooling = read_pooling_config(path) if os.path.isdir(path) else PoolingConfig()
 

@@ -86,7 +86,13 @@ def test_pooling_config_errors(tmp_path):
         read_pooling_config(str(tmp_path))
 
 
-def test_encode_needs_an_embedding_engine(base_model):
-    with Engine(str(base_model[0]), skip_tokenizer_init=True) as engine:
+def test_headless_checkpoint_cannot_generate(base_model):
+    with pytest.raises(ValueError, match="no LM head.*--is-embedding"):
+        Engine(str(base_model[0]), skip_tokenizer_init=True)
+
+
+def test_encode_needs_an_embedding_engine(tmp_path):
+    tf.Qwen3ForCausalLM(tf.Qwen3Config(**TINY, head_dim=16)).save_pretrained(tmp_path)
+    with Engine(str(tmp_path), skip_tokenizer_init=True) as engine:
         with pytest.raises(ValueError, match="is_embedding"):
             engine.encode(input_ids=[1, 2, 3])
