@@ -84,6 +84,8 @@ class _Builder:
         self._add_prompt_logprob_rows(req, start, n, offset)
         span = req.pooling.chunk_span(start, n, req.seq_len) if req.pooling is not None else None
         if span is not None:
+            if start == 0:  # a retracted prompt runs again from its start: forget the old sums
+                req.pooled_sum = None
             self.step.pool_spans.append((offset + span[0], offset + span[1]))
             self.book.pool_owners.append(req)
         if start + n == req.seq_len:

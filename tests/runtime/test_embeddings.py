@@ -96,3 +96,17 @@ def test_encode_needs_an_embedding_engine(tmp_path):
     with Engine(str(tmp_path), skip_tokenizer_init=True) as engine:
         with pytest.raises(ValueError, match="is_embedding"):
             engine.encode(input_ids=[1, 2, 3])
+
+
+@pytest.mark.gpu
+def test_encode_on_the_triton_backend(base_model, tmp_path):
+    """CUDA, float32, Triton attention, 4-token chunks: the vectors of the CPU test."""
+    src, hf_model = base_model
+    with Engine(str(src), skip_tokenizer_init=True, is_embedding=True, chunked_prefill_size=4,
+                device="cuda", dtype="float32") as engine:
+        outs = engine.encode(input_ids=PROMPTS)
+        warm = engine.encode(input_ids=PROMPTS[1])
+    pooling = PoolingConfig()
+    for prompt, out in zip(PROMPTS, outs):
+        assert torch.allclose(torch.tensor(out["embedding"]), reference(hf_model, prompt, pooling), atol=1e-4, rtol=0)
+    assert torch.allclose(torch.tensor(warm["embedding"]), torch.tensor(outs[1]["embedding"]), atol=1e-4, rtol=0)
