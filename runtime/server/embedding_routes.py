@@ -42,7 +42,7 @@ def add_embedding_routes(app: FastAPI, ctx: Any) -> None:
 async def _run(request: Request, front: Any, obj: dict[str, Any],
                aliases: dict[str, str] | None = None) -> list[dict[str, Any]]:
     try:
-        parsed = front.parse_encode(obj)
+        parsed = await front.off_loop(front.parse_encode, obj)  # tokenizing may take a while
     except ValueError as e:
         raise from_value_error(e, aliases) from None
     return await collect(request, front, obj, parsed)

@@ -85,3 +85,10 @@ def test_bad_requests_are_400s(served, route, body, param):
     assert error["message"]
     ok = requests.post(served[0] + "/encode", json={"text": "still serving"}, timeout=60)
     assert ok.status_code == 200 and len(ok.json()["embedding"]) == TINY["hidden_size"]
+
+
+def test_openapi_declares_the_embedding_bodies(served):
+    doc = requests.get(served[0] + "/openapi.json", timeout=10).json()
+    for route, field in (("/encode", "input_ids"), ("/v1/embeddings", "input")):
+        schema = doc["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert field in schema["properties"], route
