@@ -26,6 +26,11 @@ GEMV_CONFIGS: dict[tuple[int, int], tuple[int, ...] | None] = {
     (4096, 14336): (8, 512, 8, 3, 1),    # down: Triton 29.8 us, F.linear 31.6 us
     (128256, 4096): (8, 256, 4, 3, 1),   # LM head: Triton 233.7 us, F.linear 240.8 us
 }
+# FP8 weights (N, K) -> the GEMV's config at M = 1 (float8_e4m3fn rows, half the bytes of a bf16
+# row), or None for torch._scaled_mm. Empty until probed on an H100 (`sgl/bench_gemv.py --fp8`):
+# every FP8 shape takes FP8_DEFAULT_GEMV_CONFIG, wide K blocks so that a thread loads 16 bytes.
+FP8_GEMV_CONFIGS: dict[tuple[int, int], tuple[int, ...] | None] = {}
+FP8_DEFAULT_GEMV_CONFIG = (4, 2048, 8, 3, 1)
 # SGL_GEMV_CONFIGS=PATH: entries over these, from `gemv_probe.py --table-out PATH` on this GPU.
 if os.environ.get("SGL_GEMV_CONFIGS"):
     with open(os.environ["SGL_GEMV_CONFIGS"]) as _f:
@@ -35,9 +40,12 @@ if os.environ.get("SGL_GEMV_CONFIGS"):
 _GEMV = os.environ.get("SGL_DISABLE_GEMV", "0").lower() in ("", "0", "false", "no")
 
 
-def gemv_config(n: int, k: int) -> tuple[int, ...] | None:
+def gemv_config(n: int, k: int, fp8: bool = False) -> tuple[int, ...] | None:
     """The Triton GEMV's config for a weight (n, k) at M = 1, or None for cuBLAS: the tuned
-    entry if there is one, else the kernel's default from GEMV_MIN_NUMEL elements up."""
+    entry if there is one, else the kernel's default from GEMV_MIN_NUMEL elements up. FP8
+    weights: FP8_GEMV_CONFIGS' entry, else FP8_DEFAULT_GEMV_CONFIG at every size."""
+    if fp8:  # SGL_DISABLE_GEMV=1 sends FP8 rows to torch._scaled_mm
+        return FP8_GEMV_CONFIGS.get((n, k), FP8_DEFAULT_GEMV_CONFIG) if _GEMV else None
     if (n, k) in GEMV_CONFIGS:
         return GEMV_CONFIGS[(n, k)]
     if n * k < GEMV_MIN_NUMEL:

@@ -9,6 +9,8 @@ from itertools import accumulate, pairwise
 import torch
 import torch.nn.functional as F
 
+from sgl.kernels.kv_store import from_pool
+
 Lengths = torch.Tensor | Sequence[int]
 
 
@@ -17,7 +19,8 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
                          prefix_lens: Lengths, extend_lens: Lengths, scaling: float, *,
                          custom_mask: torch.Tensor | None = None,
                          mask_indptr: Lengths | None = None,
-                         tree_mask: torch.Tensor | None = None) -> torch.Tensor:
+                         tree_mask: torch.Tensor | None = None, k_scale: float = 1.0,
+                         v_scale: float = 1.0) -> torch.Tensor:
     """Causal (or custom-masked) attention of a ragged batch of new tokens over their requests'
     whole sequences.
 
@@ -36,6 +39,7 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
     token c iff tree_mask[i, j, c] (c < extend_lens[i]; entries past that are ignored) and always
     its whole cached prefix. It equals the custom_mask block whose prefix columns are all True.
     A row that sees no key gives zeros (SDPA's safe softmax).
+    An FP8 pool is read as stored * k_scale (K) and stored * v_scale (V).
     Returns (num_tokens, Hq, Dv) in q's dtype.
     """
     rows, prefixes, extends = _as_list(req_pool_indices), _as_list(prefix_lens), _as_list(extend_lens)
@@ -53,20 +57,22 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
         seq_len = prefix_len + extend_len
         slots = req_to_token[row, :seq_len].long()
         q_req = q[start:start + extend_len]  # (extend_len, Hq, D)
-        out[start:start + extend_len] = _attend(q_req, k_buffer[slots], v_buffer[slots],
-                                                prefix_len, scaling, mask).to(q.dtype)
+        k, v = from_pool(k_buffer[slots], k_scale), from_pool(v_buffer[slots], v_scale)
+        out[start:start + extend_len] = _attend(q_req, k, v, prefix_len, scaling, mask).to(q.dtype)
         start += extend_len
     return out
 
 
 def decode_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                          req_to_token: torch.Tensor, req_pool_indices: Lengths,
-                         seq_lens: Lengths, scaling: float) -> torch.Tensor:
+                         seq_lens: Lengths, scaling: float, k_scale: float = 1.0,
+                         v_scale: float = 1.0) -> torch.Tensor:
     """One new token per request: q (bs, Hq, D), its K/V already at position seq_lens[i] - 1.
     Returns (bs, Hq, Dv)."""
     seqs = _as_list(seq_lens)
     return extend_attention_ref(q, k_buffer, v_buffer, req_to_token, req_pool_indices,
-                                [s - 1 for s in seqs], [1] * len(seqs), scaling)
+                                [s - 1 for s in seqs], [1] * len(seqs), scaling,
+                                k_scale=k_scale, v_scale=v_scale)
 
 
 def _mask_blocks(custom_mask: torch.Tensor | None, mask_indptr: Lengths | None,

@@ -2,7 +2,9 @@
 Qwen3 are small subclasses (see qwen2.py, qwen3.py): they differ only in `LayerOptions`."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -11,6 +13,7 @@ from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.layers.activation import SiluAndMul
 from sgl.runtime.layers.attention import RadixAttention
 from sgl.runtime.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from sgl.runtime.layers.fp8 import Fp8Config
 from sgl.runtime.layers.lazy_tensor import full_weight
 from sgl.runtime.layers.linear import (
     MergedColumnParallelLinear,
@@ -27,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 # Checkpoint name of llama.cpp's per-frequency rope factors (see RotaryEmbedding.apply_freq_factors).
 ROPE_FREQS_NAME = "rope_freqs.weight"
+
+# Per-layer FP8 KV cache scales as published: compressed-tensors' kv_cache_scheme (k_scale,
+# v_scale), older llm-compressor output scales, AutoFP8's one kv_scale for both.
+_KV_SCALE_RE = re.compile(r"model\.layers\.(\d+)\.self_attn\.(k_scale|v_scale|kv_scale|"
+                          r"k_proj\.output_scale|v_proj\.output_scale)$")
 
 # HF name piece -> (our fused parameter piece, shard id)
 _STACKED_PARAMS = [
@@ -45,6 +53,7 @@ class LayerOptions:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False  # per-head RMSNorm on q and k before rotary (Qwen3)
+    quant: Fp8Config | None = None  # FP8 weights in the linears (--quantization fp8)
 
 
 def get_head_dim(config: PretrainedConfig) -> int:
@@ -52,11 +61,13 @@ def get_head_dim(config: PretrainedConfig) -> int:
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: PretrainedConfig, bias: bool, tp_rank: int, tp_size: int) -> None:
+    def __init__(self, config: PretrainedConfig, bias: bool, tp_rank: int, tp_size: int,
+                 quant: Fp8Config | None = None) -> None:
         super().__init__()
         hidden, inter = config.hidden_size, config.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(hidden, [inter, inter], bias, tp_rank, tp_size)
-        self.down_proj = RowParallelLinear(inter, hidden, bias, tp_rank, tp_size)
+        self.gate_up_proj = MergedColumnParallelLinear(hidden, [inter, inter], bias, tp_rank, tp_size,
+                                                       quant=quant)
+        self.down_proj = RowParallelLinear(inter, hidden, bias, tp_rank, tp_size, quant=quant)
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,11 +84,12 @@ class LlamaAttention(nn.Module):
         # input_size: width of the q/k/v input when it is not hidden_size (EAGLE-3's 2 * hidden).
         self.qkv_proj = QKVParallelLinear(input_size or config.hidden_size, head_dim,
                                           config.num_attention_heads,
-                                          config.num_key_value_heads, options.qkv_bias, tp_rank, tp_size)
+                                          config.num_key_value_heads, options.qkv_bias, tp_rank, tp_size,
+                                          quant=options.quant)
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
         self.o_proj = RowParallelLinear(config.num_attention_heads * head_dim, config.hidden_size,
-                                        options.o_bias, tp_rank, tp_size)
+                                        options.o_bias, tp_rank, tp_size, quant=options.quant)
         self.q_norm = self.k_norm = None
         if options.qk_norm:
             self.q_norm = RMSNorm(head_dim, config.rms_norm_eps)
@@ -103,7 +115,7 @@ class LlamaDecoderLayer(nn.Module):
                  options: LayerOptions, tp_rank: int, tp_size: int) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_id, rotary_emb, options, tp_rank, tp_size)
-        self.mlp = LlamaMLP(config, options.mlp_bias, tp_rank, tp_size)
+        self.mlp = LlamaMLP(config, options.mlp_bias, tp_rank, tp_size, options.quant)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -156,11 +168,14 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config: PretrainedConfig, tp_rank: int = 0, tp_size: int = 1) -> None:
+    def __init__(self, config: PretrainedConfig, tp_rank: int = 0, tp_size: int = 1,
+                 quant_config: Fp8Config | None = None) -> None:
         super().__init__()
         self.config = config
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.model = LlamaModel(config, self.layer_options(config), tp_rank, tp_size)
+        # The decoder layers' linears take FP8 weights; embeddings and the LM head never do.
+        options = dataclasses.replace(self.layer_options(config), quant=quant_config)
+        self.model = LlamaModel(config, options, tp_rank, tp_size)
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens
         else:
@@ -193,6 +208,12 @@ class LlamaForCausalLM(nn.Module):
             if name == ROPE_FREQS_NAME:
                 self.model.rotary_emb.apply_freq_factors(full_weight(tensor))
                 continue
+            kv_scale = _KV_SCALE_RE.match(name)
+            if kv_scale:  # read by an FP8 KV pool (ModelRunner), unused otherwise
+                attn = self.model.layers[int(kv_scale[1])].self_attn.attn
+                value = float(full_weight(tensor).float().reshape(-1)[0])
+                attn.set_kv_scale(kv_scale[2].split("_")[0], value)  # "k", "v" or "kv"
+                continue
             if self.tie_word_embeddings and name.startswith("lm_head."):
                 name = name.replace("lm_head.", "model.embed_tokens.")
             yield name, tensor
@@ -216,6 +237,15 @@ def load_params(params: dict[str, nn.Parameter], weights: Iterable[tuple[str, to
                if any((name, shard) not in loaded for shard in _expected_shards(name))]
     if missing:
         raise ValueError(f"{what} lacks (parts of) {len(missing)} parameters, e.g. {missing[:5]}")
+
+
+def checkpoint_shards(module_name: str) -> list[tuple[str, object]]:
+    """The checkpoint's modules fused into one of ours (q/k/v, gate/up) with their shard ids, or
+    the module itself: "model.layers.0.mlp.gate_up_proj" -> [(...gate_proj, 0), (...up_proj, 1)]."""
+    dotted = module_name + "."
+    pieces = [(dotted.replace(ours, hf)[:-1], shard) for hf, ours, shard in _STACKED_PARAMS
+              if ours in dotted]
+    return pieces or [(module_name, None)]
 
 
 def _expected_shards(param_name: str) -> list[object]:
