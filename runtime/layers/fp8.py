@@ -46,12 +46,14 @@ class Fp8Config:
         return False
 
 
-def create_fp8_weights(layer: ParallelLinear, config: Fp8Config) -> None:
+def create_fp8_weights(layer: ParallelLinear, config: Fp8Config,
+                       device: torch.device | None = None) -> None:
     """The layer's FP8 weight (output_size, input_size), its per-row scale and, for static
     activations, its input scale. Only what the checkpoint fills is a Parameter."""
     rows, cols = layer.output_size, layer.input_size
-    layer.weight = nn.Parameter(torch.empty(rows, cols, dtype=FP8_DTYPE), requires_grad=False)
-    scale = torch.ones(rows, dtype=torch.float32)
+    layer.weight = nn.Parameter(torch.empty(rows, cols, dtype=FP8_DTYPE, device=device),
+                                requires_grad=False)
+    scale = torch.ones(rows, dtype=torch.float32, device=device)
     if config.checkpoint_is_fp8:
         layer.weight_scale = nn.Parameter(scale, requires_grad=False)
         layer.weight_scale.weight_loader = functools.partial(load_weight_scale, layer)
@@ -59,7 +61,8 @@ def create_fp8_weights(layer: ParallelLinear, config: Fp8Config) -> None:
         layer.register_buffer("weight_scale", scale)
     layer.input_scale = None
     if config.static_activations:
-        layer.input_scale = nn.Parameter(torch.zeros(1, dtype=torch.float32), requires_grad=False)
+        layer.input_scale = nn.Parameter(torch.zeros(1, dtype=torch.float32, device=device),
+                                         requires_grad=False)
         layer.input_scale.weight_loader = load_input_scale
 
 
@@ -87,7 +90,7 @@ def load_weight_scale(layer: ParallelLinear, param: nn.Parameter, loaded: Loaded
     scale = full_weight(loaded).float()
     if scale.numel() == 1:
         offset, size = layer.shard_rows(shard_id)
-        param.data[offset:offset + size] = scale.reshape(())
+        param.data[offset:offset + size].fill_(float(scale.reshape(())))
         return
     layer.weight_loader(param, scale.reshape(-1), shard_id)
 

@@ -88,15 +88,18 @@ class ParallelLinear(nn.Module):
     def set_quantization(self, quant: Fp8Config | None) -> None:
         """(Re)create the weight unquantized or in FP8 (before loading: the loader turns layers
         a checkpoint leaves unquantized back with None)."""
-        for name in ("weight_scale", "input_scale"):
+        # at construction: the default device (the loader's context); later: the weight's own
+        device = self.weight.device if hasattr(self, "weight") else None
+        for name in ("weight", "weight_scale", "input_scale"):
             if hasattr(self, name):
                 delattr(self, name)
         self.quant = quant
         if quant is None:
             self.weight = nn.Parameter(torch.empty(self.output_size, self.input_size,
-                                                   dtype=self.params_dtype), requires_grad=False)
+                                                   dtype=self.params_dtype, device=device),
+                                       requires_grad=False)
         else:
-            create_fp8_weights(self, quant)
+            create_fp8_weights(self, quant, device)
         self.weight.weight_loader = self.weight_loader
 
     def shard_rows(self, shard_id: ShardId) -> tuple[int, int]:

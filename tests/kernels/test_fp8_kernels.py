@@ -32,7 +32,8 @@ pytestmark = [
 ]
 CUDA = pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(), reason="needs a CUDA GPU")
 FP8_KV = pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
-FP8_TOL = 6e-2  # ||out - ref|| / ||ref|| where the kernel quantizes and the reference does too
+# ||out - ref|| / ||ref|| of attention over an FP8 pool against a 16-bit one: the format's error
+FP8_TOL = {torch.float8_e4m3fn: 6e-2, torch.float8_e5m2: 1.2e-1}
 
 
 def _same_fp8(out: torch.Tensor, ref: torch.Tensor) -> None:
@@ -229,7 +230,7 @@ def test_triton_backend_fp8_pool_matches_torch_native(kv_dtype, prefix_lens, ext
         _assert_close(outs["triton", True][layer_id].float(), outs["torch_native", True][layer_id].float(),
                       BF16_TOL)
         _assert_close(outs["triton", True][layer_id].float(), outs["triton", False][layer_id].float(),
-                      FP8_TOL)
+                      FP8_TOL[kv_dtype])
         for which in ("k_buffer", "v_buffer"):
             _same_fp8(getattr(pools["triton", True], which)[layer_id],
                       getattr(pools["torch_native", True], which)[layer_id])
