@@ -115,8 +115,8 @@ def _gemv_config(x: torch.Tensor, weight: torch.Tensor) -> tuple[int, ...] | Non
     """The FP8 GEMV's config for one row of x, None for the other paths."""
     if x.shape[0] != 1 or weight.stride(1) != 1 or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return None
-    from sgl.kernels.linear import gemv_config
-    return gemv_config(*weight.shape, fp8=True)
+    from sgl.kernels.linear import fp8_gemv_config
+    return fp8_gemv_config(*weight.shape)
 
 
 def _fits_scaled_mm(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -5,23 +5,29 @@ How a candidate is timed: after a warm-up (Triton compiles, workspaces are alloc
 are captured into one CUDA graph, cycling through a ring of weight copies larger than the L2 (as
 consecutive layers read different weights), and the graph is replayed; the median replay over the
 number of calls is the time of one call, with no Python launch cost in it, as under the model's
-decode graphs. It prints a table per shape and GEMV_CONFIGS ready to paste into kernels/linear.py.
+decode graphs. It prints a table per shape; --table-out FILE writes the probed table in the format
+of kernels/configs/gemv/ (kernels/gemv_tables.py): pass it to the server as --gemv-configs FILE,
+or ship it as kernels/configs/gemv/<device>.json.
 
-    python -m sgl.bench_gemv [--out probe.json] [--shapes qkv,o] [--fused]
+    python -m sgl.bench_gemv [--out probe.json] [--table-out table.json] [--shapes qkv,o] [--fused]
 
 --fused also times one decoder layer's linears (qkv, o, gate_up, down) back to back in one graph,
-through kernels/linear.py with cuBLAS, with its current GEMV_CONFIGS and with the probed table.
+through kernels/linear.py with cuBLAS, with this device's shipped table and with the probed table
+over it.
 
 --fp8 probes FP8 weights (float8_e4m3fn, a scale per row) instead: the Triton GEMV with
 weight_scale against torch._scaled_mm behind a per-token activation quantization (the path
-kernels/fp8.py takes for more rows), and prints FP8_GEMV_CONFIGS (a None entry: _scaled_mm)."""
+kernels/fp8.py takes for more rows), and prints entries for FP8_GEMV_CONFIGS in kernels/linear.py
+(None: _scaled_mm). FP8 tables are code, not --gemv-configs files (those are for 16-bit weights)."""
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
 import math
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from sgl.kernels import linear as linear_mod
+from sgl.kernels.gemv_tables import GemvTable, find_table, write_table
 from sgl.kernels.triton.gemv import gemv
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
@@ -162,21 +169,21 @@ def print_rows(report: dict) -> None:
 
 
 def print_table(report: dict, device: str, fp8: bool = False) -> None:
-    name = "FP8_GEMV_CONFIGS" if fp8 else "GEMV_CONFIGS"
-    print(f"\n# sgl/bench_gemv.py{' --fp8' if fp8 else ''} on {device}; paste over {name} in "
-          "kernels/linear.py (F.linear: torch._scaled_mm with --fp8)")
-    print(f"{name}: dict[tuple[int, int], tuple[int, ...] | None] = {{")
+    where = ("entries for FP8_GEMV_CONFIGS in kernels/linear.py (F.linear: torch._scaled_mm)" if fp8
+             else f"--table-out FILE writes it as JSON; shipped table for this device: {find_table(device)}")
+    print(f"\n# sgl/bench_gemv.py{' --fp8' if fp8 else ''} on {device} ({where})")
     for name, row in report.items():
         entry, f_us = table_entry(row), row["f_linear_us"]
         best_us = row["triton"][0][1] if row["triton"] else math.nan
-        key = f"({row['n']}, {row['k']}):"
-        print(f"    {key:<15} {str(entry) + ',':<22} # {name}: Triton {best_us:.1f} us, "
+        key = f"({row['n']}, {row['k']}):" if fp8 else f"\"{row['n']},{row['k']}\":"
+        value = f"{entry}," if fp8 else str(list(entry) if entry else None)
+        print(f"    {key:<15} {value:<22} # {name}: Triton {best_us:.1f} us, "
               f"F.linear {f_us:.1f} us, ideal {row['ideal_us']:.1f} us")
-    print("}")
 
 
-def time_layer(tables: dict[str, dict | None]) -> dict:
-    """us of one layer's four linears through linear_mod.linear, per table (None: cuBLAS)."""
+def time_layer(tables: dict[str, GemvTable | None]) -> dict:
+    """us of one layer's four linears through linear_mod.linear, per table of entries over the
+    shipped one (None: cuBLAS), each applied as the server applies --gemv-configs."""
     nbytes = sum(n * k * 2 for n, k in (SHAPES[s] for s in LAYER))
     layers = [[torch.randn(*SHAPES[s], device="cuda", dtype=torch.bfloat16) * 0.02 for s in LAYER]
               for _ in range(max(2, math.ceil(RING_BYTES / nbytes)))]
@@ -186,14 +193,18 @@ def time_layer(tables: dict[str, dict | None]) -> dict:
         for w in ws:
             linear_mod.linear(xs[w.shape[1]], w)
 
-    saved = linear_mod._GEMV, linear_mod.GEMV_CONFIGS
     out = {"ideal_us": nbytes / HBM_BYTES_PER_S * 1e6}
-    try:
-        for name, table in tables.items():
-            linear_mod._GEMV, linear_mod.GEMV_CONFIGS = table is not None, table or {}
-            out[name] = graph_us(layer, layers, nbytes)  # cycling through the layers
-    finally:
-        linear_mod._GEMV, linear_mod.GEMV_CONFIGS = saved
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for name, table in tables.items():
+                path = None
+                if table:
+                    path = os.path.join(tmp, f"{len(out)}.json")
+                    write_table(path, table, torch.cuda.get_device_name(), "gemv_probe --fused")
+                linear_mod.configure_gemv(table is not None, path)
+                out[name] = graph_us(layer, layers, nbytes)  # cycling through the layers
+        finally:
+            linear_mod.configure_gemv()
     return out
 
 
@@ -207,8 +218,11 @@ def main() -> None:
     p.add_argument("--fp8", action="store_true",
                    help="FP8 weights: the GEMV with weight_scale against torch._scaled_mm")
     p.add_argument("--table-out", default=None,
-                   help="write the probed table as JSON, for SGL_GEMV_CONFIGS=PATH (kernels/linear.py)")
+                   help="write the probed table as JSON, for --gemv-configs FILE or kernels/configs/gemv/")
     args = p.parse_args()
+    if args.fp8 and args.table_out:
+        p.error("--table-out writes a 16-bit --gemv-configs table; --fp8 entries go into "
+                "FP8_GEMV_CONFIGS in kernels/linear.py")
     torch.manual_seed(0)
     device = torch.cuda.get_device_name()
     stages = tuple(int(s) for s in args.stages.split(","))
@@ -224,9 +238,9 @@ def main() -> None:
         print_table(report, device, args.fp8)
     if args.fused and not args.fp8:
         probed = {(r["n"], r["k"]): table_entry(r) for r in report.values()}
-        tables = {"cuBLAS": None, "linear.py table": dict(linear_mod.GEMV_CONFIGS)}
+        tables = {"cuBLAS": None, "shipped table": {}}
         if probed:
-            tables["probed table"] = {**linear_mod.GEMV_CONFIGS, **probed}
+            tables["probed table"] = probed
         result["layer"] = time_layer(tables)
         print("\none layer (qkv, o, gate_up, down) in one graph: "
               + ", ".join(f"{k} {v:.1f} us" for k, v in result["layer"].items()))
@@ -234,8 +248,9 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     if args.table_out:
-        with open(args.table_out, "w") as f:
-            json.dump({f"{r['n']},{r['k']}": table_entry(r) for r in report.values()}, f)
+        source = f"python -m sgl.bench_gemv{' --quick' if args.quick else ''} on {device}, {time.strftime('%Y-%m-%d')}"
+        write_table(args.table_out, {(r["n"], r["k"]): table_entry(r) for r in report.values()},
+                    device, source)
 
 
 if __name__ == "__main__":

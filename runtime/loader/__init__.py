@@ -14,15 +14,17 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import torch
-from sgl.runtime.loader import dummy, hf
-from sgl.runtime.layers.fp8 import Fp8Config
-from sgl.runtime.loader.bundled import bundled_model_path
-from sgl.runtime.loader.quantization import resolve_quantization, unquantize_ignored
-from sgl.runtime.models.llama import get_head_dim
-from sgl.runtime.models.registry import DRAFT_ARCHITECTURES, get_model_class, resolve_architecture
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PretrainedConfig
+
+from sgl.runtime.layers.fp8 import Fp8Config
+from sgl.runtime.loader import dummy, hf
+from sgl.runtime.loader.bundled import bundled_model_path
+from sgl.runtime.loader.hub_cache import cached_snapshot, looks_like_hub_id
+from sgl.runtime.loader.quantization import resolve_quantization, unquantize_ignored
+from sgl.runtime.models.llama import get_head_dim
+from sgl.runtime.models.registry import DRAFT_ARCHITECTURES, get_model_class, resolve_architecture
 
 if TYPE_CHECKING:  # imported on use: the gguf package is only needed for .gguf files
     from sgl.runtime.loader.gguf_loader import GGUFCheckpoint
@@ -114,6 +116,8 @@ def resolve_model_path(model_path: str) -> str:
         shipped = os.path.join(SHIPPED_CONFIGS_DIR, model_path)
         if os.path.isdir(shipped):
             return shipped
+        if looks_like_hub_id(model_path):
+            return cached_snapshot(model_path)
         raise FileNotFoundError(f"model path {model_path} does not exist (shipped configs: "
                                 f"{', '.join(sorted(os.listdir(SHIPPED_CONFIGS_DIR)))})")
     return model_path

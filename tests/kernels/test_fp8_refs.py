@@ -88,6 +88,19 @@ def test_fp8_gemv_ref_does_not_quantize_x():
                                atol=1e-6, rtol=1e-6)
 
 
+def test_fp8_gemv_config_follows_disable_gemv(gemv_settings, tmp_path):
+    """One-row FP8 linears take the FP8 GEMV at every size, _scaled_mm under --disable-gemv; a
+    --gemv-configs table (16-bit weights) leaves them alone."""
+    from sgl.kernels import linear as linear_mod
+    from sgl.kernels.gemv_tables import write_table
+    table = tmp_path / "t.json"
+    write_table(table, {(64, 32): None}, "test", "test")
+    gemv_settings(True, str(table))
+    assert linear_mod.fp8_gemv_config(64, 32) == linear_mod.FP8_DEFAULT_GEMV_CONFIG
+    gemv_settings(False)
+    assert linear_mod.fp8_gemv_config(64, 32) is None
+
+
 @pytest.mark.parametrize("dtype,rel", [(torch.float8_e4m3fn, E4M3_REL), (torch.float8_e5m2, E5M2_REL)])
 def test_store_kv_ref_fp8_round_trips_within_precision(dtype, rel):
     k_buf = torch.zeros(20, 2, 8, dtype=dtype)
