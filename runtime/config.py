@@ -37,6 +37,9 @@ class ServerArgs:
     skip_tokenizer_init: bool = _f(False, "Take and return token ids only.")
     served_model_name: Optional[str] = _f(None, "Model name reported by the OpenAI routes.")
     chat_template: Optional[str] = _f(None, "Chat template name or Jinja file; default: the tokenizer's.")
+    is_embedding: bool = _f(False, "Serve an embedding model: /encode, /v1/embeddings and Engine.encode pool "
+                            "the prompt's final hidden states as its sentence-transformers files say "
+                            "(default: last token, normalized); generation is refused.")
     random_seed: int = _f(0, "Seed for weights of dummy models and for unseeded sampling.")
     quantization: Optional[str] = _f(None, "fp8: quantize a 16/32-bit checkpoint's linear layers to FP8 "
                                      "e4m3 at load (a scale per output channel, activations per "
@@ -142,6 +145,8 @@ class ServerArgs:
             raise ValueError("dist_init_addr (host:port of node 0) is required when nnodes > 1")
         if self.dp_size < 1:
             raise ValueError(f"dp_size must be >= 1, got {self.dp_size}")
+        if self.is_embedding and self.speculative_algorithm:
+            raise ValueError("is_embedding does not go with speculative_algorithm (nothing is decoded)")
         if self.load_balance_method not in LOAD_BALANCE_METHODS:
             raise ValueError(f"load_balance_method must be one of {LOAD_BALANCE_METHODS}, "
                              f"got {self.load_balance_method!r}")

@@ -20,7 +20,7 @@ from transformers import PretrainedConfig
 
 from sgl.runtime.layers.fp8 import Fp8Config
 from sgl.runtime.layers.linear import ParallelLinear
-from sgl.runtime.models.llama import checkpoint_shards
+from sgl.runtime.models.weights import checkpoint_shards
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ def unquantize_ignored(model: nn.Module, config: Fp8Config) -> list[str]:
             continue
         pieces = [piece for piece, _ in checkpoint_shards(name)]
         ignored = [config.is_ignored(p) for p in pieces]
+        if config.is_ignored(name):  # a checkpoint that fuses the layer as we do (Phi-3)
+            ignored = [True]
         if any(ignored) and not all(ignored):
             raise ValueError(f"quantization_config ignores part of the fused layer {name} "
                              f"({pieces}); a fused layer is quantized whole or not at all")

@@ -25,7 +25,8 @@ from sgl.kernels.rotary import compute_inv_freq
 from sgl.runtime.layers.linear import ParallelLinear
 from sgl.runtime.layers.rotary import rope_params_from_config
 from sgl.runtime.loader import LoadedModel, load_model, resolve_model_path
-from sgl.runtime.models.llama import ROPE_FREQS_NAME, checkpoint_shards
+from sgl.runtime.models.llama import ROPE_FREQS_NAME
+from sgl.runtime.models.weights import checkpoint_shards
 
 FORMATS = ("compressed-tensors", "fp8")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -82,7 +83,8 @@ def checkpoint_tensors(loaded: LoadedModel, fmt: str,
 def _rope_freq_factors(loaded: LoadedModel) -> torch.Tensor | None:
     """llama.cpp's per-frequency rope factors that a GGUF source applied, to carry them over."""
     rotary = loaded.model.model.rotary_emb
-    theta, scaling = rope_params_from_config(loaded.hf_config)
+    kinds = getattr(loaded.model.model, "rotary_embs", None)  # Gemma: rotary_emb is the first
+    theta, scaling = rope_params_from_config(loaded.hf_config, next(iter(kinds)) if kinds else None)
     plain = compute_inv_freq(rotary.rotary_dim, theta, scaling)
     factors = plain / rotary.inv_freq.cpu()
     return None if torch.allclose(factors, torch.ones_like(factors)) else factors.float()
@@ -96,6 +98,9 @@ def write_fp8_checkpoint(model_path: str, output: str, fmt: str = "compressed-te
     loaded = load_model(model_path, load_format, dtype=torch.float32, device="cpu")
     if loaded.quant_config is not None:
         raise ValueError(f"{model_path} is already quantized")
+    if not loaded.model.supports_fp8:
+        raise ValueError(f"{model_path}: FP8 checkpoints of {loaded.architecture} are not "
+                         "supported (its MoE experts have no FP8 path yet)")
     os.makedirs(output, exist_ok=True)
     tensors = dict(checkpoint_tensors(loaded, fmt, dtype))
     save_file(tensors, os.path.join(output, "model.safetensors"), metadata={"format": "pt"})

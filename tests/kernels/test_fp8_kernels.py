@@ -150,6 +150,11 @@ def test_store_kv_fp8(kv_dtype, num_tokens, hkv, head_dim):
     _same_fp8(v_buf, ref_v)
 
 
+# Sliding window and soft-cap (issue #20) over an FP8 pool: the K scale must be folded into the
+# scores before they are capped (stored K is value / k_scale, ~50x the value here).
+WINDOW_CAP = [(0, 0.0), (16, 2.0)]
+
+
 def _fp8_pool(k_buf: torch.Tensor, v_buf: torch.Tensor, kv_dtype: torch.dtype, k_scale: float,
               v_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     return to_pool(k_buf, kv_dtype, k_scale), to_pool(v_buf, kv_dtype, v_scale)
@@ -160,7 +165,8 @@ def _fp8_pool(k_buf: torch.Tensor, v_buf: torch.Tensor, kv_dtype: torch.dtype, k
                                                       ([40, 3], 8, 2, 8),
                                                       pytest.param([4095, 17], 9, 3, 64, marks=BIG)])
 @pytest.mark.parametrize("max_splits", [1, 3])
-def test_decode_attention_fp8_pool(kv_dtype, seq_lens, hq, hkv, head_dim, max_splits):
+@pytest.mark.parametrize("window,cap", WINDOW_CAP)
+def test_decode_attention_fp8_pool(kv_dtype, seq_lens, hq, hkv, head_dim, max_splits, window, cap):
     from sgl.kernels.attention.torch_ref import decode_attention_ref
     from sgl.kernels.triton.decode_attention import decode_attention
     bs, k_scale, v_scale = len(seq_lens), 0.01, 0.02
@@ -169,9 +175,11 @@ def test_decode_attention_fp8_pool(kv_dtype, seq_lens, hq, hkv, head_dim, max_sp
     q = _randn(bs, hq, head_dim, dtype=ATTN_DTYPE, gen=_gen(7))
     out = decode_attention(q, k_buf, v_buf, req_to_token, rows, torch.tensor(seq_lens, device=DEVICE),
                            head_dim ** -0.5, out=_poisoned((bs, hq, head_dim), ATTN_DTYPE),
-                           max_splits=max_splits, k_scale=k_scale, v_scale=v_scale)
+                           max_splits=max_splits, k_scale=k_scale, v_scale=v_scale,
+                           sliding_window=window, logit_cap=cap)
     ref = decode_attention_ref(q.float(), k_buf, v_buf, req_to_token, rows, seq_lens,
-                               head_dim ** -0.5, k_scale=k_scale, v_scale=v_scale)
+                               head_dim ** -0.5, k_scale=k_scale, v_scale=v_scale,
+                               sliding_window=window, logit_cap=cap)
     _assert_close(out, ref, BF16_TOL)  # the same FP8 values on both sides: bf16's error only
 
 
@@ -179,7 +187,9 @@ def test_decode_attention_fp8_pool(kv_dtype, seq_lens, hq, hkv, head_dim, max_sp
 @pytest.mark.parametrize("prefix_lens,extend_lens,hq,hkv,head_dim,tree",
                          [([0], [130], 9, 3, 64, False), ([5, 0, 70], [3, 64, 129], 32, 8, 128, False),
                           ([9, 0], [5, 33], 8, 2, 8, False), ([70, 0, 3], [7, 9, 2], 9, 3, 64, True)])
-def test_extend_attention_fp8_pool(kv_dtype, prefix_lens, extend_lens, hq, hkv, head_dim, tree):
+@pytest.mark.parametrize("window,cap", WINDOW_CAP)
+def test_extend_attention_fp8_pool(kv_dtype, prefix_lens, extend_lens, hq, hkv, head_dim, tree,
+                                   window, cap):
     from sgl.kernels.attention.torch_ref import extend_attention_ref
     from sgl.kernels.triton.extend_attention import extend_attention
     k_scale, v_scale, bs = 0.02, 0.01, len(prefix_lens)
@@ -197,11 +207,12 @@ def test_extend_attention_fp8_pool(kv_dtype, prefix_lens, extend_lens, hq, hkv, 
     out = extend_attention(q, k_buf, v_buf, req_to_token, rows, to_dev(prefix_lens),
                            to_dev(extend_lens), head_dim ** -0.5, max_extend_len=max(extend_lens),
                            out=_poisoned((num_tokens, hq, head_dim), ATTN_DTYPE), k_scale=k_scale,
-                           v_scale=v_scale,
+                           v_scale=v_scale, sliding_window=window, logit_cap=cap,
                            tree_mask=tree_mask.to(DEVICE) if tree else None)
     ref = extend_attention_ref(q.float(), k_buf, v_buf, req_to_token, rows, prefix_lens,
                                extend_lens, head_dim ** -0.5, tree_mask=tree_mask,
-                               k_scale=k_scale, v_scale=v_scale)
+                               k_scale=k_scale, v_scale=v_scale, sliding_window=window,
+                               logit_cap=cap)
     _assert_close(out, ref, BF16_TOL)
 
 

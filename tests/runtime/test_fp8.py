@@ -39,6 +39,12 @@ def _fp8_transformers(path: str, per_tensor: bool = False,
     weights rounded per output channel (or per tensor), inputs per token (or by the static
     scale of the linear's name)."""
     model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return fake_fp8_linears(model, per_tensor, static_scale)
+
+
+def fake_fp8_linears(model: torch.nn.Module, per_tensor: bool = False,
+                     static_scale: Callable[[str], float] | None = None) -> torch.nn.Module:
+    """`model` (transformers, float32) with FP8 arithmetic in every linear but the LM head."""
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name != "lm_head":
             w = module.weight.data

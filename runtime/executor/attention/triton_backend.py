@@ -114,6 +114,7 @@ class TritonBackend(AttentionBackend):
                                    batch.req_pool_indices, batch.seq_lens, layer.scaling,
                                    max_splits=self.max_splits,
                                    workspace=self._get_workspace(max(need, 1), q.device),
+                                   sliding_window=layer.sliding_window, logit_cap=layer.logit_cap,
                                    k_scale=k_scale, v_scale=v_scale)
         else:
             if self.q_start is None or self.q_start.device != q.device:  # planned before .to()
@@ -127,7 +128,8 @@ class TritonBackend(AttentionBackend):
                                    layer.scaling, q_start=self.q_start,
                                    max_extend_len=self.max_extend_len, out=out,
                                    custom_mask=batch.custom_mask, mask_indptr=batch.mask_indptr,
-                                   tree_mask=batch.tree_mask, k_scale=k_scale, v_scale=v_scale)
+                                   tree_mask=batch.tree_mask, sliding_window=layer.sliding_window,
+                                   logit_cap=layer.logit_cap, k_scale=k_scale, v_scale=v_scale)
         return out.view(num_tokens, -1).to(q.dtype)  # (T, Hq * Dv)
 
 
