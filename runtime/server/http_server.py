@@ -65,7 +65,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
     _add_openai_routes(app, ctx)
     add_compat_routes(app, ctx)
     add_embedding_routes(app, ctx)
-    install_openapi(app)
+    install_openapi(app)  # last: it describes the routes added above
     return app
 
 
