@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 from typing import Any, Optional
 
 import torch
@@ -14,9 +15,11 @@ from sgl.kernels.linear import configure_gemv
 from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TableWrites
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
+from sgl.runtime.executor.pooling import PoolingConfig, read_pooling_config
 from sgl.runtime.executor.tensor_parallel import (agree_min, broadcast_step, init_tensor_parallel,
                                                    leave_tensor_parallel, share_sampled_ids)
 from sgl.runtime.grammar import bitmask_to_bool
+from sgl.runtime.layers.attention import kv_cache_scales
 from sgl.runtime.layers.custom_all_reduce import uninstall as uninstall_one_shot
 from sgl.runtime.loader import kv_layout, load_model
 from sgl.runtime.loader.bundled import bundled_model_path
@@ -50,6 +53,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+_KV_CACHE_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def resolve_kv_cache_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The KV pool's storage dtype for --kv-cache-dtype (auto: the model's dtype)."""
+    return dtype if name == "auto" else _KV_CACHE_DTYPES[name]
+
+
 class ModelRunner:
     """The executor behind the scheduler's `Runner` protocol (runtime/scheduler/contract.py)."""
 
@@ -57,6 +68,7 @@ class ModelRunner:
         self.args = server_args
         self.device = resolve_device(server_args.device)
         self.dtype = resolve_dtype(server_args.dtype, self.device)
+        self.kv_cache_dtype = resolve_kv_cache_dtype(server_args.kv_cache_dtype, self.dtype)
         self.tp_size, self.tp_rank = server_args.tp_size, tp_rank
         # Overlap scheduling under tensor parallelism: rank 0 broadcasts each step's sampled ids,
         # which the next step's future_src names (TP=2 decode 7.9 -> 4.1 ms per step on H200s).
@@ -87,7 +99,7 @@ class ModelRunner:
             vocab_size=self.vocab_size, context_len=self.context_len,
             max_total_tokens=self.max_total_tokens, max_running_requests=self.max_running_requests,
             max_req_rows=self.req_to_token_pool.max_reqs, table_width=self.req_to_token_pool.max_context_len,
-            chunked_prefill_size=self.chunked_prefill_size,
+            chunked_prefill_size=self.chunked_prefill_size, pooling=self.pooling,
             can_overlap=self.device.type == "cuda" and (self.tp_size == 1 or self.shares_sampled_ids))
         self.used_cuda_graph = False
         self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's sampled ids
@@ -101,14 +113,21 @@ class ModelRunner:
         self.loaded = load_model(self.model_path, self.args.load_format, dtype=self.dtype,
                                  device=self.device, seed=self.args.random_seed,
                                  context_length=self.args.context_length, tp_rank=self.tp_rank,
-                                 tp_size=self.tp_size)
+                                 tp_size=self.tp_size, quantization=self.args.quantization)
         self.model = self.loaded.model
         self.vocab_size = self.loaded.vocab_size
         self.context_len = self.loaded.context_len
+        self.pooling: Optional[PoolingConfig] = None
+        if not self.args.is_embedding:
+            self.model.head()  # a checkpoint without an LM head cannot generate: say so now
+        else:  # a GGUF file or shipped config has no sentence-transformers files
+            path = self.loaded.model_path
+            self.pooling = read_pooling_config(path) if os.path.isdir(path) else PoolingConfig()
 
     def _init_memory(self) -> None:
         L = self.loaded
-        probe = MHATokenToKVPool(1, L.num_kv_heads, L.head_dim, L.num_layers, self.dtype, "meta")
+        # An FP8 pool holds one byte an element: twice bfloat16's tokens in the same memory.
+        probe = MHATokenToKVPool(1, L.num_kv_heads, L.head_dim, L.num_layers, self.kv_cache_dtype, "meta")
         self.max_total_tokens = self.args.max_total_tokens or self._auto_pool_tokens(
             probe.bytes_per_token() + self._draft_bytes_per_token())
         if self.tp_size > 1:  # every rank must hold the same slots
@@ -119,13 +138,16 @@ class ModelRunner:
         width = min(self.context_len, self.max_total_tokens) + 8
         self.req_to_token_pool = ReqToTokenPool(max_reqs, width, self.device)
         self.kv_pool = MHATokenToKVPool(self.max_total_tokens, L.num_kv_heads, L.head_dim,
-                                        L.num_layers, self.dtype, self.device)
+                                        L.num_layers, self.kv_cache_dtype, self.device)
+        if self.kv_pool.is_fp8:  # the checkpoint's scales (kv_cache_scheme), else 1.0
+            self.kv_pool.set_scales(*kv_cache_scales(self.model))
         chunk = self.args.chunked_prefill_size
         if chunk is None:
             chunk = 2048 if self.device.type == "cpu" else 8192
         self.chunked_prefill_size = chunk if chunk > 0 else max(self.args.max_prefill_tokens, self.context_len)
-        logger.info("KV pool: %d tokens (%.2f GB), max running requests %d", self.max_total_tokens,
-                    self.max_total_tokens * probe.bytes_per_token() / 1e9, self.max_running_requests)
+        logger.info("KV pool: %d tokens (%.2f GB, %s), max running requests %d",
+                    self.max_total_tokens, self.max_total_tokens * probe.bytes_per_token() / 1e9,
+                    str(self.kv_cache_dtype).removeprefix("torch."), self.max_running_requests)
 
     def _draft_bytes_per_token(self) -> int:
         """A draft model keeps a KV pool of as many tokens as the target's (speculative/
@@ -262,11 +284,14 @@ class ModelRunner:
 
     # -- the step -------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward_logits(self, batch: ForwardBatch, keep_hidden: bool = False) -> torch.Tensor:
+    def forward_logits(self, batch: ForwardBatch, keep_hidden: bool = False,
+                       pool_spans: Optional[list[tuple[int, int]]] = None) -> torch.Tensor:
         """(num_logit_rows, vocab) float32 logits for batch.logits_indices. With keep_hidden, the
         step's hidden states (the final ones, or the captured layers' for an EAGLE-3 drafter)
-        are kept for the drafter. Decode batches replay the decode graphs, verify batches (tree
-        masks) the verify graphs, when their sizes were captured."""
+        are kept for the drafter. With pool_spans (embeddings), the float32 sums of the final
+        hidden states over each span's rows go to `self.pooled`. Decode batches replay the
+        decode graphs, verify batches (tree masks) the verify graphs, when their sizes were
+        captured."""
         verify_plan = None
         if self.verify_graph_runner is not None:  # on the host, before the batch moves
             verify_plan = self.verify_graph_runner.plan(batch)
@@ -281,7 +306,7 @@ class ModelRunner:
             logits, hidden = self.verify_graph_runner.replay(batch, verify_plan, keep_hidden)
             self.captured_hidden = hidden if keep_hidden else None
             return logits
-        self.used_cuda_graph = (not keep_hidden and self.graph_runner is not None
+        self.used_cuda_graph = (not keep_hidden and not pool_spans and self.graph_runner is not None
                                 and self.graph_runner.can_run(batch))
         if self.used_cuda_graph:
             return self.graph_runner.replay(batch)
@@ -289,6 +314,10 @@ class ModelRunner:
         hidden = self.model(batch.input_ids, batch.positions, batch)  # (num_tokens, hidden)
         if keep_hidden:
             self.captured_hidden = hidden if batch.aux_hidden_states is None else batch.aux_hidden_states
+        if pool_spans:
+            self.pooled = torch.stack([hidden[lo:hi].float().sum(0) for lo, hi in pool_spans])
+        if batch.logits_indices.numel() == 0:  # embedding steps sample nothing (and may have no LM head)
+            return hidden.new_empty((0, self.vocab_size), dtype=torch.float32)
         return self.model.compute_logits(hidden[batch.logits_indices])
 
     @torch.inference_mode()
@@ -318,7 +347,7 @@ class ModelRunner:
             self._writes_for_followers = []
             broadcast_step((dataclasses.replace(step.batch), writes, num_sampled))
         self.req_to_token_pool.apply(step.table_writes)
-        return self.forward_logits(step.batch, keep_hidden=step.capture_hidden)
+        return self.forward_logits(step.batch, keep_hidden=step.capture_hidden, pool_spans=step.pool_spans)
 
     @torch.inference_mode()
     def launch_sampling(self, step: StepInputs, logits: torch.Tensor) -> "PendingResult":
@@ -331,6 +360,8 @@ class ModelRunner:
                 share_sampled_ids(self._last_tokens)
         if step.lp_rows:
             pending.prompt_lp = self._prompt_logprobs(logits, step)
+        if step.pool_spans:
+            pending.pooled = self.pooled
         pending.copy_to_host()
         return pending
 
@@ -360,6 +391,7 @@ class PendingResult:
         self.step, self.used_cuda_graph = step, used_cuda_graph
         self.sampled: Any = None     # the sampler's output (tensors)
         self.prompt_lp: Any = None   # (chosen logprobs, (top values, top ids) or None)
+        self.pooled: Optional[torch.Tensor] = None  # (num_pool_spans, hidden) float32 sums
         self._host: dict[str, torch.Tensor] = {}
         self._event: Any = None
 
@@ -376,6 +408,8 @@ class PendingResult:
             tensors["in_lp"] = self.prompt_lp[0]
             if self.prompt_lp[1] is not None:
                 tensors["in_top_vals"], tensors["in_top_ids"] = self.prompt_lp[1]
+        if self.pooled is not None:
+            tensors["pooled"] = self.pooled
         for name, t in tensors.items():
             if t.device.type == "cuda":
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
@@ -400,6 +434,8 @@ class PendingResult:
             result.input_logprobs = h["in_lp"].tolist()
         if "in_top_vals" in h:
             result.input_top_logprobs = _pairs(h["in_top_vals"], h["in_top_ids"])
+        if "pooled" in h:
+            result.pooled = list(h["pooled"].unbind(0))
         return result
 
 
