@@ -14,13 +14,16 @@ under test; see docs/benchmarks.md for the figures and docs/data/plot_programs.p
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from sgl.bench_programs import report
 from sgl.bench_programs.driver import BASELINES, Plan, run_backend
 from sgl.bench_programs.meta import run_metadata
+from sgl.bench_programs.runs import RunResult
 from sgl.bench_programs.workload import Sizes
 from sgl.bench_programs.workloads import WORKLOADS
 from sgl.runtime.config import ServerArgs
@@ -68,19 +71,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     no_sharing = {w.name for w in plan.workloads if not w.shares_prefix}
     out: dict[str, Any] = {"meta": run_metadata(argv if argv is not None else sys.argv[1:], plan, server_args),
                            "backends": {}}
-    for kind in args.backend:
-        runs = [r.to_dict() for r in run_backend(kind, server_args, plan)]
-        summary = report.summarize(runs, few_shot, no_sharing)
-        checks = report.targets(summary)
-        out["backends"][kind] = {"runs": runs, "summary": summary,
-                                 "targets": [{"target": t, "met": met} for t, met in checks]}
-        print(f"\n### backend: {kind}\n\n{report.markdown_table(summary)}\n")
-        for target, met in checks:
-            print(f"  [{'met' if met else 'MISSED' if met is False else '?'}] {target}")
-        if args.result_file:  # after each backend, so a later failure keeps the earlier figures
+
+    def save() -> None:  # after every run: a run cut short keeps what it measured
+        if args.result_file:
             with open(args.result_file, "w") as f:
                 json.dump(out, f, indent=1)
+
+    for kind in args.backend:
+        body: dict[str, Any] = {"runs": []}
+        out["backends"][kind] = body
+        run_backend(kind, server_args, plan, on_run=functools.partial(_keep, body["runs"], save))
+        body["summary"] = report.summarize(body["runs"], few_shot, no_sharing)
+        checks = report.targets(body["summary"])
+        body["targets"] = [{"target": t, "met": met} for t, met in checks]
+        save()
+        print(f"\n### backend: {kind}\n\n{report.markdown_table(body['summary'])}\n")
+        for target, met in checks:
+            print(f"  [{'met' if met else 'MISSED' if met is False else '?'}] {target}")
     return out
+
+
+def _keep(runs: list[dict[str, Any]], save: Callable[[], None], result: RunResult) -> None:
+    runs.append(result.to_dict())
+    save()
 
 
 if __name__ == "__main__":

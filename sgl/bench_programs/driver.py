@@ -29,9 +29,12 @@ class Plan:
 
 
 Log = Callable[[str], None]
+OnRun = Callable[[RunResult], None]
 
 
-def run_backend(kind: str, server_args: dict[str, Any], plan: Plan, log: Log = print) -> list[RunResult]:
+def run_backend(kind: str, server_args: dict[str, Any], plan: Plan, log: Log = print,
+                on_run: OnRun | None = None) -> list[RunResult]:
+    """Every run of the plan on `kind`; `on_run` sees each result as soon as it is measured."""
     batches = {w.name: w.make_batch(plan.sizes, plan.num_programs) for w in plan.workloads}
     recorded: dict[str, list[Call]] = {}  # the full runs' calls, which the baseline replays
 
@@ -49,22 +52,29 @@ def run_backend(kind: str, server_args: dict[str, Any], plan: Plan, log: Log = p
         if "independent" in plan.baselines:
             yield replay_independent(system, w.name, recorded[w.name], len(batch.each), plan.parallel)
 
-    results = _per_workload(kind, server_args, plan, batches, cache_on, log)
+    def report(result: RunResult) -> RunResult:
+        _log_result(result, log)
+        if on_run is not None:
+            on_run(result)
+        return result
+
+    results = _per_workload(kind, server_args, plan, batches, cache_on, report, log)
     if {"radix_off", "independent"} & set(plan.baselines):
         off_args = {**server_args, "disable_radix_cache": True}
-        results += _per_workload(kind, off_args, plan, batches, cache_off, log)
+        results += _per_workload(kind, off_args, plan, batches, cache_off, report, log)
     return results
 
 
 def _per_workload(kind: str, server_args: dict[str, Any], plan: Plan, batches: dict[str, Batch],
-                  runs: Callable[..., Iterator[RunResult]], log: Log) -> list[RunResult]:
+                  runs: Callable[..., Iterator[RunResult]], report: Callable[[RunResult], RunResult],
+                  log: Log) -> list[RunResult]:
     """One system for its lifetime: each workload warmed up, then `runs` of it."""
     out = []
     with _started(kind, server_args, log) as system:
         recorder = RecordingBackend(system.backend)
         for w in plan.workloads:
             _warm_up(system, recorder, w, batches[w.name])
-            out += [_logged(r, log) for r in runs(system, recorder, w, batches[w.name])]
+            out += [report(r) for r in runs(system, recorder, w, batches[w.name])]
     return out
 
 
@@ -77,12 +87,11 @@ def _warm_up(system: Any, recorder: RecordingBackend, w: Workload, batch: Batch)
     run_programs(system, recorder, w, batch.head(1), 1, "warm_up")
 
 
-def _logged(result: RunResult, log: Log) -> RunResult:
+def _log_result(result: RunResult, log: Log) -> None:
     d = result.to_dict()
     optimal = f"{d['optimal_hit_rate']:.3f}" if "optimal_hit_rate" in d else "-"
     log(f"  {result.workload:<20} {result.config:<12} {d['programs_per_s']:9.3f} programs/s  "
         f"{d['output_tok_per_s']:9.1f} out tok/s  hit {d['hit_rate']:.3f} (optimal {optimal})")
-    return result
 
 
 class _started:

@@ -15,7 +15,7 @@ SCHEMA = {
     "properties": {
         "name": {"type": "string", "maxLength": 32},
         "country": {"type": "string", "maxLength": 24},
-        "population": {"type": "integer"},
+        "population": {"type": "integer", "minimum": 0, "maximum": 99_999_999},
         "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 24}, "maxItems": 3},
     },
     "required": ["name", "country", "population", "landmarks"],

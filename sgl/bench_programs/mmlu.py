@@ -1,7 +1,9 @@
 """MMLU-style 5-shot multiple choice. Per subject, a header and five solved questions (~1,100
-tokens) that every question of the subject shares; each program asks one question and generates
-its answer letter (one token). Programs come grouped by subject, 16 to a subject, in the order
-an evaluation harness sends them."""
+tokens) that every question of the subject shares; each program asks one question (~210 tokens)
+and generates its answer letter (one token). Programs come grouped by subject, 64 to a subject
+(MMLU's hold 100-1,500), in the order an evaluation harness sends them. With six questions'
+worth of prompt per program of which five are shared, reuse can at best make prefill ~6x
+cheaper."""
 from __future__ import annotations
 
 import random
@@ -11,7 +13,7 @@ from sgl.bench_programs.text import seeded, sentences, words
 from sgl.bench_programs.workload import Batch, Sizes, Workload
 
 NUM_SHOTS = 5
-QUESTIONS_PER_SUBJECT = 16
+QUESTIONS_PER_SUBJECT = 64
 QUESTION_TOKENS = 150
 CHOICE_TOKENS = 12
 
@@ -45,5 +47,5 @@ def make_batch(sizes: Sizes, num_programs: int) -> Batch:
     return Batch({}, args)
 
 
-WORKLOAD = Workload("mmlu", "5-shot multiple choice, 16 questions per subject, 1 output token",
+WORKLOAD = Workload("mmlu", "5-shot multiple choice, 64 questions per subject, 1 output token",
                     few_shot_mmlu, make_batch, is_few_shot=True)
