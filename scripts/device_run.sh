@@ -97,6 +97,12 @@ for stage in "$@"; do
     gemv_probe) python3 scripts/gemv_probe.py --out $OUT/gemv_probe.json ;;
     structured_prof) python3 -m sgl.bench_structured --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
                --batch-size 64 --max-new-tokens 128 --profile jump 2>&1 | grep -vE "^\s*$|Loading|INFO|transformers" | tail -70 ;;
+    programs1|programs2) # issue 19; BACKEND=engine for the in-process table (default http)
+        [ $stage = programs1 ] && W="mmlu hellaswag react generative_agents tree_of_thought no_sharing" \
+                               || W="skeleton_of_thought multi_turn_short multi_turn_long json_extraction rag_pipeline"
+        timeout 570 python3 -m sgl.bench_programs --model-path $M --load-format dummy --tokenizer-path .tok/llama3 \
+               --workload $W --num-programs 64 --parallel 64 --num-sequential-programs 4 --backend ${BACKEND:-http} \
+               --result-file $OUT/programs_${stage}_${BACKEND:-http}.json 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -40 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

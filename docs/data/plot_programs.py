@@ -1,5 +1,5 @@
 """Draws the speedup of the full system over the independent-calls baseline per workload, from
-result files of `python -m sgl.bench_programs --result-file ...` (one bar per file and backend):
+result files of `python -m sgl.bench_programs --result-file ...` (one bar per device and backend):
 
     python docs/data/plot_programs.py docs/data/programs_cpu.json [more.json ...] \\
         --out docs/programs_speedup.png
@@ -13,15 +13,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def series(paths: list[str]) -> list[tuple[str, dict]]:
-    """(label, summary) per file and backend, in the order given."""
-    out = []
+    """(label, summary) per device and backend, in the order given; files of the same device and
+    backend (a run split by workload) are merged."""
+    out: dict[str, dict] = {}
     for path in paths:
         with open(path) as f:
             result = json.load(f)
         device = result["meta"]["device"].split(",")[0]
         for backend, body in result["backends"].items():
-            out.append((f"{device}, {backend}", body["summary"]))
-    return out
+            out.setdefault(f"{device}, {backend}", {}).update(body.get("summary", {}))
+    return list(out.items())
 
 
 def draw(all_series: list[tuple[str, dict]], out_path: str) -> None:

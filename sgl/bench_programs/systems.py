@@ -89,7 +89,11 @@ class HttpSystem:
         args = {k: v for k, v in server_args.items() if k != "port"}  # a free port
         fd, self.log_file = tempfile.mkstemp(prefix="sgl-bench-programs-", suffix=".log")
         os.close(fd)
-        self.runtime = Runtime(log_file=self.log_file, **args)
+        try:
+            self.runtime = Runtime(log_file=self.log_file, **args)
+        except Exception as e:  # say why here: the log file may be on a machine nobody reads
+            with open(self.log_file, errors="replace") as f:
+                raise RuntimeError(f"the server did not start: {e}\n{f.read()[-3000:]}") from e
         self.url = self.runtime.url
         self.backend = RuntimeEndpoint(self.url, api_key=args.get("api_key"))
         info = self.backend.get_server_info()
