@@ -11,7 +11,7 @@ from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput
 from sgl.runtime.request import ParsedRequest, parse_generate
 
 
-class ReqState:
+class ReqStream:
     """Everything the front end keeps about one sequence while it runs."""
 
     def __init__(self, req: TokenizedGenerateReq, tokenizer: Any, text_in_logprobs: bool,
@@ -75,9 +75,10 @@ class ReqState:
             return ""
         sp = self.req.sampling_params
         matched = (self.finished_reason or {}).get("matched")
+        if not isinstance(matched, str) or matched not in sp.stop:
+            matched = None  # a token, or a stop_regex pattern: its match stays in the text
         raw = self.remote_text if self.remote_text is not None else self.detok.text
-        return visible_text(raw, sp.stop, matched if isinstance(matched, str) else None,
-                            self.finished, sp.no_stop_trim)
+        return visible_text(raw, sp.stop, matched, self.finished, sp.no_stop_trim)
 
     def result(self) -> dict[str, Any]:
         meta = dict(self.meta, finish_reason=self.finished_reason)
@@ -106,7 +107,7 @@ class TokenizerManager:
         self.tokenizer, self.vocab_size, self.context_len = tokenizer, vocab_size, context_len
         self.grammar_backend = grammar_backend
         self.send = send
-        self.states: dict[str, ReqState] = {}
+        self.states: dict[str, ReqStream] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
 
     def tokenize(self, text: str) -> list[int]:
@@ -171,10 +172,10 @@ class TokenizerManager:
                 self.states.pop(s.req.rid, None)
 
     def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool,
-                event: Optional[asyncio.Event] = None) -> ReqState:
+                event: Optional[asyncio.Event] = None) -> ReqStream:
         if req.rid in self.states:
             raise ValueError(f"rid {req.rid!r} is already running")
-        state = ReqState(req, self.tokenizer, text_in_logprobs, event)
+        state = ReqStream(req, self.tokenizer, text_in_logprobs, event)
         self.states[req.rid] = state
         self.send(req)
         return state

@@ -253,7 +253,7 @@ def head_config_for(target_config: Any, draft_vocab_size: int, capture: list[int
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sgl.runtime.bench_speculative import copy_prompts, read_prompts
+    from sgl.bench_speculative import copy_prompts, read_prompts
     from sgl.runtime.loader.bundled import bundled_model_path
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-path", default=None, help="the target (default: the bundled model)")

@@ -23,7 +23,7 @@ import triton.language as tl
 from sgl.kernels.triton._common import FLOAT_DTYPES, check_out, require_cuda, require_dtype
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT_K); a 4-tuple means SPLIT_K = 1. Within 3% of
-# the best per shape on an H100 for the large matrices of the 8B shape (scripts/gemv_probe.py);
+# the best per shape on an H100 for the large matrices of the 8B shape (sgl/bench_gemv.py);
 # kernels/linear.py holds the per-shape choices.
 GemvConfig = tuple[int, ...]
 DEFAULT_CONFIG: GemvConfig = (4, 1024, 8, 3, 1)

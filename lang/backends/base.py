@@ -36,12 +36,6 @@ class BaseBackend:
     def flush_cache(self) -> Any:
         """Drop the backend's prefix cache."""
 
-    def begin_program(self, s: Any) -> None:
-        pass
-
-    def end_program(self, s: Any) -> None:
-        pass
-
     def commit_lazy_operations(self, s: Any) -> None:
         """Process `s.text_` so far (no output), so forks of `s` share its cached prefix."""
         self.cache_prefix(s.text_)
@@ -56,9 +50,6 @@ class BaseBackend:
 
     def select(self, s: Any, choices: list[str], temperature: float,
                choices_method: ChoicesSamplingMethod) -> ChoicesDecision:
-        raise NotImplementedError
-
-    def concatenate_and_append(self, src_rids: list[str], dst_rid: str) -> None:
         raise NotImplementedError
 
     def shutdown(self) -> None:

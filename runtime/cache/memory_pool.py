@@ -69,11 +69,13 @@ class TokenAllocator:
         return torch.cat([self._free, *self._freed]).tolist()
 
 
-class ReqToTokenPool:
-    """Row r, column i: the KV slot of token i of the request holding row r.
+TableWrites = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, cols, slots), CPU int tensors
 
-    Writes are queued on the host and applied in one scatter by `flush()` (once per step), so a
-    batch of hundreds of requests costs one device copy, not hundreds."""
+
+class ReqToTokenPool:
+    """The runner's request -> token table on its device: row r, column i holds the KV slot of
+    token i of the request holding row r. The scheduler decides every entry (`ReqTable`); the
+    runner applies the writes it is sent, in one scatter per step."""
 
     def __init__(self, max_reqs: int, max_context_len: int, device: torch.device | str) -> None:
         self.max_reqs, self.max_context_len = max_reqs, max_context_len
@@ -81,7 +83,24 @@ class ReqToTokenPool:
         # The last row is never handed out: its slots stay 0 (the KV padding slot), so padded
         # batch entries (CUDA graphs) can point at it.
         self.dummy_row = max_reqs - 1
-        self._free_rows = list(range(max_reqs - 1))
+
+    def apply(self, writes: Optional[TableWrites]) -> None:
+        if writes is None:
+            return
+        rows, cols, vals = writes
+        dev = self.req_to_token.device
+        self.req_to_token[rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)] = vals.to(dev, non_blocking=True)
+
+
+class ReqTable:
+    """The scheduler's side of the request -> token table: which rows are free, and the writes
+    queued for the runner's copy (`ReqToTokenPool`). Writes are joined by `flush()` once per
+    step and travel in the step's inputs, so a batch of hundreds of requests costs the runner
+    one device copy, not hundreds, and the scheduler touches no device memory."""
+
+    def __init__(self, max_reqs: int, max_context_len: int) -> None:
+        self.max_reqs, self.max_context_len = max_reqs, max_context_len
+        self._free_rows = list(range(max_reqs - 1))  # the last row is the runner's dummy row
         self._pending: list[tuple[int, int, torch.Tensor]] = []
 
     def available_size(self) -> int:
@@ -99,8 +118,8 @@ class ReqToTokenPool:
         if slots.numel():
             self._pending.append((row, start, slots))
 
-    def flush(self) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Apply the queued writes; returns them (rows, cols, slots) for other TP ranks' tables."""
+    def flush(self) -> Optional[TableWrites]:
+        """The queued writes as (rows, cols, slots), emptied; None when there are none."""
         if not self._pending:
             return None
         lens = np.array([s.numel() for _, _, s in self._pending])
@@ -110,12 +129,4 @@ class ReqToTokenPool:
         cols = torch.from_numpy(cols + np.arange(int(lens.sum())))
         vals = torch.cat([s for _, _, s in self._pending]).to(torch.int32)
         self._pending = []
-        self.apply(rows, cols, vals)
         return rows, cols, vals
-
-    def apply(self, rows: Optional[torch.Tensor] = None, cols: Optional[torch.Tensor] = None,
-              vals: Optional[torch.Tensor] = None) -> None:
-        if rows is None:
-            return
-        dev = self.req_to_token.device
-        self.req_to_token[rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)] = vals.to(dev, non_blocking=True)

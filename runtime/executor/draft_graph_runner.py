@@ -1,13 +1,12 @@
 """A model drafter's tree steps under CUDA graphs.
 
-A tree step (runtime/speculative/draft_worker.py) runs the draft model over the frontier: at
+A tree step (runtime/executor/drafter.py) runs the draft model over the frontier: at
 most topk nodes per request, each a new token at position base - 1 + depth that attends to its
 request's prefix, its own ancestors and itself. Laid out as one sequence per node (a "branch
-row", runtime/speculative/candidates.py: a table row holding the prefix's slots, then its
+row", runtime/executor/draft_candidates.py: a table row holding the prefix's slots, then its
 ancestors' and its own scratch slot, column = position), every step is a DECODE batch of the
-draft model: one token per row, the decode attention kernel, no mask. A chain (topk 1) runs on
-the requests' own rows of the target's request->token table, a tree (topk > 1) on rows of the
-drafter's `branch_table`; `drafter.rows_table` is the one the graphs read.
+draft model: one token per row, the decode attention kernel, no mask, on rows of the drafter's
+own request->token table (`drafter.table`).
 
 This runner replays those steps: one graph per captured row count (topk x the target's decode
 sizes, up to MAX_DRAFT_ROWS), static buffers for input_ids, positions, out_cache_loc,
@@ -54,7 +53,7 @@ def draft_batch_sizes(decode_sizes: list[int], topk: int,
 class DraftGraphRunner:
     def __init__(self, drafter: Any, batch_sizes: list[int], pool: Any = None,
                  use_graphs: bool = True) -> None:
-        """drafter: the ModelDrafter (its model, KV pool, attention backend, `rows_table` and
+        """drafter: the ModelDrafter (its model, KV pool, attention backend, `table` and
         `run_model`). use_graphs=False runs the static padded batch eagerly instead."""
         self.drafter = drafter
         self.batch_sizes = sorted(set(batch_sizes))
@@ -67,7 +66,7 @@ class DraftGraphRunner:
 
     def _init_buffers(self) -> None:
         n, dev, d = self.max_bs, self.drafter.runner.device, self.drafter
-        self.buffers = DecodeBuffers(n, dev, d.rows_table.dummy_row)
+        self.buffers = DecodeBuffers(n, dev, d.table.dummy_row)
         self.hidden_in = None  # (n, H): the draft's own hidden states (EAGLE tree steps)
         if d.needs_hidden:
             self.hidden_in = torch.zeros((n, d.model.hidden_size), dtype=d.runner.dtype, device=dev)
@@ -78,7 +77,7 @@ class DraftGraphRunner:
 
     def _static_batch(self, bs: int) -> ForwardBatch:
         d = self.drafter
-        return self.buffers.batch(bs, d.rows_table.req_to_token, d.kv_pool, d.attn_backend)
+        return self.buffers.batch(bs, d.table.req_to_token, d.kv_pool, d.attn_backend)
 
     def _forward(self, batch: ForwardBatch) -> DraftOutput:
         hidden_in = None if self.hidden_in is None else self.hidden_in[:batch.batch_size]
@@ -96,7 +95,7 @@ class DraftGraphRunner:
     def can_run(self, batch: ForwardBatch) -> bool:
         """A decode batch on the rows table, of a captured size, graphs not yet released."""
         return (batch.forward_mode is ForwardMode.DECODE and batch.batch_size <= self.max_bs
-                and batch.req_to_token is self.drafter.rows_table.req_to_token
+                and batch.req_to_token is self.drafter.table.req_to_token
                 and (bool(self.graphs) or not self.use_graphs))
 
     def replay(self, batch: ForwardBatch, hidden_in: Optional[torch.Tensor]) -> DraftOutput:

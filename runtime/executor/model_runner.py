@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import os
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 
-from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
+from sgl.kernels.linear import configure_gemv
+from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TableWrites
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.executor.tensor_parallel import (agree_min, broadcast_step, init_tensor_parallel,
@@ -21,7 +21,9 @@ from sgl.runtime.layers.custom_all_reduce import uninstall as uninstall_one_shot
 from sgl.runtime.loader import kv_layout, load_model
 from sgl.runtime.loader.bundled import bundled_model_path
 from sgl.runtime.sampling.sampler import Sampler, SamplingBatchInfo
-from sgl.runtime.scheduler.batch import RunResult, StepInputs
+from sgl.runtime.scheduler.contract import (DraftInputs, RunnerInfo, RunResult, SamplingInputs,
+                                            StepInputs)
+from sgl.runtime.speculative.tree import DraftTree
 
 logger = logging.getLogger("sgl.runner")
 
@@ -49,35 +51,49 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class ModelRunner:
+    """The executor behind the scheduler's `Runner` protocol (runtime/scheduler/contract.py)."""
+
     def __init__(self, server_args: Any, tp_rank: int = 0) -> None:
         self.args = server_args
         self.device = resolve_device(server_args.device)
         self.dtype = resolve_dtype(server_args.dtype, self.device)
         self.tp_size, self.tp_rank = server_args.tp_size, tp_rank
         # Overlap scheduling under tensor parallelism: rank 0 broadcasts each step's sampled ids,
-        # which the next step's future_src names. On by default where the scheduler overlaps (GPUs;
-        # TP=2 decode 7.9 -> 4.1 ms per step on H200s); SGL_TP_OVERLAP=0 turns it off, =1 forces it.
-        flag = os.environ.get("SGL_TP_OVERLAP", "")
-        self.tp_overlap = self.tp_size > 1 and (flag == "1" or (
-            flag != "0" and self.device.type == "cuda" and not server_args.disable_overlap_schedule))
+        # which the next step's future_src names (TP=2 decode 7.9 -> 4.1 ms per step on H200s).
+        # On unless --disable-overlap-schedule; on CPU (no overlap by default) it costs one small
+        # broadcast per step and lets tests force overlap on.
+        self.shares_sampled_ids = self.tp_size > 1 and not server_args.disable_overlap_schedule
         if self.tp_size > 1:
             init_tensor_parallel(tp_rank, self.tp_size, server_args.dist_init_addr, self.device,
-                                 custom_all_reduce=server_args.enable_custom_all_reduce)
+                                 dist_timeout=server_args.dist_timeout,
+                                 custom_all_reduce=server_args.enable_custom_all_reduce,
+                                 custom_all_reduce_max_bytes=server_args.custom_all_reduce_max_bytes)
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", torch.cuda.current_device())
         try:
+            configure_gemv(not server_args.disable_gemv, server_args.gemv_configs)
             self._init_model()
             self._init_memory()
             self.attn_backend = get_attention_backend(self._attention_backend_name())()
             self.sampler = Sampler()
+            self._init_speculative()
             self._init_cuda_graphs()
         except Exception:
             if self.tp_size > 1 and dist.is_initialized():
                 uninstall_one_shot()
                 dist.destroy_process_group()  # so this process can start another engine
             raise
-        self.last_used_cuda_graph = False
+        self.info = RunnerInfo(
+            vocab_size=self.vocab_size, context_len=self.context_len,
+            max_total_tokens=self.max_total_tokens, max_running_requests=self.max_running_requests,
+            max_req_rows=self.req_to_token_pool.max_reqs, table_width=self.req_to_token_pool.max_context_len,
+            chunked_prefill_size=self.chunked_prefill_size,
+            can_overlap=self.device.type == "cuda" and (self.tp_size == 1 or self.shares_sampled_ids))
+        self.used_cuda_graph = False
         self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's sampled ids
+        self.captured_hidden: Optional[torch.Tensor] = None  # the last step's, kept for the drafter (EAGLE)
+        # Table writes rank 0 applied for its drafter, owed to the other ranks' tables.
+        self._writes_for_followers: list[TableWrites] = []
 
     def _init_model(self) -> None:
         self.model_path = self.args.model_path or bundled_model_path()
@@ -176,6 +192,8 @@ class ModelRunner:
         self.graph_runner = CudaGraphRunner(self, sizes)
         if self.args.speculative_algorithm:
             self.prepare_verify_graphs(self.args.speculative_settings()[2])
+        if self.drafter is not None:
+            self.drafter.graph_runner = self.prepare_draft_graphs(self.drafter)
 
     def prepare_verify_graphs(self, num_rows: int) -> None:
         """Speculative verify forwards (the target over each request's root and draft tree of at
@@ -197,26 +215,58 @@ class ModelRunner:
         Called by each new drafter (a benchmark may switch settings on a running engine: the
         previous drafter's graphs go first). Returns the graph runner, None where decode runs
         eagerly (CPU, --disable-cuda-graph, a backend other than triton) or with
-        SGL_DRAFT_CUDA_GRAPH=0 (the drafter alone eager)."""
+        --disable-draft-cuda-graph (the drafter alone eager)."""
         from sgl.runtime.executor.cuda_graph_runner import release_graphs
         from sgl.runtime.executor.draft_graph_runner import DraftGraphRunner, draft_batch_sizes
         if self.draft_graph_runner is not None:
             release_graphs(self.draft_graph_runner.graphs)
             self.draft_graph_runner = None
-        if self.graph_runner is None or os.environ.get("SGL_DRAFT_CUDA_GRAPH", "1") == "0":
+        if self.graph_runner is None or self.args.disable_draft_cuda_graph:
             return None
         sizes = draft_batch_sizes(self.graph_runner.batch_sizes, drafter.topk)
         if sizes:
             self.draft_graph_runner = DraftGraphRunner(drafter, sizes, pool=self.graph_runner.pool)
         return self.draft_graph_runner
 
+    # -- speculative decoding (the drafter lives here; the scheduler plans) --------------------
+    def _init_speculative(self) -> None:
+        """A model drafter (rank 0 only: it drafts alone, with no collectives) before the graphs
+        are captured, so that an EAGLE-3 head's captured layers are in the verify graphs."""
+        from sgl.runtime.executor.drafter import make_drafter, shared_vocab_tables
+        vocab = shared_vocab_tables(self) if self.tp_size > 1 else None  # every rank joins the gather
+        self.drafter = make_drafter(self.args, self, vocab) if self.tp_rank == 0 else None
+
+    def set_speculative(self, server_args: Any) -> None:
+        """Switch to these speculative settings on a running engine (benchmark sweeps, TP 1)."""
+        from sgl.runtime.executor.drafter import make_drafter
+        if self.tp_size > 1:
+            raise ValueError("speculative settings change only with tp_size 1; restart the engine")
+        if self.drafter is not None:
+            self.drafter.close()
+        self.args = server_args
+        self.drafter = make_drafter(server_args, self, None)
+        if server_args.speculative_algorithm:
+            self.prepare_verify_graphs(server_args.speculative_settings()[2])
+        if self.drafter is not None:
+            self.drafter.graph_runner = self.prepare_draft_graphs(self.drafter)
+
+    def draft(self, inputs: DraftInputs) -> list[DraftTree]:
+        assert self.drafter is not None, "no model drafter: NGRAM drafts in the scheduler"
+        self.req_to_token_pool.apply(inputs.table_writes)
+        if inputs.table_writes is not None and self.tp_size > 1:
+            self._writes_for_followers.append(inputs.table_writes)
+        self.drafter.observe(inputs.observed, self.captured_hidden)
+        self.captured_hidden = None
+        self.drafter.release(inputs.released)
+        return self.drafter.propose(inputs.requests)
+
     # -- the step -------------------------------------------------------------------------
     @torch.inference_mode()
     def forward_logits(self, batch: ForwardBatch, keep_hidden: bool = False) -> torch.Tensor:
-        """(num_logit_rows, vocab) float32 logits for batch.logits_indices. With keep_hidden,
-        `self.last_hidden` holds the step's hidden states: the final ones, or the captured
-        layers' (model.model.layers_to_capture, EAGLE-3). Decode batches replay the decode
-        graphs, verify batches (tree masks) the verify graphs, when their sizes were captured."""
+        """(num_logit_rows, vocab) float32 logits for batch.logits_indices. With keep_hidden, the
+        step's hidden states (the final ones, or the captured layers' for an EAGLE-3 drafter)
+        are kept for the drafter. Decode batches replay the decode graphs, verify batches (tree
+        masks) the verify graphs, when their sizes were captured."""
         verify_plan = None
         if self.verify_graph_runner is not None:  # on the host, before the batch moves
             verify_plan = self.verify_graph_runner.plan(batch)
@@ -227,24 +277,30 @@ class ModelRunner:
         batch.req_to_token = self.req_to_token_pool.req_to_token
         batch.kv_pool, batch.attn_backend = self.kv_pool, self.attn_backend
         if verify_plan is not None:
-            self.last_used_cuda_graph = True
+            self.used_cuda_graph = True
             logits, hidden = self.verify_graph_runner.replay(batch, verify_plan, keep_hidden)
-            if keep_hidden:
-                self.last_hidden = hidden
+            self.captured_hidden = hidden if keep_hidden else None
             return logits
-        self.last_used_cuda_graph = (not keep_hidden and self.graph_runner is not None
-                                     and self.graph_runner.can_run(batch))
-        if self.last_used_cuda_graph:
+        self.used_cuda_graph = (not keep_hidden and self.graph_runner is not None
+                                and self.graph_runner.can_run(batch))
+        if self.used_cuda_graph:
             return self.graph_runner.replay(batch)
         self.attn_backend.init_forward_metadata(batch)
         hidden = self.model(batch.input_ids, batch.positions, batch)  # (num_tokens, hidden)
         if keep_hidden:
-            self.last_hidden = hidden if batch.aux_hidden_states is None else batch.aux_hidden_states
+            self.captured_hidden = hidden if batch.aux_hidden_states is None else batch.aux_hidden_states
         return self.model.compute_logits(hidden[batch.logits_indices])
 
     @torch.inference_mode()
-    def run_batch(self, step: StepInputs) -> RunResult:
-        return self.launch_batch(step).resolve()
+    def follow_step(self, batch: ForwardBatch, writes: list[Optional[TableWrites]], num_sampled: int) -> None:
+        """A tensor-parallel follower's step: rank 0's table writes (its drafter's first, in
+        order), the same forward, and the ids rank 0 sampled (overlap: a later step names them)."""
+        for w in writes:
+            self.req_to_token_pool.apply(w)
+        self.forward_logits(dataclasses.replace(batch))
+        if num_sampled:
+            self._last_tokens = share_sampled_ids(
+                torch.empty(num_sampled, dtype=torch.int64, device=self.device))
 
     @torch.inference_mode()
     def launch_batch(self, step: StepInputs) -> "PendingResult":
@@ -257,20 +313,21 @@ class ModelRunner:
     def launch_forward(self, step: StepInputs) -> torch.Tensor:
         """Queue the forward alone: logits of step.batch.logits_indices (device tensor)."""
         if self.tp_size > 1:  # the other ranks run the same forward (rank 0 alone samples)
-            num_sampled = len(step.sample_rows) if step.sample_reqs and self.tp_overlap else 0
-            broadcast_step((dataclasses.replace(step.batch), step.table_writes, num_sampled))
+            num_sampled = len(step.sample_rows) if self.shares_sampled_ids else 0
+            writes = self._writes_for_followers + [step.table_writes]
+            self._writes_for_followers = []
+            broadcast_step((dataclasses.replace(step.batch), writes, num_sampled))
+        self.req_to_token_pool.apply(step.table_writes)
         return self.forward_logits(step.batch, keep_hidden=step.capture_hidden)
 
     @torch.inference_mode()
     def launch_sampling(self, step: StepInputs, logits: torch.Tensor) -> "PendingResult":
         """Queue sampling (with step.vocab_mask, which may be filled after launch_forward)."""
-        pending = PendingResult(step)
-        if step.capture_hidden:
-            pending.hidden, self.last_hidden = self.last_hidden, None
-        if step.sample_reqs:
+        pending = PendingResult(step, self.used_cuda_graph)
+        if step.sample_rows:
             pending.sampled = self._sample(logits, step)
             self._last_tokens = pending.sampled.next_token_ids
-            if self.tp_overlap:  # the other ranks keep them too, for the next step's future_src
+            if self.shares_sampled_ids:  # the other ranks keep them too, for the next future_src
                 share_sampled_ids(self._last_tokens)
         if step.lp_rows:
             pending.prompt_lp = self._prompt_logprobs(logits, step)
@@ -278,14 +335,9 @@ class ModelRunner:
         return pending
 
     def _sample(self, logits: torch.Tensor, step: StepInputs) -> Any:
-        reqs = step.sample_reqs
-        outputs = [r.output_ids for r in reqs]
-        if step.sample_paths:  # rows that sample as if more tokens were out (drafts, in flight)
-            outputs = [out + path if path else out for out, path in zip(outputs, step.sample_paths)]
-        info = SamplingBatchInfo.from_requests(
-            [r.sampling_params for r in reqs], [r.seed for r in reqs], [len(o) for o in outputs],
-            [r.origin_input_ids for r in reqs], outputs,
-            [r.min_tokens_ids for r in reqs], self.vocab_size, self.device)
+        s: SamplingInputs = step.sampling
+        info = SamplingBatchInfo.from_requests(s.params, s.seeds, s.steps, s.prompt_ids, s.output_ids,
+                                               s.min_tokens_ids, self.vocab_size, self.device)
         rows = logits[_on(step.sample_rows, logits.device)]
         mask = None
         if step.vocab_mask is not None:  # packed grammar bitmask -> (bs, vocab) bool, on the device
@@ -303,11 +355,10 @@ class PendingResult:
     """A launched step: its results are being copied to pinned host memory behind the step's
     kernels; `resolve()` waits for that copy alone (an event), not for work queued after it."""
 
-    def __init__(self, step: StepInputs) -> None:
-        self.step = step
+    def __init__(self, step: StepInputs, used_cuda_graph: bool) -> None:
+        self.step, self.used_cuda_graph = step, used_cuda_graph
         self.sampled: Any = None     # the sampler's output (tensors)
         self.prompt_lp: Any = None   # (chosen logprobs, (top values, top ids) or None)
-        self.hidden: Optional[torch.Tensor] = None
         self._host: dict[str, torch.Tensor] = {}
         self._event: Any = None
 
@@ -339,7 +390,7 @@ class PendingResult:
             self._event.synchronize()
         h = self._host
         result = RunResult(next_token_ids=h["ids"].tolist() if "ids" in h else [],
-                           hidden_states=self.hidden)
+                           used_cuda_graph=self.used_cuda_graph)
         if "lp" in h:
             result.logprobs = h["lp"].tolist()
         if "top_vals" in h:

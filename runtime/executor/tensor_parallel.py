@@ -2,8 +2,9 @@
 every other rank runs `run_tp_worker`, which receives each step's ForwardBatch (and the step's
 request->token table writes) from rank 0 and runs the same forward, so the collectives inside
 the layers meet. Only rank 0 samples (the logits are gathered whole on every rank); with overlap
-scheduling under TP (`ModelRunner.tp_overlap`) it also broadcasts the sampled ids, which the
-other ranks keep for a next step that names them."""
+scheduling under TP (`ModelRunner.shares_sampled_ids`) it also broadcasts the sampled ids, which
+the other ranks keep for a next step that names them. A speculative drafter runs on rank 0 alone
+(runtime/executor/drafter.py); the verify forwards are ordinary steps for the other ranks."""
 from __future__ import annotations
 
 import dataclasses
@@ -32,17 +33,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: torch.device,
-                         custom_all_reduce: bool = False) -> None:
+def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: torch.device, *,
+                         dist_timeout: int | None, custom_all_reduce: bool,
+                         custom_all_reduce_max_bytes: int) -> None:
     """Join the process group. `custom_all_reduce`: also set up the one-shot all-reduce over peer
-    memory (GPUs of one node; layers/custom_all_reduce.py)."""
+    memory for tensors up to `custom_all_reduce_max_bytes` (GPUs of one node;
+    layers/custom_all_reduce.py). `dist_timeout`: seconds (--dist-timeout; None: PyTorch's default)."""
     global _OBJECT_GROUP
     if device.type == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     backend = "nccl" if device.type == "cuda" else "gloo"
     # The rendezvous and the tensor collectives keep a finite timeout (a rank that died shows up);
     # the step broadcast does not: an idle server's followers wait in it for as long as it idles.
-    timeout = timedelta(seconds=float(os.environ.get("SGL_TP_TIMEOUT_S", "1800")))
+    timeout = timedelta(seconds=dist_timeout) if dist_timeout is not None else None
     dist.init_process_group(backend, init_method=f"tcp://{dist_init_addr}", rank=rank,
                             world_size=tp_size, timeout=timeout)
     _OBJECT_GROUP = dist.new_group(backend="gloo", timeout=_IDLE_FOREVER)
@@ -50,7 +53,7 @@ def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: t
         dist.all_reduce(torch.zeros(1, device=torch.device("cuda", torch.cuda.current_device())))
         torch.cuda.synchronize()
         if custom_all_reduce:
-            one_shot = install_one_shot(dist.group.WORLD)
+            one_shot = install_one_shot(dist.group.WORLD, custom_all_reduce_max_bytes)
             if one_shot is not None and rank == 0:
                 logger.info("custom all-reduce: one-shot over peer memory up to %d bytes, NCCL above",
                             one_shot.max_bytes)
@@ -110,12 +113,7 @@ def run_tp_worker(server_args: Any, rank: int) -> None:
         msg = broadcast_step(None)
         if msg is None:
             break
-        batch, table_writes, num_sampled = msg
-        runner.req_to_token_pool.apply(*table_writes)
-        runner.forward_logits(dataclasses.replace(batch))
-        if num_sampled:  # rank 0's sampled ids: a later step's input ids may name them (overlap)
-            runner._last_tokens = share_sampled_ids(
-                torch.empty(num_sampled, dtype=torch.int64, device=runner.device))
+        runner.follow_step(*msg)
     if not leave_tensor_parallel(runner):
         os._exit(0)  # a stuck destroy would hang this process's exit too
 

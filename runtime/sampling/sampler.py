@@ -102,7 +102,7 @@ class SamplingBatchInfo:
             steps=tensor(list(steps), torch.int64),
             logit_bias=SparseEntries.build(_bias_entries(params), device),
             min_tokens_mask=SparseEntries.build(
-                _min_tokens_entries(params, output_ids, stop_ids), device),
+                _min_tokens_entries(params, steps, stop_ids), device),
             penalties=PenaltyTensors.build(params, prompt_ids, output_ids, vocab_size, device),
             is_all_greedy=all(greedy),
             has_greedy=any(greedy),
@@ -211,10 +211,11 @@ def _bias_entries(params: Sequence[SamplingParams]) -> list[tuple[int, int, floa
     return [(i, tok, bias) for i, p in enumerate(params) for tok, bias in p.logit_bias.items()]
 
 
-def _min_tokens_entries(params: Sequence[SamplingParams], output_ids: Sequence[Sequence[int]],
+def _min_tokens_entries(params: Sequence[SamplingParams], steps: Sequence[int],
                         stop_ids: Sequence[set[int]]) -> list[tuple[int, int, float]]:
+    """Stop ids masked on rows whose request has generated fewer than min_new_tokens."""
     return list(itertools.chain.from_iterable(
         [(i, tok, _NEG_INF) for tok in sorted(stops)]
-        for i, (p, out, stops) in enumerate(zip(params, output_ids, stop_ids))
-        if len(out) < p.min_new_tokens))
+        for i, (p, n, stops) in enumerate(zip(params, steps, stop_ids))
+        if n < p.min_new_tokens))
 

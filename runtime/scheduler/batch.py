@@ -1,136 +1,160 @@
-"""Turns a StepPlan into the runner's inputs: the ForwardBatch plus which logit rows are sampled
-and which give prompt logprobs."""
+"""Turns a StepPlan into the runner's inputs (`StepInputs`: the ForwardBatch, which logit rows are
+sampled and which score prompt tokens, the sampling inputs) and the scheduler's own record of the
+step (`StepBook`: which request owns which row), read back when the results come."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from sgl.runtime.executor.forward_batch import ForwardBatch
+from sgl.runtime.scheduler.contract import StepInputs
 from sgl.runtime.scheduler.kv_manager import KVManager
 from sgl.runtime.scheduler.planner import StepPlan
 from sgl.runtime.scheduler.req import Req
-
-
-@dataclass
-class StepInputs:
-    batch: ForwardBatch
-    sample_reqs: list[Req] = field(default_factory=list)   # requests sampling this step
-    sample_rows: list[int] = field(default_factory=list)   # their rows in the logits
-    lp_rows: list[int] = field(default_factory=list)       # logit rows scoring a prompt token
-    lp_targets: list[int] = field(default_factory=list)    # ... the token each row scores
-    lp_owners: list[Req] = field(default_factory=list)
-    prefill_done: list[Req] = field(default_factory=list)  # max_new_tokens=0 requests now complete
-    top_logprobs_num: int = 0
-    need_logprobs: bool = False
-    table_writes: Any = (None, None, None)  # this step's request->token writes, for other TP ranks
-    vocab_mask: Optional[Any] = None  # packed (num_samples, ceil(vocab/32)) int32 grammar bitmask
-    # Speculative decoding. A verified request owns 1 + len(draft) consecutive sample rows; row
-    # k samples as if the output already held sample_paths[k] (its draft ancestors).
-    verify: dict[int, "VerifyRows"] = field(default_factory=dict)  # id(req) -> its rows
-    sample_paths: list[list[int]] = field(default_factory=list)    # empty when nothing verifies
-    capture_hidden: bool = False  # return the forward's hidden states (EAGLE drafters)
-    versions: dict[int, int] = field(default_factory=dict)  # overlap: id(req) -> req.version at build
-    num_generated: int = 0        # tokens appended by this step (set when results are processed)
+from sgl.runtime.speculative.tree import DraftTree
 
 
 @dataclass
 class VerifyRows:
-    tree: Any            # DraftTree
-    slots: Any           # (1 + len(tree),) KV slots of the root and the draft nodes
+    tree: DraftTree
+    slots: torch.Tensor  # (1 + len(tree),) KV slots of the root and the draft nodes
     kept: list[int] = field(default_factory=list)  # rows whose KV the request kept (after accept)
 
 
+@dataclass
+class StepBook:
+    """The scheduler's side of a step: the owners of the rows the runner sees as numbers."""
+    sample_reqs: list[Req] = field(default_factory=list)   # the request of each sample row
+    lp_owners: list[Req] = field(default_factory=list)     # ... of each prompt-logprob row
+    prefill_done: list[Req] = field(default_factory=list)  # max_new_tokens=0 requests now complete
+    # Speculative decoding: a verified request owns 1 + len(draft) consecutive sample rows.
+    verify: dict[int, VerifyRows] = field(default_factory=dict)  # id(req) -> its rows
+    versions: dict[int, int] = field(default_factory=dict)  # overlap: id(req) -> req.version at build
+    sample_paths: list[list[int]] = field(default_factory=list)  # row k samples as if its output held these
+    num_generated: int = 0  # tokens appended by this step (set when results are processed)
+
+
 def build_step(plan: StepPlan, kv: KVManager, capture_hidden: bool = False,
-               future: Optional[dict[int, int]] = None) -> StepInputs:
+               future: Optional[dict[int, int]] = None) -> tuple[StepInputs, StepBook]:
     """future (overlap scheduling): id(req) -> its row among the tokens sampled by the step in
     flight; such a request runs that token, which the host does not know yet."""
-    ids, pos, locs, rows_pool, prefix, extend, logit_rows = [], [], [], [], [], [], []
-    future_src: list[int] = []
-    step = StepInputs(batch=None, capture_hidden=capture_hidden)  # type: ignore[arg-type]
-    masks: list[Optional[torch.Tensor]] = []  # per request: its tree mask block, None = causal
-    offset = 0
+    b = _Builder(kv, future)
     for req, n, slots in zip(plan.reqs, plan.num_new, plan.slots):
+        b.add(req, n, slots)
+    return b.finish(capture_hidden)
+
+
+class _Builder:
+    def __init__(self, kv: KVManager, future: Optional[dict[int, int]]) -> None:
+        self.kv, self.future = kv, future
+        self.ids: list[int] = []
+        self.pos: list[int] = []
+        self.locs: list[int] = []
+        self.rows_pool: list[int] = []
+        self.prefix: list[int] = []
+        self.extend: list[int] = []
+        self.logit_rows: list[int] = []
+        self.future_src: list[int] = []
+        self.masks: list[Optional[torch.Tensor]] = []  # per request: its tree mask block, None = causal
+        self.step = StepInputs(batch=None)  # type: ignore[arg-type]
+        self.book = StepBook()
+
+    def add(self, req: Req, n: int, slots: torch.Tensor) -> None:
         start = req.num_computed
-        rows_pool.append(req.req_pool_idx)
-        prefix.append(start)
-        extend.append(n)
-        locs.extend(slots.tolist())
-        if future is not None and id(req) in future:
-            _add_future_row(step, logit_rows, masks, req, slots, start, future[id(req)], offset,
-                            ids, pos, future_src, kv)
-            offset += 1
-            continue
-        tree = req.draft
-        if tree is not None and n == 1 + len(tree):
-            _add_verify_rows(step, logit_rows, masks, req, tree, start, slots, offset, ids, pos, kv)
-            offset += n
-            continue
-        masks.append(None)
-        kv.extend(req, slots)
-        ids.extend(req.all_ids[start:start + n])
-        pos.extend(range(start, start + n))
-        _add_prompt_logprob_rows(step, logit_rows, req, start, n, offset)
+        self.rows_pool.append(req.req_pool_idx)
+        self.prefix.append(start)
+        self.extend.append(n)
+        self.locs.extend(slots.tolist())
+        if self.future is not None and id(req) in self.future:
+            self._add_future_row(req, slots, start, self.future[id(req)])
+        elif req.draft is not None and n == 1 + len(req.draft):
+            self._add_verify_rows(req, req.draft, start, slots)
+        else:
+            self._add_rows(req, n, slots, start)
+
+    def _add_rows(self, req: Req, n: int, slots: torch.Tensor, start: int) -> None:
+        offset = len(self.ids)
+        self.masks.append(None)
+        self.kv.extend(req, slots)
+        self.ids.extend(req.all_ids[start:start + n])
+        self.pos.extend(range(start, start + n))
+        self._add_prompt_logprob_rows(req, start, n, offset)
         if start + n == req.seq_len:
             if req.is_prefill_only:
-                step.prefill_done.append(req)
+                self.book.prefill_done.append(req)
             else:
-                step.sample_rows.append(len(logit_rows))
-                logit_rows.append(offset + n - 1)
-                step.sample_reqs.append(req)
-                if step.verify:
-                    step.sample_paths.append([])
-        offset += n
-    step.table_writes = kv.table.flush() or (None, None, None)
-    step.batch = ForwardBatch.build(ids, pos, locs, rows_pool, prefix, extend, logit_rows)
-    if future_src:
-        step.batch.future_src = torch.tensor(future_src + [-1] * (len(ids) - len(future_src)),
-                                             dtype=torch.int64)
-    if step.verify:
-        _attach_tree_masks(step.batch, masks, prefix, extend)
-    asking = [r for r in step.sample_reqs + step.lp_owners if r.return_logprob]
-    step.need_logprobs = bool(asking)
-    step.top_logprobs_num = max((r.top_logprobs_num for r in asking), default=0)
-    return step
+                self._sample(req, offset + n - 1, [])
 
+    def _sample(self, req: Req, row: int, path: list[int], in_flight: int = 0) -> None:
+        """Logit row `row` samples req's next token as if its output also held `path` (draft
+        ancestors) and `in_flight` tokens not yet read back."""
+        s = self.step.sampling
+        out = req.output_ids + path if path else req.output_ids
+        self.step.sample_rows.append(len(self.logit_rows))
+        self.logit_rows.append(row)
+        self.book.sample_reqs.append(req)
+        self.book.sample_paths.append(path)
+        s.params.append(req.sampling_params)
+        s.seeds.append(req.seed)
+        s.steps.append(len(out) + in_flight)
+        s.prompt_ids.append(req.origin_input_ids)
+        s.output_ids.append(out)
+        s.min_tokens_ids.append(req.min_tokens_ids)
 
-def _add_future_row(step: StepInputs, logit_rows: list[int], masks: list, req: Req,
-                    slots: torch.Tensor, start: int, src: int, offset: int, ids: list[int],
-                    pos: list[int], future_src: list[int], kv: KVManager) -> None:
-    """One decode token whose id is still on the device; it samples as output index
-    len(output_ids) + 1 (the token in flight counts)."""
-    masks.append(None)
-    kv.extend(req, slots)
-    step.versions[id(req)] = req.version
-    future_src.extend([-1] * (len(ids) - len(future_src)))
-    future_src.append(src)
-    ids.append(0)
-    pos.append(start)
-    step.sample_rows.append(len(logit_rows))
-    logit_rows.append(offset)
-    step.sample_reqs.append(req)
-    step.sample_paths.append([0])  # only its length is read: no penalties in chained steps
+    def _add_future_row(self, req: Req, slots: torch.Tensor, start: int, src: int) -> None:
+        """One decode token whose id is still on the device; it samples as output index
+        len(output_ids) + 1 (the token in flight counts; no penalties in chained steps)."""
+        self.masks.append(None)
+        self.kv.extend(req, slots)
+        self.book.versions[id(req)] = req.version
+        self.future_src.extend([-1] * (len(self.ids) - len(self.future_src)))
+        self.future_src.append(src)
+        self.ids.append(0)
+        self.pos.append(start)
+        self._sample(req, len(self.ids) - 1, [], in_flight=1)
 
+    def _add_verify_rows(self, req: Req, tree: DraftTree, start: int, slots: torch.Tensor) -> None:
+        """The root (last token) and the draft nodes, at positions start + depth; every row samples."""
+        offset = len(self.ids)
+        self.kv.write_verify_rows(req, start, slots)  # the request keeps only what is accepted
+        self.ids.append(req.all_ids[start])
+        self.ids.extend(tree.tokens)
+        self.pos.append(start)
+        self.pos.extend(start + d for d in tree.depths())
+        self.masks.append(tree.tree_mask())  # (1 + n, 1 + n) over the new tokens; the prefix is visible
+        self.book.verify[id(req)] = VerifyRows(tree, slots)
+        for k, path in enumerate(tree.paths()):
+            self._sample(req, offset + k, path)
 
-def _add_verify_rows(step: StepInputs, logit_rows: list[int], masks: list, req: Req, tree: Any,
-                     start: int, slots: torch.Tensor, offset: int, ids: list[int], pos: list[int],
-                     kv: KVManager) -> None:
-    """The root (last token) and the draft nodes, at positions start + depth; every row samples."""
-    if not step.verify:  # the first verified request: earlier sample rows get empty paths
-        step.sample_paths.extend([] for _ in step.sample_reqs)
-    kv.table.write(req.req_pool_idx, start, slots)  # the request keeps only what is accepted
-    ids.append(req.all_ids[start])
-    ids.extend(tree.tokens)
-    pos.append(start)
-    pos.extend(start + d for d in tree.depths())
-    masks.append(tree.tree_mask())  # (1 + n, 1 + n) over the new tokens; the prefix is visible
-    step.verify[id(req)] = VerifyRows(tree, slots)
-    for k, path in enumerate(tree.paths()):
-        step.sample_rows.append(len(logit_rows))
-        logit_rows.append(offset + k)
-        step.sample_reqs.append(req)
-        step.sample_paths.append(path)
+    def _add_prompt_logprob_rows(self, req: Req, start: int, n: int, offset: int) -> None:
+        # Row at position q scores prompt token q+1; reported tokens are [max(from, 1), prompt_len).
+        lp_from = req.input_logprob_from
+        if lp_from < 0 or req.input_logprobs_sent:
+            return
+        lo, hi = max(lp_from, 1) - 1, req.prompt_len - 2
+        for q in range(max(start, lo), min(start + n - 1, hi) + 1):
+            self.step.lp_rows.append(len(self.logit_rows))
+            self.logit_rows.append(offset + q - start)
+            self.step.lp_targets.append(req.origin_input_ids[q + 1])
+            self.book.lp_owners.append(req)
+
+    def finish(self, capture_hidden: bool) -> tuple[StepInputs, StepBook]:
+        step, book = self.step, self.book
+        step.table_writes = self.kv.flush_table()
+        step.batch = ForwardBatch.build(self.ids, self.pos, self.locs, self.rows_pool, self.prefix,
+                                        self.extend, self.logit_rows)
+        if self.future_src:
+            pad = [-1] * (len(self.ids) - len(self.future_src))
+            step.batch.future_src = torch.tensor(self.future_src + pad, dtype=torch.int64)
+        if book.verify:
+            _attach_tree_masks(step.batch, self.masks, self.prefix, self.extend)
+        asking = [r for r in book.sample_reqs + book.lp_owners if r.return_logprob]
+        step.need_logprobs = bool(asking)
+        step.top_logprobs_num = max((r.top_logprobs_num for r in asking), default=0)
+        step.capture_hidden = capture_hidden
+        return step, book
 
 
 def _attach_tree_masks(batch: ForwardBatch, masks: list, prefix: list[int], extend: list[int]) -> None:
@@ -148,28 +172,3 @@ def _attach_tree_masks(batch: ForwardBatch, masks: list, prefix: list[int], exte
         rows[:, p:] = block
         full.append(rows)
     batch.set_custom_mask(full)
-
-
-def _add_prompt_logprob_rows(step: StepInputs, logit_rows: list[int], req: Req, start: int, n: int,
-                             offset: int) -> None:
-    # Row at position q scores prompt token q+1; reported tokens are [max(from, 1), prompt_len).
-    lp_from = req.input_logprob_from
-    if lp_from < 0 or req.input_logprobs_sent:
-        return
-    lo, hi = max(lp_from, 1) - 1, req.prompt_len - 2
-    for q in range(max(start, lo), min(start + n - 1, hi) + 1):
-        step.lp_rows.append(len(logit_rows))
-        logit_rows.append(offset + q - start)
-        step.lp_targets.append(req.origin_input_ids[q + 1])
-        step.lp_owners.append(req)
-
-
-@dataclass
-class RunResult:
-    """Runner -> scheduler: sampled tokens and, when asked, logprobs. Nothing else crosses back."""
-    next_token_ids: list[int]
-    logprobs: list[float] = field(default_factory=list)                       # per sample row
-    top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
-    input_logprobs: list[float] = field(default_factory=list)                 # per prompt-logprob row
-    input_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
-    hidden_states: Optional[Any] = None  # (num_tokens, H) when the step asked to capture them

@@ -1,18 +1,20 @@
 """KV ownership rules in one place: slots come from the allocator (evicting cached prefixes when
-short), prefixes come from and return to the radix tree, table rows follow each request."""
+short), prefixes come from and return to the radix tree, table rows follow each request. This is
+the only code that allocates or frees slots and writes the request -> token table (whose writes
+reach the runner through `flush_table`, in the step's inputs)."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import torch
 
-from sgl.runtime.cache.memory_pool import ReqToTokenPool, TokenAllocator
+from sgl.runtime.cache.memory_pool import ReqTable, TableWrites, TokenAllocator
 from sgl.runtime.scheduler.req import Req
 
 
 class KVManager:
-    def __init__(self, allocator: TokenAllocator, tree: Any, req_to_token_pool: ReqToTokenPool) -> None:
-        self.allocator, self.tree, self.table = allocator, tree, req_to_token_pool
+    def __init__(self, allocator: TokenAllocator, tree: Any, table: ReqTable) -> None:
+        self.allocator, self.tree, self.table = allocator, tree, table
 
     # -- capacity ----------------------------------------------------------------------------
     def available(self) -> int:
@@ -24,6 +26,14 @@ class KVManager:
         if short > 0:
             self.tree.evict(short)
         return self.allocator.alloc(num_tokens)
+
+    def free(self, slots: torch.Tensor) -> None:
+        """Return slots nobody holds (a drafter's scratch, a step that was never run)."""
+        self.allocator.free(slots)
+
+    def flush_table(self) -> Optional[TableWrites]:
+        """The table writes queued since the last flush, for the runner to apply."""
+        return self.table.flush()
 
     # -- request lifecycle ------------------------------------------------------------------
     def match(self, req: Req) -> tuple[torch.Tensor, Any]:
@@ -51,6 +61,21 @@ class KVManager:
     def extend(self, req: Req, slots: torch.Tensor) -> None:
         self.table.write(req.req_pool_idx, req.num_computed, slots)
         req.extend_kv(slots)
+
+    def write_verify_rows(self, req: Req, start: int, slots: torch.Tensor) -> None:
+        """Speculative verify: the root and the draft nodes run in `slots` from column `start`;
+        the request takes them only once `accept_draft` says which it keeps."""
+        self.table.write(req.req_pool_idx, start, slots)
+
+    def accept_draft(self, req: Req, slots: torch.Tensor, keep: list[int]) -> None:
+        """After verification: req keeps the KV of `slots[keep]` (the root and the accepted
+        nodes, in sequence order) as its next tokens; the rest go back to the allocator."""
+        kept = slots[keep]
+        self.table.write(req.req_pool_idx, req.num_computed, kept)
+        req.extend_kv(kept)
+        rejected = torch.ones(slots.numel(), dtype=torch.bool)
+        rejected[keep] = False
+        self.allocator.free(slots[rejected])
 
     def truncate(self, req: Req, keep: int) -> None:
         """Forget the KV of tokens past `keep` (their ids changed); keep >= cache_protected_len."""

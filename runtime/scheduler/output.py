@@ -2,15 +2,21 @@
 TokenOutput per request that has something to say."""
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable
+from re import _parser as re_parser  # the public sre_parse alias is deprecated since 3.11
 from typing import Any, Optional
-
-import torch
 
 from sgl.runtime.io_struct import TokenOutput
 from sgl.runtime.sampling.params import SamplingParams
-from sgl.runtime.scheduler.batch import RunResult, StepInputs
+from sgl.runtime.scheduler.batch import StepBook, VerifyRows
+from sgl.runtime.scheduler.contract import RunResult, StepInputs
+from sgl.runtime.scheduler.grammar import GrammarCoordinator
+from sgl.runtime.scheduler.kv_manager import KVManager
 from sgl.runtime.scheduler.planner import StepPlan
 from sgl.runtime.scheduler.req import Req, ReqState
+from sgl.runtime.speculative.decoder import SpecDecoder
 from sgl.runtime.speculative.tree import verify
 
 
@@ -32,6 +38,8 @@ class StopChecker:
             if token in req.stop_ids:
                 return req.finish({"type": "stop", "matched": token})
             matched = self._match_stop_str(req)
+            if matched is None:
+                matched = self._match_stop_regex(req)
             if matched is not None:
                 return req.finish({"type": "stop", "matched": matched})
         if n >= params.max_new_tokens:
@@ -46,117 +54,133 @@ class StopChecker:
         text = self.tokenizer.decode(tail, skip_special_tokens=False)
         return next((s for s in stops if s in text), None)
 
+    def _match_stop_regex(self, req: Req) -> Optional[str]:
+        """The first stop_regex pattern found in the output's tail (the finish reason's
+        `matched`, as in SGLang). The newest token completes any new match, so a tail as long
+        as the longest match suffices."""
+        patterns = req.sampling_params.stop_regex
+        if not patterns or self.tokenizer is None:
+            return None
+        tail = req.output_ids[-regex_tail_tokens(tuple(patterns)):]
+        text = self.tokenizer.decode(tail, skip_special_tokens=False)
+        return next((p for p in patterns if re.search(p, text)), None)
 
-def process_results(plan: StepPlan, step: StepInputs, result: RunResult, sched: Any) -> list[TokenOutput]:
-    _store_prompt_logprobs(step, result)
-    dropped = {id(r) for r in step.sample_reqs if is_stale(r, step)}
-    row = 0
-    while row < len(step.sample_reqs):
-        req = step.sample_reqs[row]
-        if id(req) in dropped:
+
+# A match longer than this many characters (an unbounded pattern such as `a.*b`) is looked for
+# only within this many trailing characters' worth of tokens.
+MAX_REGEX_MATCH_CHARS = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def regex_tail_tokens(patterns: tuple[str, ...]) -> int:
+    """Trailing tokens that spell the longest match of any of `patterns`, even at one byte
+    (a quarter of a character) per token."""
+    widest = max(min(re_parser.parse(p).getwidth()[1], MAX_REGEX_MATCH_CHARS) for p in patterns)
+    return 4 * widest + 2
+
+
+class ResultProcessor:
+    """Applies a step's results to its requests: appends tokens (accepting speculative drafts),
+    advances grammars, checks stops, hands finished requests to `finish` and shares the KV of
+    running ones through the radix tree."""
+
+    def __init__(self, kv: KVManager, grammar: GrammarCoordinator, stop_checker: StopChecker,
+                 spec: Optional[SpecDecoder], finish: Callable[[Req], None]) -> None:
+        self.kv, self.grammar, self.stop_checker, self.spec = kv, grammar, stop_checker, spec
+        self.finish = finish
+
+    def process(self, plan: StepPlan, step: StepInputs, book: StepBook,
+                result: RunResult) -> list[TokenOutput]:
+        _store_prompt_logprobs(book, result)
+        dropped = {id(r) for r in book.sample_reqs if is_stale(r, book)}
+        row = 0
+        while row < len(book.sample_reqs):
+            req = book.sample_reqs[row]
+            if id(req) in dropped:
+                row += 1
+                continue
+            rows = book.verify.get(id(req))
+            if rows is not None:  # speculative: 1 + len(draft) rows
+                book.num_generated += self._accept_draft(req, rows, result, row)
+                row += 1 + len(rows.tree)
+                continue
+            self._append(req, result, row)
+            book.num_generated += 1
             row += 1
-            continue
-        rows = step.verify.get(id(req))
-        if rows is not None:  # speculative: 1 + len(draft) rows
-            n = 1 + len(rows.tree)
-            step.num_generated += _accept_draft(req, rows, result, row, sched)
-            row += n
-            continue
+        for req in book.prefill_done:
+            req.finish({"type": "length", "length": 0})
+        if self.spec is not None:
+            self.spec.observe_step(plan, step, book)
+        return self._outputs(plan, book, dropped)
+
+    def _append(self, req: Req, result: RunResult, row: int) -> None:
         token = result.next_token_ids[row]
         req.append_output(token, result.logprobs[row] if result.logprobs else None,
                           result.top_logprobs[row] if result.top_logprobs else None)
-        step.num_generated += 1
         if req.grammar is not None:
-            sched.grammar.after_token(req, token, sched.kv)
+            self.grammar.after_token(req, token, self.kv)
         if not req.is_finished:
-            sched.stop_checker.check(req, token)
-        row += 1
-    for req in step.prefill_done:
-        req.finish({"type": "length", "length": 0})
-    if sched.spec is not None:
-        _observe(plan, step, result, sched)
-    sampled = {id(r) for r in step.sample_reqs}
-    outputs = []
-    for req in plan.reqs:
-        if id(req) in dropped:
-            continue
-        if req.is_finished:
-            sched.finish(req)
-        elif id(req) not in sampled:
-            sched.kv.cache_unfinished(req)  # a prompt chunk: share it as we go
-            continue
-        elif req.cache_protected_len < req.prompt_len and not sched.kv.tree.disable:
-            # The prompt's last chunk ran: share the prompt now, not only when the request finishes,
-            # so that requests arriving meanwhile with the same prefix reuse it (SGLang does the
-            # same). Not the output: a later jump-forward may re-spell its tail.
-            sched.kv.cache_unfinished(req, upto=req.prompt_len)
-        outputs.append(make_output(req))
-    return outputs
+            self.stop_checker.check(req, token)
+
+    def _outputs(self, plan: StepPlan, book: StepBook, dropped: set[int]) -> list[TokenOutput]:
+        sampled = {id(r) for r in book.sample_reqs}
+        outputs = []
+        for req in plan.reqs:
+            if id(req) in dropped:
+                continue
+            if req.is_finished:
+                self.finish(req)
+            elif id(req) not in sampled:
+                self.kv.cache_unfinished(req)  # a prompt chunk: share it as we go
+                continue
+            elif req.cache_protected_len < req.prompt_len and not self.kv.tree.disable:
+                # The prompt's last chunk ran: share the prompt now, not only when the request
+                # finishes, so that requests arriving meanwhile with the same prefix reuse it
+                # (SGLang does the same). Not the output: a later jump-forward may re-spell its tail.
+                self.kv.cache_unfinished(req, upto=req.prompt_len)
+            outputs.append(make_output(req))
+        return outputs
+
+    def _accept_draft(self, req: Req, rows: VerifyRows, result: RunResult, first: int) -> int:
+        """Emit the verified tokens (stopping where the request stops, or where its grammar
+        forces text that jump-forward then appends), keep the KV of the root and of the accepted
+        draft nodes that precede the last emitted token, free the rest. Emitted token i was
+        chosen at verify row ([0] + accepted rows)[i], which also gives its logprobs."""
+        emitted, accepted = verify(rows.tree, result.next_token_ids[first:first + 1 + len(rows.tree)])
+        chosen_at = [first] + [first + j + 1 for j in accepted]
+        count, jump = 0, False
+        for token, r in zip(emitted, chosen_at):
+            req.append_output(token, result.logprobs[r] if result.logprobs else None,
+                              result.top_logprobs[r] if result.top_logprobs else None)
+            count += 1
+            if req.grammar is not None:
+                if not self.grammar.advance(req, token):
+                    break
+                if self.grammar.wants_jump(req):
+                    jump = True  # decoding alone would jump forward here: the rest is not emitted
+                    break
+            self.stop_checker.check(req, token)
+            if req.is_finished:
+                break
+        rows.kept = [0] + [j + 1 for j in accepted[:count - 1]]
+        self.kv.accept_draft(req, rows.slots, rows.kept)
+        self.spec.record(req, count, len(rows.tree))
+        if jump:  # in the order decoding alone takes: jump forward, then check the stop strings
+            self.grammar.jump(req, self.kv)
+            if not req.is_finished:
+                self.stop_checker.check(req, token)
+        return count
 
 
-def is_stale(req: Req, step: StepInputs) -> bool:
+def is_stale(req: Req, book: StepBook) -> bool:
     """Overlap: a row built before the previous step was read back is void when that step
     finished the request or rewrote its tokens (jump-forward)."""
-    return req.state is ReqState.FINISHED or (id(req) in step.versions
-                                              and step.versions[id(req)] != req.version)
+    return req.state is ReqState.FINISHED or (id(req) in book.versions
+                                              and book.versions[id(req)] != req.version)
 
 
-def _accept_draft(req: Req, rows: Any, result: RunResult, first: int, sched: Any) -> int:
-    """Emit the verified tokens (stopping where the request stops, or where its grammar forces
-    text that jump-forward then appends), keep the KV of the root and of the accepted draft
-    nodes that precede the last emitted token, free the rest. Emitted
-    token i was chosen at verify row ([0] + accepted rows)[i], which also gives its logprobs."""
-    emitted, accepted = verify(rows.tree, result.next_token_ids[first:first + 1 + len(rows.tree)])
-    chosen_at = [first] + [first + j + 1 for j in accepted]
-    count, jump = 0, False
-    for token, r in zip(emitted, chosen_at):
-        req.append_output(token, result.logprobs[r] if result.logprobs else None,
-                          result.top_logprobs[r] if result.top_logprobs else None)
-        count += 1
-        if req.grammar is not None:
-            if not sched.grammar.advance(req, token):
-                break
-            if sched.grammar.wants_jump(req):
-                jump = True  # decoding alone would jump forward here: the rest is not emitted
-                break
-        sched.stop_checker.check(req, token)
-        if req.is_finished:
-            break
-    keep = [0] + [j + 1 for j in accepted[:count - 1]]
-    rows.kept = keep
-    kept = rows.slots[keep]
-    sched.kv.table.write(req.req_pool_idx, req.num_computed, kept)
-    req.extend_kv(kept)
-    rejected = torch.ones(rows.slots.numel(), dtype=torch.bool)
-    rejected[keep] = False
-    sched.kv.allocator.free(rows.slots[rejected])
-    sched.spec.record(req, count, len(rows.tree))
-    if jump:  # in the order decoding alone takes: jump forward, then check the stop strings
-        sched.grammar.jump(req, sched.kv)
-        if not req.is_finished:
-            sched.stop_checker.check(req, token)
-    return count
-
-
-def _observe(plan: StepPlan, step: StepInputs, result: RunResult, sched: Any) -> None:
-    """Tell the drafter which positions each request computed, with their hidden states when
-    the step captured them."""
-    hidden, b = result.hidden_states, step.batch
-    row_start = 0
-    for req, n, start in zip(plan.reqs, b.extend_lens_cpu, b.prefix_lens_cpu):
-        rows = step.verify.get(id(req))
-        if hidden is None:
-            sched.spec.observe(req, start, None)
-        elif rows is not None:
-            index = torch.tensor(rows.kept, dtype=torch.int64, device=hidden.device) + row_start
-            sched.spec.observe(req, start, hidden[index])
-        else:
-            sched.spec.observe(req, start, hidden[row_start:row_start + n])
-        row_start += n
-
-
-def _store_prompt_logprobs(step: StepInputs, result: RunResult) -> None:
-    for i, req in enumerate(step.lp_owners):
+def _store_prompt_logprobs(book: StepBook, result: RunResult) -> None:
+    for i, req in enumerate(book.lp_owners):
         if not req.input_logprobs and req.input_logprob_from == 0:
             req.input_logprobs.append(None)  # the first token has no context to score it
             req.input_top_logprobs.append(None)

@@ -20,9 +20,13 @@ class StepPlan:
     slots: list[torch.Tensor] = field(default_factory=list)  # their KV slots
     retracted: list[Req] = field(default_factory=list)
     num_admitted: int = 0
-    num_cached: int = 0                                      # prefix tokens reused by admissions
+    num_cached: int = 0          # prefix tokens reused by admissions
+    num_prompt_tokens: int = 0   # tokens computed as prompt work (admissions and later chunks)
 
-    def add(self, req: Req, n: int, slots: torch.Tensor) -> None:
+    def add(self, req: Req, n: int, slots: torch.Tensor, admitted: bool = False) -> None:
+        """req runs n tokens in `slots` (call before the step: reads req.num_computed)."""
+        start = req.num_computed
+        self.num_prompt_tokens += n if admitted else max(min(start + n, req.prompt_len) - start, 0)
         self.reqs.append(req)
         self.num_new.append(n)
         self.slots.append(slots)
@@ -34,8 +38,9 @@ class StepPlan:
 
 class NewTokenRatio:
     """Expected share of each running request's remaining max_new_tokens that it will really
-    use; admission reserves KV for that much. Decays while decoding goes well, jumps after a
-    retraction (SGLang's scheme)."""
+    use; admission reserves KV for that much. Starts at 0.7 (x conservativeness), decays by
+    0.001 per decode step that got its KV without retracting, down to 0.1 (SGLang's scheme:
+    (init - min) over 600 steps), and jumps to 1.0 after a retraction."""
 
     def __init__(self, conservativeness: float) -> None:
         self.init = min(0.7 * conservativeness, 1.0)
@@ -62,6 +67,8 @@ class Planner:
         if not self.mixed and self._plan_prompts(running, waiting, plan):
             return plan
         budget = self._schedule_running(running, waiting, plan)
+        if not plan.retracted and plan.reqs:
+            self.ratio.decay()  # decoding got its KV: admission may reserve a little less
         if self.mixed:
             self._admit(running, waiting, plan, budget)
         return plan
@@ -70,7 +77,10 @@ class Planner:
         """Unless mixing (--enable-mixed-chunk), a step with prompt work runs prompts only: the
         next chunk of running prompts, then admissions. The decoding requests sit it out, and the
         next step decodes them alone (under a CUDA graph), as SGLang schedules by default. False
-        when there is no prompt work, or no KV for it (the full planner then retracts)."""
+        when there is no prompt work, or no KV for it (the full planner then retracts). Output
+        tokens to catch up on after a jump-forward count as such work too: the decoding requests
+        keep their CUDA graph while the jumpers catch up alone (on an H100, structured output's
+        jump-forward gained 3.49x this way, 2.73x with the catch-up inside the decode step)."""
         prompts = [r for r in running if r.seq_len - r.num_computed > 1]
         if not prompts and not waiting:
             return False
@@ -185,7 +195,7 @@ class Planner:
             if req.num_admissions == 0:
                 req.cached_tokens = int(prefix.numel())
             req.num_admissions += 1
-            plan.add(req, n, slots)
+            plan.add(req, n, slots, admitted=True)
             plan.num_admitted += 1
             plan.num_cached += int(prefix.numel())
             budget -= n
@@ -199,4 +209,4 @@ class Planner:
     def _evictable_in(self, prefix: torch.Tensor, node) -> int:
         if node is None or not prefix.numel():
             return 0
-        return int(prefix.numel()) if getattr(node, "lock_ref", 0) == 0 else 0
+        return int(prefix.numel()) if node.lock_ref == 0 else 0

@@ -5,62 +5,87 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
-from sgl.runtime.cache.memory_pool import TokenAllocator
-from sgl.runtime.cache.radix_cache import RadixCache
+from sgl.runtime.cache.memory_pool import ReqTable, TokenAllocator
+from sgl.runtime.cache.radix_cache import RadixCache, assert_pool_invariant
 from sgl.runtime.io_struct import AbortReq, FlushCacheReq, TokenizedGenerateReq, TokenOutput
-from sgl.runtime.scheduler.batch import build_step, StepInputs
-from sgl.runtime.scheduler.kv_manager import KVManager
+from sgl.runtime.scheduler.batch import StepBook, build_step
+from sgl.runtime.scheduler.contract import PendingStep, RunResult, Runner, StepInputs
 from sgl.runtime.scheduler.grammar import GrammarCoordinator
-from sgl.runtime.scheduler.output import StopChecker, make_output, process_results
-from sgl.runtime.scheduler.overlap import InFlight, chain_step, chainable, finish_launch
+from sgl.runtime.scheduler.kv_manager import KVManager
+from sgl.runtime.scheduler.output import ResultProcessor, StopChecker, make_output
+from sgl.runtime.scheduler.overlap import InFlight, OverlapChain
 from sgl.runtime.scheduler.planner import NewTokenRatio, Planner, StepPlan
 from sgl.runtime.scheduler.policy import order_waiting
 from sgl.runtime.scheduler.req import Req, ReqState
 from sgl.runtime.scheduler.stats import StepLogger
+from sgl.runtime.speculative.decoder import SpecDecoder, optional_spec
 
 logger = logging.getLogger("sgl.scheduler")
 
 
+
+class StepHook(Protocol):
+    """Watches every `Scheduler.step` (benchmarks time and profile steps this way)."""
+
+    def begin(self) -> None: ...
+
+    def end(self, seconds: float, ran_extend: bool) -> None: ...
+
+
 class Scheduler:
-    def __init__(self, server_args: Any, runner: Any, tokenizer: Any = None,
+    def __init__(self, server_args: Any, runner: Runner, tokenizer: Any = None,
                  eos_token_ids: Optional[list[int]] = None) -> None:
-        self.args, self.runner = server_args, runner
+        self.args, self.runner, self.info = server_args, runner, runner.info
         self._init_cache()
         self._init_policy()
         self.stop_checker = StopChecker(tokenizer, eos_token_ids or [])
-        self.grammar = GrammarCoordinator(server_args, tokenizer, runner.vocab_size, eos_token_ids or [])
+        self.grammar = GrammarCoordinator(server_args, tokenizer, self.info.vocab_size, eos_token_ids or [])
         self._early_outputs: list[TokenOutput] = []  # finished before ever running
-        self.spec = None
-        if server_args.speculative_algorithm:
-            from sgl.runtime.speculative import SpecDecoder
-            self.spec = SpecDecoder(server_args, runner)
+        self.spec: Optional[SpecDecoder] = optional_spec(server_args, runner, self.kv)
         self.stats = StepLogger(server_args, self)
+        self.results = ResultProcessor(self.kv, self.grammar, self.stop_checker, self.spec, self.finish)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
-        # Overlap scheduling (see overlap.py): on by default on GPUs, where it hides the host's
-        # share of each decode step; on CPU the "device" is the host, so there is nothing to hide.
-        # With tensor parallelism only where the runner shares each step's sampled ids with the
-        # other ranks (`ModelRunner.tp_overlap`: on GPUs unless SGL_TP_OVERLAP=0).
-        tp_ok = getattr(runner, "tp_size", 1) == 1 or getattr(runner, "tp_overlap", False)
-        self.overlap = (not server_args.disable_overlap_schedule and hasattr(runner, "launch_batch")
-                        and tp_ok and getattr(getattr(runner, "device", None), "type", "cpu") == "cuda")
+        # Overlap scheduling (overlap.py): where the runner launches asynchronously (GPUs), it
+        # hides the host's share of each decode step; on CPU the "device" is the host. Tests may
+        # set `overlap` themselves: the logic is the same.
+        self.overlap = not server_args.disable_overlap_schedule and self.info.can_overlap
+        self.chain = OverlapChain(runner, self.kv, self.grammar)
         self.inflight: Optional[InFlight] = None
+        self.step_hooks: list[StepHook] = []
         self._arrivals = 0
 
     def _init_cache(self) -> None:
-        self.allocator = TokenAllocator(self.runner.max_total_tokens)
+        self.allocator = TokenAllocator(self.info.max_total_tokens)
         self.tree = RadixCache(self.allocator, disable=self.args.disable_radix_cache)
-        self.kv = KVManager(self.allocator, self.tree, self.runner.req_to_token_pool)
+        table = ReqTable(self.info.max_req_rows, self.info.table_width)
+        self.kv = KVManager(self.allocator, self.tree, table)
 
     def _init_policy(self) -> None:
         self.rng = random.Random(self.args.random_seed)
         self.ratio = NewTokenRatio(self.args.schedule_conservativeness)
-        chunk = self.runner.chunked_prefill_size
         # the most requests running at once (the planner's limit may be set lower, never higher)
-        self.max_running = min(self.runner.max_running_requests, self.runner.req_to_token_pool.max_reqs - 1)
-        self.planner = Planner(self.kv, chunk, self.max_running, self.ratio, mixed=self.args.enable_mixed_chunk)
+        self.max_running = min(self.info.max_running_requests, self.info.max_req_rows - 1)
+        self.planner = Planner(self.kv, self.info.chunked_prefill_size, self.max_running, self.ratio,
+                               mixed=self.args.enable_mixed_chunk)
+
+    def set_speculative(self, server_args: Any) -> None:
+        """Switch speculative decoding to these settings (None algorithm: off) between requests;
+        the runner loads the matching drafter and verify graphs (benchmark sweeps)."""
+        assert not self.running and not self.waiting, "switch speculation only when idle"
+        self.runner.set_speculative(server_args)
+        self.spec = optional_spec(server_args, self.runner, self.kv)
+        self.results.spec = self.spec
+
+    def set_max_running(self, limit: int) -> None:
+        """Run at most `limit` requests at once (never more than the runner allows)."""
+        self.planner.max_running = min(limit, self.max_running)
+
+    def set_jump_forward(self, enabled: bool) -> None:
+        """Jump forward over forced grammar text or not (--disable-jump-forward at run time)."""
+        self.grammar.jump_forward = enabled
 
     # -- inputs ------------------------------------------------------------------------------
     def handle(self, msg: Any) -> Optional[list[TokenOutput]]:
@@ -130,46 +155,62 @@ class Scheduler:
 
     # -- the loop ----------------------------------------------------------------------------
     def step(self) -> list[TokenOutput]:
+        if not self.step_hooks:
+            return self._step()
+        for hook in self.step_hooks:
+            hook.begin()
+        extend_before, t0 = self.stats.num_extend_passes, time.perf_counter()
+        try:
+            return self._step()
+        finally:
+            elapsed, ran_extend = time.perf_counter() - t0, self.stats.num_extend_passes > extend_before
+            for hook in self.step_hooks:
+                hook.end(elapsed, ran_extend)
+
+    def _step(self) -> list[TokenOutput]:
         outputs = self._take_early_outputs()
         if self.inflight is not None:  # launch the next step, then read this one back
-            plan, inputs, pending = self.inflight
-            self.inflight = chain_step(self, plan, inputs)
-            outputs += self._complete(plan, inputs, pending)
+            flight = self.inflight
+            self.inflight = self._chain()
+            outputs += self._complete(*flight)
             if self.inflight is not None:
-                self.inflight = finish_launch(self, self.inflight)
+                self.inflight = self.chain.finish_launch(self.inflight)
                 return outputs
         waiting = order_waiting(self.args.schedule_policy, self.waiting, self.kv.match, self.rng)
         if self.spec is not None:
-            self.spec.propose(self.running, self.kv)
+            self.spec.propose(self.running)
         plan = self.planner.plan(self.running, waiting)
         self.waiting = waiting
         if not plan.reqs:
             return outputs + self._fail_unschedulable()
-        inputs: StepInputs = build_step(plan, self.kv, self.spec is not None and self.spec.needs_hidden)
-        inputs.vocab_mask = self.grammar.vocab_mask(inputs.sample_reqs,
-                                                    paths=inputs.sample_paths if inputs.verify else None)
-        if self.overlap:
-            pending = self.runner.launch_batch(inputs)
-            if chainable(self, plan, inputs):
-                self.inflight = (plan, inputs, pending)
-                return outputs
-            return outputs + self._complete(plan, inputs, pending)
-        return outputs + self._process(plan, inputs, self.runner.run_batch(inputs))
+        step, book = build_step(plan, self.kv, self.spec is not None and self.spec.needs_hidden)
+        step.vocab_mask = self.grammar.vocab_mask(book.sample_reqs,
+                                                  paths=book.sample_paths if book.verify else None)
+        pending = self.runner.launch_batch(step)
+        if self.overlap and self.spec is None and self.chain.chainable(
+                plan, step, book, len(self.running), bool(self.waiting)):
+            self.inflight = (plan, step, book, pending)
+            return outputs
+        return outputs + self._complete(plan, step, book, pending)
 
-    def _complete(self, plan: StepPlan, inputs: StepInputs, pending: Any) -> list[TokenOutput]:
-        return self._process(plan, inputs, pending.resolve())
+    def _chain(self) -> Optional[InFlight]:
+        flight = self.chain.chain(self.inflight, len(self.running), bool(self.waiting))
+        self.stats.num_overlapped += flight is not None
+        return flight
 
-    def _process(self, plan: StepPlan, inputs: StepInputs, result: Any) -> list[TokenOutput]:
-        outputs = process_results(plan, inputs, result, self)
-        self.stats.log_step(plan, inputs)
+    def _complete(self, plan: StepPlan, step: StepInputs, book: StepBook,
+                  pending: PendingStep) -> list[TokenOutput]:
+        result: RunResult = pending.resolve()
+        outputs = self.results.process(plan, step, book, result)
+        self.stats.log_step(plan, step, book, result, self.spec)
         return outputs
 
     def drain(self) -> None:
         """Finish the step in flight (overlap); its outputs go out with the next step's."""
         if self.inflight is not None:
-            plan, inputs, pending = finish_launch(self, self.inflight)
+            flight = self.chain.finish_launch(self.inflight)
             self.inflight = None
-            self._early_outputs += self._complete(plan, inputs, pending)
+            self._early_outputs += self._complete(*flight)
 
     def _take_early_outputs(self) -> list[TokenOutput]:
         ready, failed = self.grammar.poll() if self.grammar.waiting else ([], [])
@@ -205,5 +246,4 @@ class Scheduler:
     def check_pool_invariant(self) -> None:
         """free + evictable + locked == capacity, once no request holds KV."""
         assert not self.running, "requests still running"
-        total = self.allocator.available_size() + self.tree.evictable_size() + self.tree.protected_size()
-        assert total == self.allocator.size, (total, self.allocator.size)
+        assert_pool_invariant(self.allocator, self.tree)

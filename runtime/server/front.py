@@ -25,7 +25,7 @@ from sgl.runtime.server.ipc import (
     push_socket,
 )
 from sgl.runtime.server.metrics import ServerMetrics
-from sgl.runtime.tokenizer_manager import ReqState, TokenizerManager
+from sgl.runtime.tokenizer_manager import ReqStream, TokenizerManager
 
 logger = logging.getLogger("sgl.server")
 
@@ -116,7 +116,7 @@ class ServerTokenizerManager(TokenizerManager):
                 yield results
 
     def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool,
-                event: Optional[asyncio.Event] = None) -> ReqState:
+                event: Optional[asyncio.Event] = None) -> ReqStream:
         state = super()._submit(req, text_in_logprobs, event)
         # kept apart from `states`: an aborted request leaves `states` before its last output
         self._timings[req.rid] = _Timing(time.perf_counter())

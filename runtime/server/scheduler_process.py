@@ -112,7 +112,7 @@ def run_scheduler_process(args: ServerArgs, endpoints: Endpoints, dp_rank: int, 
     stop = child_signals()
     configure_logging(args.log_level, f"DP{dp_rank} TP0" if args.dp_size > 1 else "TP0")
     try:
-        sched, info = _load(args, conn)
+        sched, runner, info = _load(args, conn)
     except BaseException:
         conn.send({"error": traceback.format_exc()})
         return
@@ -125,11 +125,11 @@ def run_scheduler_process(args: ServerArgs, endpoints: Endpoints, dp_rank: int, 
         out.send_pyobj(OutputBatch(outputs, inbox.take_params()))
 
     run_scheduler_loop(sched, inbox, emit, stop)
-    sched.runner.shutdown()  # releases the other tensor-parallel ranks
+    runner.shutdown()  # releases the other tensor-parallel ranks
     ctx.destroy(linger=0)
 
 
-def _load(args: ServerArgs, conn: Connection) -> tuple[Any, dict[str, Any]]:
+def _load(args: ServerArgs, conn: Connection) -> tuple[Any, Any, dict[str, Any]]:
     from sgl.runtime.executor.model_runner import ModelRunner
     from sgl.runtime.scheduler.scheduler import Scheduler
     runner = ModelRunner(args)
@@ -139,4 +139,4 @@ def _load(args: ServerArgs, conn: Connection) -> tuple[Any, dict[str, Any]]:
             "context_length": runner.context_len, "max_total_tokens": runner.max_total_tokens,
             "max_running_requests": runner.max_running_requests,
             "chunked_prefill_size": runner.chunked_prefill_size, "device": str(runner.device)}
-    return sched, info
+    return sched, runner, info

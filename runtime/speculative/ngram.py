@@ -11,8 +11,6 @@ from sgl.runtime.speculative.tree import DraftTree
 
 
 class NgramDrafter:
-    needs_hidden = False
-
     def __init__(self, server_args: Any) -> None:
         _, _, num_draft_tokens = server_args.speculative_settings()
         self.max_nodes = num_draft_tokens - 1
@@ -20,13 +18,7 @@ class NgramDrafter:
         self.max_window = max(server_args.speculative_ngram_max_match_window_size, self.min_window)
         self.max_breadth = max(server_args.speculative_ngram_max_bfs_breadth, 1)
 
-    def observe(self, req: Any, start: int, hidden: Any) -> None:
-        """Nothing to track: the lookup reads the request's tokens."""
-
-    def release(self, req: Any) -> None:
-        return None
-
-    def propose(self, reqs: list[Any], limits: list[int], kv: Any = None) -> list[DraftTree]:
+    def propose(self, reqs: list[Any], limits: list[int]) -> list[DraftTree]:
         return [self.draft(req.all_ids, min(limit, self.max_nodes)) for req, limit in zip(reqs, limits)]
 
     def draft(self, ids: list[int], max_nodes: int) -> DraftTree:

@@ -403,21 +403,23 @@ def test_extend_attention_compact_tree_mask_small_blocks(monkeypatch):
 def _backend_batch(prefix_lens: list[int], extend_lens: list[int], hkv: int, head_dim: int,
                    seed: int):
     """A ForwardBatch over a real pool: prefixes already stored, new tokens' slots allocated."""
-    from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
+    from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqTable, ReqToTokenPool
     from sgl.runtime.executor.forward_batch import ForwardBatch
     g = _gen(seed)
     seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
     pool = MHATokenToKVPool(sum(seq_lens) + 32, hkv, head_dim, 2, ATTN_DTYPE, DEVICE)
     r2t = ReqToTokenPool(len(seq_lens) + 2, max(seq_lens) + 8, DEVICE)
+    table = ReqTable(r2t.max_reqs, r2t.max_context_len)
     slots = (torch.randperm(pool.size, generator=g)[:sum(seq_lens)] + 1).split(seq_lens)
     rows, locs = [], []
     for layer in range(2):
         pool.k_buffer[layer].copy_(_randn(*pool.k_buffer[layer].shape, dtype=ATTN_DTYPE, gen=g))
         pool.v_buffer[layer].copy_(_randn(*pool.v_buffer[layer].shape, dtype=ATTN_DTYPE, gen=g))
     for s, p in zip(slots, prefix_lens):
-        rows.append(r2t.alloc())
-        r2t.write(rows[-1], 0, s)
+        rows.append(table.alloc())
+        table.write(rows[-1], 0, s)
         locs += s[p:].tolist()
+    r2t.apply(table.flush())  # every request's whole row: its prefix and its new tokens' slots
     positions = [p + j for p, e in zip(prefix_lens, extend_lens) for j in range(e)]
     batch = ForwardBatch.build([1] * len(positions), positions, locs, rows, prefix_lens,
                                extend_lens, [0]).to(torch.device(DEVICE))

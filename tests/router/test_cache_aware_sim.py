@@ -1,6 +1,6 @@
 """cache_aware under a closed loop, as in scripts/dp_router_bench.sh but on CPU: `sgl.bench_serving`
 (generated-shared-prefix, 64 clients) through the router to two simulated workers that take time
-like a GPU (tests/router/sim_worker.py: prefill by uncached tokens, decode steps). With SGLang's
+like a GPU (sgl/bench_sim_worker.py: prefill by uncached tokens, decode steps). With SGLang's
 balance thresholds, a transient skew of load must not split the groups of prompts over the two
 workers: each group keeps to one worker, and the hit rate stays near the ideal."""
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from sgl.runtime import bench_serving
-from tests.router.bench_router_path import wait_healthy
+from sgl import bench_serving
+from sgl.bench_router import wait_healthy
 from tests.router.conftest import RouterThread, free_port
-from tests.router.sim_worker import __file__ as SIM_WORKER_PY
+from sgl.bench_sim_worker import __file__ as SIM_WORKER_PY
 
 NUM_GROUPS, PER_GROUP, SYSTEM_LEN, QUESTION_LEN = 32, 16, 2048, 128
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from sgl.runtime.cache.memory_pool import ReqToTokenPool
-from sgl.runtime.scheduler.batch import RunResult, StepInputs
+from sgl.runtime.scheduler.contract import DraftInputs, RunnerInfo, RunResult, StepInputs
+from sgl.runtime.speculative.tree import DraftTree
 
 VOCAB = 97
 
@@ -35,12 +36,15 @@ def reference_generate(prompt: list[int], max_new_tokens: int, stop_ids: set[int
 
 
 class FakeRunner:
+    """Implements the scheduler's `Runner` protocol (runtime/scheduler/contract.py)."""
+
     def __init__(self, max_total_tokens: int = 512, max_running_requests: int = 64,
                  chunked_prefill_size: int = 64, context_len: int = 256) -> None:
-        self.max_total_tokens = max_total_tokens
-        self.max_running_requests = max_running_requests
-        self.chunked_prefill_size = chunked_prefill_size
-        self.context_len, self.vocab_size = context_len, VOCAB
+        self.info = RunnerInfo(vocab_size=VOCAB, context_len=context_len,
+                               max_total_tokens=max_total_tokens,
+                               max_running_requests=max_running_requests,
+                               max_req_rows=max_running_requests + 1, table_width=context_len + 8,
+                               chunked_prefill_size=chunked_prefill_size)
         self.req_to_token_pool = ReqToTokenPool(max_running_requests + 1, context_len + 8, "cpu")
         self.slot_tokens = torch.full((max_total_tokens + 1,), -1, dtype=torch.int64)
         self.num_steps = 0
@@ -55,6 +59,7 @@ class FakeRunner:
 
     def run_batch(self, step: StepInputs) -> RunResult:
         b = step.batch
+        self.req_to_token_pool.apply(step.table_writes)
         self.num_steps += 1
         self.batch_sizes.append(b.batch_size)
         self.slot_tokens[b.out_cache_loc] = b.input_ids
@@ -77,6 +82,18 @@ class FakeRunner:
         if step.sample_rows:
             self.last_tokens = result.next_token_ids
         return Done(result)
+
+    def launch_forward(self, step: StepInputs) -> StepInputs:
+        return step
+
+    def launch_sampling(self, step: StepInputs, forward: object) -> "Done":
+        return self.launch_batch(step)
+
+    def draft(self, inputs: DraftInputs) -> list[DraftTree]:
+        raise AssertionError("the fake runner has no draft model")
+
+    def set_speculative(self, server_args: object) -> None:
+        raise AssertionError("the fake runner has no draft model")
 
     def _row_histories(self, step: StepInputs) -> list[list[int]]:
         b = step.batch

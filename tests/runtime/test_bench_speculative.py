@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sgl.runtime import bench_speculative
+from sgl import bench_speculative
 from sgl.runtime.scheduler.planner import Planner
 
 

@@ -44,7 +44,7 @@ def test_bench_transformers_runs_the_offline_workload(tmp_path):
               "--batch-size", "2", "--random-input-len", "12", "--random-output-len", "5",
               "--random-range-ratio", "0.5")
     r = json.loads(out.strip().splitlines()[-1])
-    from sgl.runtime.bench_offline_throughput import random_workload
+    from sgl.bench_offline_throughput import random_workload
     work = random_workload(3, 12, 5, 0.5, 97, 1)  # the prompts sgl's offline benchmark draws
     assert r["num_prompts"] == 3 and r["total_output_tokens"] == sum(ol for _, ol in work)
     assert r["total_input_tokens"] == sum(len(ids) for ids, _ in work) and r["output_throughput"] > 0

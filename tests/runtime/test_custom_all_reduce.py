@@ -46,7 +46,7 @@ def test_small_tensors_go_one_shot_and_the_rest_to_the_process_group(monkeypatch
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_one_shot_equals_nccl_eager_and_in_a_graph(tmp_path, dtype):
-    from sgl.runtime.bench_all_reduce import main
+    from sgl.bench_all_reduce import main
     out = tmp_path / "ar.jsonl"
     main(["--tp-size", "2", "--dtype", dtype, "--sizes", "16", "8192", "1048576", "--graph-iters", "4",
           "--result-filename", str(out)])

@@ -28,17 +28,17 @@ def _trees(engine: Engine, graph_runner: Any = _KEEP, max_branch_rows: Optional[
     """Record every tree the drafter proposes (tokens, parents) for requests run inside, the
     drafter's graph runner swapped for `graph_runner` and the radix cache flushed first (so
     that every run starts from the same state)."""
-    drafter, trees = engine.scheduler.spec.drafter, []
+    drafter, trees = engine.runner.drafter, []
 
     def setup(sched):
         if graph_runner is not _KEEP:
             drafter.graph_runner = graph_runner
         if max_branch_rows is not None:
-            drafter.max_branch_rows = max_branch_rows
+            drafter.max_rows = max_branch_rows
         sched.flush_cache()
 
-    def spy(reqs, limits, kv):
-        out = type(drafter).propose(drafter, reqs, limits, kv)
+    def spy(requests):
+        out = type(drafter).propose(drafter, requests)
         trees.append([(t.tokens, t.parents) for t in out])
         return out
     engine.call_in_scheduler(setup)
@@ -125,7 +125,7 @@ def test_draft_static_batch_proposes_the_eager_trees(case, backend, tmp_path):
     engine, prompts = _cpu_engine(case, tmp_path, backend)
     with engine:
         assert engine.runner.draft_graph_runner is None  # no graphs on the CPU
-        drafter = engine.scheduler.spec.drafter
+        drafter = engine.runner.drafter
         static = DraftGraphRunner(drafter, draft_batch_sizes([1, 2, 4, 8], drafter.topk),
                                   use_graphs=False)
         rows = _spy_rows(static)
@@ -185,11 +185,11 @@ def test_draft_cuda_graphs_keep_greedy_outputs(case, eagle_heads):
     with Engine(**kw) as e:
         plain = _ids(_greedy(e, GPU_PROMPTS, 32))
     with Engine(disable_cuda_graph=True, **kw, **spec) as e:
-        assert e.runner.draft_graph_runner is None and e.scheduler.spec.drafter.graph_runner is None
+        assert e.runner.draft_graph_runner is None and e.runner.drafter.graph_runner is None
         eager_outs = _greedy(e, GPU_PROMPTS, 32)
         eager = _ids(eager_outs)
     with Engine(**kw, **spec) as e:
-        runner, drafter = e.runner, e.scheduler.spec.drafter
+        runner, drafter = e.runner, e.runner.drafter
         graphs = runner.draft_graph_runner  # shutdown releases it from the runner
         assert graphs is not None and drafter.graph_runner is graphs and graphs.graphs
         decode_sizes = runner.graph_runner.batch_sizes

@@ -221,3 +221,59 @@ def test_prompt_logprobs_with_cached_prefix_are_recomputed():
     expected = [fake_logprob(prompt[:q], prompt[q]) for q in range(3, 12)]
     assert res["a"]["in_lp"] == expected
     assert len(res["a"]["lp"]) == 2
+
+
+def test_new_token_ratio_jumps_on_retraction_and_decays_while_decoding():
+    """Admission reserves ratio x remaining max_new_tokens per running request: 0.7 at start,
+    1.0 right after a retraction, then 0.001 less per decode step that got its KV (SGLang's
+    schedule), never below 0.1."""
+    s, _ = make(max_total_tokens=120, chunked_prefill_size=32)
+    assert s.ratio.value == pytest.approx(0.7)
+    for i, p in enumerate(prompts(10, seed=5, shared=10)):
+        submit(s, str(i), p, 30)
+    values = []
+    while s.has_work:
+        s.step()
+        values.append((s.stats.num_retracted, s.ratio.value))
+    first = next(i for i, (n, _) in enumerate(values) if n > 0)
+    assert values[first][1] == 1.0
+    after = [v for n, v in values[first:] if n == values[-1][0]]  # since the last retraction
+    assert after[-1] < 1.0 and all(b <= a for a, b in zip(after, after[1:]))
+    s.ratio.value = 0.1005
+    for _ in range(3):
+        s.ratio.decay()
+    assert s.ratio.value == pytest.approx(0.1)
+
+
+def test_prompt_chunks_count_as_prompt_tokens_in_the_hit_rate():
+    """A prompt longer than a chunk runs over several steps; its later chunks (no admission in
+    their step) are prompt work too: the step log counts every prompt token once, so the hit
+    rate of an uncached long prompt is 0 and the decode step count excludes chunk steps."""
+    s, _ = make(chunked_prefill_size=8)
+    submit(s, "a", list(range(40)), 3)
+    run_all(s)
+    assert s.stats.total_prompt_tokens == 40 and s.stats.total_cached_tokens == 0
+    assert s.stats.num_decode_steps == 2  # 5 prompt steps (the last samples the first token), 2 decodes
+    submit(s, "b", list(range(40)) + [1, 2], 2)
+    run_all(s)
+    cached = s.stats.total_cached_tokens
+    assert cached == 40 and s.stats.total_prompt_tokens == 82
+    assert s.stats.cache_hit_rate() == pytest.approx(40 / 82)
+
+
+
+def test_jump_forward_catch_up_is_its_own_step_and_not_prompt_tokens():
+    """Output tokens a request must catch up on after a jump-forward re-spelled them run in a
+    step of their own (the decoding requests keep their CUDA graph; measured faster on an H100),
+    and are not counted as prompt tokens (the cache hit rate's denominator)."""
+    s, _ = make()
+    submit(s, "a", list(range(10)), 20)
+    submit(s, "b", list(range(20, 30)), 20)
+    for _ in range(4):
+        s.step()
+    a, b = s.running
+    assert a.num_computed == a.seq_len - 1 and b.num_computed == b.seq_len - 1  # both decoding
+    a.replace_output(a.output_ids + [5, 6, 7], len(a.output_ids))  # what a jump-forward does
+    plan = s.planner.plan(s.running, s.waiting)
+    assert plan.reqs == [a] and plan.num_new == [4] and plan.num_prompt_tokens == 0
+    s.kv.free(plan.slots[0])  # this plan never runs

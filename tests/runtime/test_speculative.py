@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from sgl.runtime.cache.memory_pool import ReqTable
 from sgl.runtime.config import ServerArgs
 from sgl.runtime.engine import Engine
 from sgl.runtime.executor.model_runner import ModelRunner
@@ -255,9 +256,10 @@ def test_eagle_draft_matches_dense_head(kind, tmp_path):
     req = sched.waiting[0]
     while len(req.output_ids) < 8:
         sched.step()
-    drafter = sched.spec.drafter
-    tree = drafter.propose([req], [3], sched.kv)[0]
-    assert tree.parents == [-1, 0, 1]
+    drafter = runner.drafter
+    sched.spec.propose(sched.running)
+    tree = req.draft
+    assert tree is not None and tree.parents == [-1, 0, 1]
 
     seq = req.all_ids  # the target holds K/V of seq[:-1]
     loaded = runner.loaded
@@ -380,18 +382,18 @@ def _verify_both_ways(runner, graph_runner) -> tuple:
     ((eager logits, hidden), (graph logits, hidden)), every row."""
     from sgl.runtime.executor.forward_batch import ForwardBatch
     from sgl.runtime.scheduler.batch import _attach_tree_masks
-    pool = runner.req_to_token_pool
+    pool, table = runner.req_to_token_pool, ReqTable(runner.req_to_token_pool.max_reqs, 64)
     prompts = [[5, 17, 99, 3, 42, 8, 5, 17, 99], list(range(10, 24)), [7, 7, 7, 7, 1, 2]]
     trees = [_tree((3, -1), (4, -1), (42, 0), (8, 2)), None, _tree((9, -1), (10, 0))]
-    rows = [pool.alloc() for _ in prompts]
+    rows = [table.alloc() for _ in prompts]
     prefix = [len(p) - 1 for p in prompts]  # the root (last token) runs in the verify batch
     extend = [1 + (len(t) if t else 0) for t in trees]
     slots = (torch.arange(sum(prefix) + sum(extend)) + 1).split(prefix + extend)
     for row, s in zip(rows, slots[:3]):
-        pool.write(row, 0, s)
+        table.write(row, 0, s)
     for row, p, s in zip(rows, prefix, slots[3:]):
-        pool.write(row, p, s)
-    pool.flush()
+        table.write(row, p, s)
+    pool.apply(table.flush())
     ids = [t for p in prompts for t in p[:-1]]
     runner.forward_logits(ForwardBatch.build(ids, [i for p in prefix for i in range(p)],
                                              torch.cat(slots[:3]).tolist(), rows, [0] * 3, prefix, [0]))
@@ -410,7 +412,7 @@ def _verify_both_ways(runner, graph_runner) -> tuple:
     for use in (None, graph_runner):
         runner.verify_graph_runner = use
         logits = runner.forward_logits(verify_batch(), keep_hidden=True)
-        results.append((logits.cpu(), runner.last_hidden.cpu()))
+        results.append((logits.cpu(), runner.captured_hidden.cpu()))
     return tuple(results)
 
 
@@ -511,7 +513,7 @@ def test_constrained_requests_speculate_losslessly(backend, jump_forward):
 
 def test_grammar_subtree_keeps_the_paths_the_grammar_allows():
     from sgl.runtime.grammar import create_grammar_backend
-    from sgl.runtime.speculative import grammar_subtree
+    from sgl.runtime.speculative.decoder import grammar_subtree
     from sgl.runtime.loader.tokenizer import get_tokenizer
     tok = get_tokenizer(bundled_model_path())
     backend = create_grammar_backend("xgrammar", tok, len(tok), stop_token_ids=[tok.eos_token_id])

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
 import torch
@@ -86,14 +86,19 @@ def test_tp2_over_nccl_with_cuda_graphs_matches_tp1(tmp_path, one_shot):
         greedy(path, PROMPTS, **kw)
 
 
-def test_followers_outlast_an_idle_spell_longer_than_the_collective_timeout(tmp_path, monkeypatch):
+def test_followers_outlast_an_idle_spell_longer_than_the_collective_timeout(tmp_path):
     # Ranks 1.. wait for the next step in a broadcast; an idle server must not time them out. The
-    # collective timeout is shortened to 2 s (inherited by the spawned ranks) and the engine idles 4 s.
-    monkeypatch.setenv("SGL_TP_TIMEOUT_S", "2")
+    # collective timeout is shortened (--dist-timeout, which the spawned ranks get with the other
+    # server arguments) and the engine idles longer. The timeout also bounds the rendezvous, which
+    # waits for rank 1 to start (importing torch takes ~4 s on a loaded 2-core machine).
+    timeout_s = 10
     path = tiny(tmp_path, transformers.LlamaConfig, num_attention_heads=4, num_key_value_heads=2)
-    with Engine(path, skip_tokenizer_init=True, tp_size=2) as e:
+    with Engine(path, skip_tokenizer_init=True, tp_size=2, dist_timeout=timeout_s) as e:
+        # rank 0 is this process: its default group (rendezvous, tensor collectives) took the flag
+        group = torch.distributed.distributed_c10d._get_default_group()
+        assert group._get_backend(torch.device("cpu")).options._timeout == timedelta(seconds=timeout_s)
         first = e.generate(input_ids=PROMPTS[:1], sampling_params=GREEDY)[0]["output_ids"]
-        time.sleep(4)
+        time.sleep(timeout_s + 1)
         assert e.generate(input_ids=PROMPTS[:1], sampling_params=GREEDY)[0]["output_ids"] == first
 
 
@@ -123,13 +128,13 @@ def test_leaving_resets_the_graphs_before_destroying_the_groups(monkeypatch):
     stuck.set()
 
 
-def test_tp2_with_overlap_scheduling_matches_tp1(tmp_path, monkeypatch):
+def test_tp2_with_overlap_scheduling_matches_tp1(tmp_path):
     # Overlapped steps name the tokens of the step in flight (future_src); the follower rank gets
-    # them from rank 0's broadcast of each step's sampled ids. Overlap is forced on (CPU default
-    # off); greedy tokens must equal TP=1's, with most decode steps overlapped.
+    # them from rank 0's broadcast of each step's sampled ids (on unless --disable-overlap-schedule).
+    # Overlap is forced on in the scheduler (CPU default off); greedy tokens must equal TP=1's,
+    # with most decode steps overlapped.
     path = tiny(tmp_path, transformers.LlamaConfig, num_attention_heads=4, num_key_value_heads=2)
     expected = greedy(path, PROMPTS)
-    monkeypatch.setenv("SGL_TP_OVERLAP", "1")
     with Engine(path, skip_tokenizer_init=True, chunked_prefill_size=16, tp_size=2) as e:
         e.call_in_scheduler(lambda s: setattr(s, "overlap", True))
         got = [o["output_ids"] for o in e.generate(input_ids=PROMPTS, sampling_params=GREEDY)]
@@ -138,13 +143,40 @@ def test_tp2_with_overlap_scheduling_matches_tp1(tmp_path, monkeypatch):
     assert got == expected
 
 
+@pytest.mark.parametrize("algorithm", ["NGRAM", "STANDALONE", "EAGLE"])
+def test_tp2_speculative_decoding_gives_tp1_greedy_tokens(tmp_path, algorithm):
+    """Speculation under tensor parallelism: rank 0 drafts alone (a STANDALONE model loaded
+    whole; an EAGLE head over whole copies of the target's vocab-split embedding and LM head,
+    gathered once at start-up), the verify forwards run on both ranks. Greedy tokens equal TP=1
+    without speculation, and drafts were really verified and accepted."""
+    from sgl.runtime.loader.draft import write_random_eagle_head
+    path = tiny(tmp_path / "target", transformers.LlamaConfig, num_attention_heads=4, num_key_value_heads=2)
+    prompts = PROMPTS + [[5, 17, 99, 3, 42, 8, 5, 17, 99, 3, 42, 8, 5, 17]]  # repeats: NGRAM drafts
+    expected = greedy(path, prompts, 24)
+    spec = {"speculative_algorithm": algorithm, "speculative_num_steps": 3}
+    if algorithm == "STANDALONE":
+        spec["speculative_draft_model_path"] = path  # drafting for itself: long accepted chains
+    elif algorithm == "EAGLE":
+        head = str(tmp_path / "head")
+        write_random_eagle_head(transformers.AutoConfig.from_pretrained(path), head, "EAGLE", seed=1)
+        spec["speculative_draft_model_path"] = head
+    params = {**GREEDY, "max_new_tokens": 24}
+    with Engine(path, skip_tokenizer_init=True, chunked_prefill_size=16, tp_size=2, **spec) as e:
+        outs = e.generate(input_ids=prompts, sampling_params=params)
+        e.call_in_scheduler(lambda s: s.check_pool_invariant())
+        verified = e.call_in_scheduler(lambda s: s.spec.num_verify)
+    assert [o["output_ids"] for o in outs] == expected
+    assert verified > 0
+    if algorithm != "EAGLE":  # a random head's drafts may all be rejected
+        assert sum(o["meta_info"]["spec_accepted_tokens"] for o in outs) > 0
+
+
 def test_parity_script_reports_teacher_forced_agreement(tmp_path):
-    """scripts/tp_parity.py (the GPU parity report) on a tiny float32 model over gloo: TP=2 gives
+    """sgl/bench_tp_parity.py (the GPU parity report) on a tiny float32 model over gloo: TP=2 gives
     TP=1's tokens, and scoring TP=1's outputs teacher-forced agrees to float32 rounding."""
     path = tiny(tmp_path / "model", transformers.LlamaConfig, num_attention_heads=8, num_key_value_heads=2)
     out = tmp_path / "parity.json"
-    script = Path(__file__).resolve().parents[2] / "scripts" / "tp_parity.py"
-    subprocess.run([sys.executable, str(script), "--model-path", path, "--tp-sizes", "1", "2",
+    subprocess.run([sys.executable, "-m", "sgl.bench_tp_parity", "--model-path", path, "--tp-sizes", "1", "2",
                     "--num-prompts", "3", "--input-len", "12", "--output-len", "6",
                     "--vocab-size", "200", "--out", str(out)], check=True, timeout=300,
                    stdout=subprocess.DEVNULL)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sgl.runtime import bench_serving
+from sgl import bench_serving
 
 
 @pytest.mark.parametrize("backend", ["sgl", "sgl-oai"])

@@ -12,7 +12,7 @@ the router's, and models what decides a prefix-cache hit rate:
   requests), or only when it finishes with `cache_on_finish`.
 With `decode_step_s` == 0 every request is answered at once (the router's ceiling).
 
-    python tests/router/sim_worker.py PORT [--decode-step-s S] [--prefill-tok-per-s N] ...
+    python -m sgl.bench_sim_worker PORT [--decode-step-s S] [--prefill-tok-per-s N] ...
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Microbenchmark: CPU cost per constrained token, both backends.
 
-    python -m sgl.runtime.grammar.bench_mask [--tokenizer smollm2|qwen] [--repeat 20]
+    python -m sgl.bench_grammar_mask [--tokenizer smollm2|qwen] [--repeat 20]
 
 For each schema a seeded random walk through the masks records a token path; then every state
 on the path is timed: fill_bitmask (one row), accept_token, jump_forward_str. Applying a batch
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from .base import (
+from sgl.runtime.grammar.base import (
     allocate_token_bitmask,
     apply_token_bitmask,
     bitmask_to_bool,

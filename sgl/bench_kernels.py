@@ -1,6 +1,6 @@
 """Time every Triton kernel at Llama-3.1-8B shapes against the roofline of an H100.
 
-    python -m sgl.kernels.bench_kernels [--sweep] [--only norm,silu,rotary,kv,decode,extend]
+    python -m sgl.bench_kernels [--sweep] [--only norm,silu,rotary,kv,decode,extend]
 
 How a row is timed: `make()` builds one call on its own fresh buffers; enough copies to overflow
 the 50 MB L2 (at most 16) are captured back to back into one CUDA graph, as the model's layers run

@@ -5,18 +5,17 @@ and how long the schedule would take if every step ran at the H100's roofline fo
 (weights 16.06 GB + the step's KV at 3.0 TB/s, or its matmul FLOPs at 60% of 770 TFLOP/s,
 whichever is longer). Runs on CPU in seconds.
 
-    python scripts/sim_offline_schedule.py [POOL=420000] [NUM_PROMPTS=500] [CONSERVATIVENESS=1.0]
+    python -m sgl.bench_schedule_sim [POOL=420000] [NUM_PROMPTS=500] [CONSERVATIVENESS=1.0]
 """
 import sys
 import time
 
 import numpy as np
 
-from sgl.runtime.cache.memory_pool import ReqToTokenPool
 from sgl.runtime.config import ServerArgs
 from sgl.runtime.io_struct import TokenizedGenerateReq
 from sgl.runtime.sampling.params import SamplingParams
-from sgl.runtime.scheduler.batch import RunResult
+from sgl.runtime.scheduler.contract import RunnerInfo, RunResult, StepInputs
 from sgl.runtime.scheduler.scheduler import Scheduler
 
 # Llama-3.1-8B shape (runtime/configs/llama-3.1-8b-dummy), bf16, on an H100.
@@ -27,16 +26,31 @@ HBM_BYTES_S, MATMUL_FLOP_S = 3.0e12, 0.6 * 770e12
 
 
 class CostRunner:
-    """The runner interface the scheduler uses, with no model: every sampled token is 5, and
-    each step's roofline time is logged as (batch size, decode-only, seconds)."""
+    """The scheduler's `Runner` protocol with no model: every sampled token is 5, and each
+    step's roofline time is logged as (batch size, decode-only, seconds)."""
 
     def __init__(self, pool: int, max_running: int = 1024, chunk: int = 8192, ctx: int = 8192) -> None:
-        self.max_total_tokens, self.max_running_requests, self.chunked_prefill_size = pool, max_running, chunk
-        self.context_len, self.vocab_size = ctx, 128256
-        self.req_to_token_pool = ReqToTokenPool(max_running + 1, ctx + 8, "cpu")
+        self.info = RunnerInfo(vocab_size=128256, context_len=ctx, max_total_tokens=pool,
+                               max_running_requests=max_running, max_req_rows=max_running + 1,
+                               table_width=ctx + 8, chunked_prefill_size=chunk)
         self.log: list[tuple[int, bool, float]] = []
 
-    def run_batch(self, step) -> RunResult:
+    def launch_batch(self, step: StepInputs) -> "_Done":
+        return _Done(self.run_batch(step))
+
+    def launch_forward(self, step: StepInputs) -> StepInputs:
+        return step
+
+    def launch_sampling(self, step: StepInputs, forward: object) -> "_Done":
+        return self.launch_batch(step)
+
+    def draft(self, inputs: object) -> list:
+        raise NotImplementedError("no draft model")
+
+    def set_speculative(self, server_args: object) -> None:
+        raise NotImplementedError("no draft model")
+
+    def run_batch(self, step: StepInputs) -> RunResult:
         b = step.batch
         new, kv = sum(b.extend_lens_cpu), sum(b.seq_lens_cpu)
         attn = 4 * HIDDEN * LAYERS * sum(e * s for e, s in zip(b.extend_lens_cpu, b.seq_lens_cpu))
@@ -44,6 +58,14 @@ class CostRunner:
                       (2 * MATMUL_PARAMS * new + attn) / MATMUL_FLOP_S)
         self.log.append((b.batch_size, new == b.batch_size, seconds))
         return RunResult(next_token_ids=[5] * len(step.sample_rows))
+
+
+class _Done:
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+
+    def resolve(self) -> RunResult:
+        return self.result
 
 
 def main() -> None:

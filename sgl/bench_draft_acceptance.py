@@ -2,12 +2,12 @@
 SEED.. (train_eagle3 --dataset copy uses seeds 0..), the bundled model as target, greedy, one
 batch, against the same engine without speculation. Prints one JSON line.
 
-    python scripts/eval_draft_acceptance.py HEAD NUM_STEPS TOPK NUM_DRAFT_TOKENS [N=16] [SEED=1000]
+    python -m sgl.bench_draft_acceptance HEAD NUM_STEPS TOPK NUM_DRAFT_TOKENS [N=16] [SEED=1000]
 """
 import json
 import sys
 
-from sgl.runtime.bench_speculative import copy_prompts
+from sgl.bench_speculative import copy_prompts
 from sgl.runtime.engine import Engine
 from sgl.runtime.loader.bundled import bundled_model_path
 from sgl.runtime.train_eagle3 import tokenize_prompts

@@ -1,26 +1,26 @@
-"""The candidate tree a model drafter grows (runtime/speculative/draft_worker.py): its nodes,
+"""The candidate tree a model drafter grows (runtime/executor/drafter.py): its nodes,
 which of them run at the next step, the two batch layouts a tree step runs them in, and the
 final choice of the draft.
 
 Layouts of one tree step over the frontier (at most topk fed nodes per request, node at depth D
 of a request whose first draft token sits at position/column `base` runs at position
 base - 1 + D and sees the prefix, its ancestors and itself):
-  - branch rows (`branch_batch`, DECODE): one row per node, a table row whose columns hold the
-    prefix's slots, then its ancestors' and its own scratch slot (column = position). A chain
-    (topk 1) uses the requests' own rows; a tree uses rows k * topk + n of the drafter's branch
-    table (`copy_prefixes` fills their prefix columns once per propose). What the draft CUDA
-    graphs replay (runtime/executor/draft_graph_runner.py).
+  - branch rows (`branch_batch`, DECODE): one row per node, a row of the drafter's table whose
+    columns hold the prefix's slots, then its ancestors' and its own scratch slot (column =
+    position). A chain (topk 1) uses request k's row k; a tree rows k * topk + n
+    (`copy_prefixes` fills their prefix columns from the target's table once per proposal).
+    What the draft CUDA graphs replay (runtime/executor/draft_graph_runner.py).
   - masked extend (`masked_batch`, EXTEND + custom mask): a request's frontier as extend rows on
-    its own row, over the prefix and every scratch token placed so far; for trees whose frontier
-    needs more rows than the branch table holds (always eager)."""
+    one row of its own, over the prefix and every scratch token placed so far; for trees whose
+    frontier needs more rows than the drafter's table holds (always eager)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
-from sgl.runtime.cache.memory_pool import ReqToTokenPool
+from sgl.runtime.cache.memory_pool import ReqTable, ReqToTokenPool
 from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.speculative.tree import DraftTree
 
@@ -60,63 +60,57 @@ def select(cands: list[Cand], max_nodes: int) -> DraftTree:
     return every.subtree(order)
 
 
-def copy_prefixes(branch_table: ReqToTokenPool, main_table: ReqToTokenPool, reqs: list[Any],
-                  topk: int, width: int) -> None:
-    """Branch rows k * topk .. k * topk + topk - 1 get request k's columns [0, width) (its
-    prefix; the columns past a request's own prefix are overwritten by the steps' writes, which
-    are queued after this copy)."""
-    src = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64).repeat_interleave(topk)
-    src = src.to(main_table.req_to_token.device, non_blocking=True)
-    branch_table.req_to_token[:src.numel(), :width] = main_table.req_to_token[src, :width]
+def copy_prefixes(table: ReqToTokenPool, target_table: ReqToTokenPool, rows: list[int],
+                  per_req: int, width: int) -> None:
+    """Rows k * per_req .. k * per_req + per_req - 1 of the drafter's `table` get columns
+    [0, width) of the target's row rows[k] (the request's prefix; later columns are the
+    drafter's own writes, applied after this copy)."""
+    src = torch.tensor(rows, dtype=torch.int64).repeat_interleave(per_req)
+    src = src.to(target_table.req_to_token.device, non_blocking=True)
+    table.req_to_token[:src.numel(), :width] = target_table.req_to_token[src, :width]
 
 
-def branch_batch(reqs: list[Any], roots: list[int], cands: list[list[Cand]],
-                 fronts: list[list[int]], slots: torch.Tensor, table: ReqToTokenPool,
-                 topk: int, chain: bool) -> tuple[ForwardBatch, Optional[torch.Tensor]]:
-    """One decode row per frontier node (fronts[k]: request k's), in the scratch `slots`. A
+def branch_batch(base_rows: list[int], roots: list[int], cands: list[list[Cand]],
+                 fronts: list[list[int]], slots: list[torch.Tensor], writes: ReqTable,
+                 chain: bool) -> tuple[ForwardBatch, Optional[torch.Tensor]]:
+    """One decode row per frontier node (fronts[k]: request k's, in its scratch slots[k]). A
     chain's row is the request's own (its ancestors' slots are there from the earlier steps);
-    a tree's is branch row k * topk + n, whose ancestor columns are rewritten (a node's row may
-    differ from its parent's). Returns the batch (req_to_token set) and the stacked hidden
-    states the nodes feed (EAGLE) or None."""
+    a tree's is branch row base_rows[k] + n, whose ancestor columns are rewritten (a node's row
+    may differ from its parent's). Queues the table writes in `writes`; returns the batch and
+    the stacked hidden states the nodes feed (EAGLE) or None."""
     ids, pos, locs, rows, hiddens = [], [], [], [], []
-    slot_ids = slots.tolist()
-    for k, (req, rc, front) in enumerate(zip(reqs, cands, fronts)):
-        for n, j in enumerate(front):
+    for k, (rc, front) in enumerate(zip(cands, fronts)):
+        for n, (j, slot) in enumerate(zip(front, slots[k].tolist())):
             node = rc[j]
-            node.slot, node.placed = slot_ids[len(ids)], n
+            node.slot, node.placed = slot, n
             path = [node.slot] if chain else _path_slots(rc, j)
-            row = req.req_pool_idx if chain else k * topk + n
+            row = base_rows[k] + (0 if chain else n)
             position = roots[k] - 1 + node.depth
-            table.write(row, position + 1 - len(path), torch.tensor(path, dtype=torch.int64))
+            writes.write(row, position + 1 - len(path), torch.tensor(path, dtype=torch.int64))
             ids.append(node.token)
             pos.append(position)
             locs.append(node.slot)
             rows.append(row)
             if node.hidden is not None:
                 hiddens.append(node.hidden)
-    table.flush()
     # each row sees columns [0, position]: prefix_len = position, extend_len 1 (DECODE)
     batch = ForwardBatch.build(ids, pos, locs, rows, pos, [1] * len(ids), list(range(len(ids))))
-    batch.req_to_token = table.req_to_token
     return batch, (torch.stack(hiddens) if hiddens else None)
 
 
-def masked_batch(reqs: list[Any], roots: list[int], cands: list[list[Cand]],
-                 fronts: list[list[int]], slots: torch.Tensor,
-                 table: ReqToTokenPool) -> tuple[ForwardBatch, Optional[torch.Tensor]]:
-    """Each request's frontier as extend rows on its own table row, over the prefix and every
+def masked_batch(base_rows: list[int], roots: list[int], cands: list[list[Cand]],
+                 fronts: list[list[int]], slots: list[torch.Tensor],
+                 writes: ReqTable) -> tuple[ForwardBatch, Optional[torch.Tensor]]:
+    """Each request's frontier as extend rows on its row base_rows[k], over the prefix and every
     scratch token placed so far, under a custom mask (prefix + ancestors + self)."""
     ids, pos, locs, rows, prefix, extend, hiddens, masks = [], [], [], [], [], [], [], []
-    offset = 0
-    for req, base, rc, front in zip(reqs, roots, cands, fronts):
+    for row, base, rc, front, mine in zip(base_rows, roots, cands, fronts, slots):
         if not front:
             continue
         num_placed = sum(c.placed >= 0 for c in rc)
-        mine = slots[offset:offset + len(front)]
-        offset += len(front)
         for n, j in enumerate(front):
             rc[j].placed = num_placed + n
-        table.write(req.req_pool_idx, base + num_placed, mine)  # base: first scratch column
+        writes.write(row, base + num_placed, mine)  # base: first scratch column
         seq = base + num_placed + len(front)
         block = torch.zeros((len(front), seq), dtype=torch.bool)  # prefix + ancestors + self
         block[:, :base] = True
@@ -130,11 +124,10 @@ def masked_batch(reqs: list[Any], roots: list[int], cands: list[list[Cand]],
             if rc[j].hidden is not None:
                 hiddens.append(rc[j].hidden)
         locs.extend(mine.tolist())
-        rows.append(req.req_pool_idx)
+        rows.append(row)
         prefix.append(seq - len(front))
         extend.append(len(front))
         masks.append(block)
-    table.flush()
     batch = ForwardBatch.build(ids, pos, locs, rows, prefix, extend, list(range(len(ids))))
     batch.set_custom_mask(masks)
     return batch, (torch.stack(hiddens) if hiddens else None)

@@ -1,9 +1,9 @@
 """The serving path without a model: `sgl.bench_serving` (gsp workload) against simulated workers
-(tests/router/sim_worker.py), directly or through `python -m sgl.router`. Prints the run's
+(sgl/bench_sim_worker.py), directly or through `python -m sgl.router`. Prints the run's
 duration, requests/s and SSE chunks/s, the hit rate, and the CPU seconds each process spent
 (from /proc), per request: where the time goes when the model costs nothing.
 
-    python tests/router/bench_router_path.py --via router --policy cache_aware [--no-stream]
+    python -m sgl.bench_router --via router --policy cache_aware [--no-stream]
         [--groups 32 --per-group 8 --system-len 2048 --question-len 128 --output-len 32
          --concurrency 64] [--worker-args "--decode-step-s 0.02"] [--py-spy DIR]
 """
@@ -54,7 +54,7 @@ def run(a: argparse.Namespace) -> dict:
     try:
         for i in range(a.num_workers):
             port = a.base_port + 1 + i
-            procs[f"worker{i}"] = start([sys.executable, os.path.join(HERE, "sim_worker.py"),
+            procs[f"worker{i}"] = start([sys.executable, os.path.join(HERE, "bench_sim_worker.py"),
                                          str(port), *shlex.split(a.worker_args)],
                                         f"{logs}/worker{i}.log")
             worker_urls.append(f"http://127.0.0.1:{port}")

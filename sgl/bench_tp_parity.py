@@ -11,7 +11,7 @@ size: the largest and mean |difference| in those log-probabilities, the share of
 top candidate agrees, and the same share over "decisive" positions (the first size's top two more
 than --margin nats apart), where rounding alone should never flip the choice.
 
-    python scripts/tp_parity.py --model-path llama-3.1-8b-dummy --load-format dummy \\
+    python -m sgl.bench_tp_parity --model-path llama-3.1-8b-dummy --load-format dummy \\
         --tp-sizes 1 2 4 --num-prompts 32 --input-len 256 --output-len 128 --out parity.json
 """
 from __future__ import annotations

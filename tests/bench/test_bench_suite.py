@@ -1,0 +1,41 @@
+"""`python -m sgl.bench_suite`: the comparison with the baseline (which direction is worse, the
+tolerance), and the figures read from each benchmark's result lines. The benchmarks themselves
+run on a GPU (scripts/device_run.sh suite)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sgl import bench_suite
+from sgl.bench_suite import BENCHES, Figure, compare
+
+
+def test_compare_flags_only_figures_worse_than_the_tolerance():
+    figures = [Figure("tok_s", 94.0, "tok/s", True), Figure("tok_s_ok", 96.0, "tok/s", True),
+               Figure("step_ms", 10.6, "ms", False), Figure("step_ms_ok", 10.4, "ms", False),
+               Figure("faster", 200.0, "tok/s", True), Figure("new", 1.0, "x", True)]
+    base = {"tok_s": 100.0, "tok_s_ok": 100.0, "step_ms": 10.0, "step_ms_ok": 10.0, "faster": 100.0}
+    worse = compare(figures, base, 0.05)
+    assert [w.split(":")[0] for w in worse] == ["tok_s", "step_ms"]
+
+
+def test_each_benchmark_reads_its_figures_from_result_lines():
+    by_name = {b.name: b for b in BENCHES}
+    rows = [{"batch_size": bs, "median_decode_latency": 0.01 * bs, "median_decode_throughput": 100.0 / bs,
+             "output_throughput": 90.0, "prefill_latency": 0.8} for bs in (1, 8)]
+    assert [f.name for f in by_name["sweep"].figures(rows)] == ["sweep.bs1.median_step_ms", "sweep.bs8.median_step_ms"]
+    assert by_name["decode_bs1"].figures(rows[:1])[0].value == 100.0
+    spec = [{"num_draft_tokens": 0, "throughput_tok_s": 50.0}, {"num_draft_tokens": 8, "throughput_tok_s": 150.0},
+            {"num_draft_tokens": 16, "throughput_tok_s": 120.0}]
+    assert by_name["ngram"].figures(spec)[0].value == pytest.approx(3.0)
+
+
+def test_a_failing_benchmark_is_reported_and_fails_the_run(tmp_path, monkeypatch):
+    """A benchmark whose process fails gives no figures, its error in the run's JSON, exit 1."""
+    fake = bench_suite.Bench("broken", lambda a: ["sgl.no_such_benchmark"], lambda rows: [], 60)
+    monkeypatch.setattr(bench_suite, "BENCHES", [fake])
+    out = tmp_path / "run.json"
+    assert bench_suite.main(["--only", "broken", "--out", str(out), "--baseline", str(tmp_path / "none.json")]) == 1
+    run = json.loads(out.read_text())
+    assert "broken" in run["errors"] and "No module named" in run["errors"]["broken"]
