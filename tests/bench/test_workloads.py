@@ -3,6 +3,7 @@ the optimum the driver computes from the same run's requests, the scheduler's ow
 which program each request is recorded for."""
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from collections import Counter
@@ -83,6 +84,12 @@ def test_cold_burst_stays_under_the_optimum(cold_burst):
     assert cold_burst.cached_tokens <= cold_burst.optimal_cached_tokens
 
 
-@pytest.mark.xfail(strict=True, reason=GAP)
+# The gap closes where the planner holds back waiting requests that share an uncached prefix with
+# a prompt in flight (issue 26's prefix_trie; this test XPASSes on a merge of that branch). Until
+# that code is in the tree this is a strict xfail; once it is, delete the marker.
+_GAP_OPEN = importlib.util.find_spec("sgl.runtime.scheduler.prefix_trie") is None
+
+
+@pytest.mark.xfail(_GAP_OPEN, strict=True, reason=GAP)
 def test_cold_burst_reaches_the_optimum(cold_burst):
     assert cold_burst.cached_tokens >= TOLERANCE * cold_burst.optimal_cached_tokens
