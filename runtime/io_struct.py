@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from sgl.runtime.disaggregation.messages import Bootstrap
 from sgl.runtime.sampling.params import SamplingParams
 
 
@@ -18,6 +19,7 @@ class TokenizedGenerateReq:
     logprob_start_len: int = -1  # -1: no input logprobs
     top_logprobs_num: int = 0
     stream: bool = False
+    bootstrap: Optional[Bootstrap] = None  # prefill-decode disaggregation: where the KV comes from
 
 
 @dataclass

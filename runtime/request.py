@@ -7,11 +7,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from sgl.runtime.disaggregation.messages import BOOTSTRAP_FIELDS, parse_bootstrap
 from sgl.runtime.io_struct import TokenizedGenerateReq
 from sgl.runtime.sampling.params import SamplingParams
 
 _FIELDS = {"text", "input_ids", "sampling_params", "return_logprob", "logprob_start_len",
-           "top_logprobs_num", "return_text_in_logprobs", "stream", "rid"}
+           "top_logprobs_num", "return_text_in_logprobs", "stream", "rid", *BOOTSTRAP_FIELDS}
 
 
 @dataclass
@@ -24,7 +25,7 @@ class ParsedRequest:
 
 
 def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_len: int,
-                   grammar_backend: str = "xgrammar") -> ParsedRequest:
+                   grammar_backend: str = "xgrammar", disaggregation_mode: str = "null") -> ParsedRequest:
     unknown = sorted(set(obj) - _FIELDS)
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)}")
@@ -55,7 +56,21 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
                 one.seed = sp.seed + k
             rid = rids[i] if sp.n == 1 else f"{rids[i]}-{k}"
             reqs.append(TokenizedGenerateReq(rid, prompt, one, return_logprob[i], lp_start, top[i], stream))
+    _attach_bootstrap(obj, reqs, [sp.n for sp in params], disaggregation_mode)
     return ParsedRequest(reqs, is_batch or any(sp.n > 1 for sp in params), stream, text_lp, prompts)
+
+
+def _attach_bootstrap(obj: dict[str, Any], reqs: list[TokenizedGenerateReq], num_copies: list[int],
+                      disaggregation_mode: str) -> None:
+    """Prefill-decode disaggregation: where each sequence's KV comes from (or goes to)."""
+    boots = parse_bootstrap(obj, num_copies)
+    if boots is None:
+        return
+    if disaggregation_mode == "null":
+        raise ValueError("bootstrap_room: this server is not disaggregated (--disaggregation-mode "
+                         "null); send requests without bootstrap fields")
+    for req, boot in zip(reqs, boots):
+        req.bootstrap = boot
 
 
 def _prompts(obj: dict[str, Any]) -> tuple[Optional[list[str]], Optional[list[list[int]]], bool]:

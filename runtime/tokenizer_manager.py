@@ -102,9 +102,10 @@ class ReqStream:
 
 class TokenizerManager:
     def __init__(self, tokenizer: Any, vocab_size: int, context_len: int,
-                 send: Callable[[Any], None], grammar_backend: str = "xgrammar") -> None:
+                 send: Callable[[Any], None], grammar_backend: str = "xgrammar",
+                 disaggregation_mode: str = "null") -> None:
         self.tokenizer, self.vocab_size, self.context_len = tokenizer, vocab_size, context_len
-        self.grammar_backend = grammar_backend
+        self.grammar_backend, self.disaggregation_mode = grammar_backend, disaggregation_mode
         self.send = send
         self.states: dict[str, ReqStream] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -114,7 +115,8 @@ class TokenizerManager:
 
     def parse(self, obj: dict[str, Any]) -> ParsedRequest:
         tok = self.tokenize if self.tokenizer is not None else None
-        return parse_generate(obj, tok, self.vocab_size, self.context_len, self.grammar_backend)
+        return parse_generate(obj, tok, self.vocab_size, self.context_len, self.grammar_backend,
+                              self.disaggregation_mode)
 
     # -- scheduler outputs (any thread) -------------------------------------------------------
     def on_outputs(self, outputs: list[TokenOutput]) -> None:
@@ -135,8 +137,8 @@ class TokenizerManager:
         (streaming), or once at the end. `parsed`: `obj` already parsed by the caller."""
         self.loop = asyncio.get_running_loop()
         parsed = parsed or self.parse(obj)
-        if len(parsed.reqs) > len(parsed.prompts):  # n > 1
-            await self._warm_prefixes(parsed)
+        if len(parsed.reqs) > len(parsed.prompts) and parsed.reqs[0].bootstrap is None:  # n > 1
+            await self._warm_prefixes(parsed)  # (disaggregated: the prefill server's cache serves)
         event = asyncio.Event()  # one wake-up per step for the whole batch, however large
         states = [self._submit(r, parsed.return_text_in_logprobs, event) for r in parsed.reqs]
         try:
