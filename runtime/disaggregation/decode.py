@@ -18,8 +18,17 @@ import zmq
 
 from sgl.runtime.disaggregation.base import DisaggregatedScheduler
 from sgl.runtime.disaggregation.bootstrap import DecodeLink
-from sgl.runtime.disaggregation.messages import (Bootstrap, Bye, Cancel, Failed, Hello, LinkBroken,
-                                                 PrefillResult, Ready, Sending)
+from sgl.runtime.disaggregation.messages import (
+    Bootstrap,
+    Bye,
+    Cancel,
+    Failed,
+    Hello,
+    LinkBroken,
+    PrefillResult,
+    Ready,
+    Sending,
+)
 from sgl.runtime.io_struct import TokenizedGenerateReq, TokenOutput
 from sgl.runtime.scheduler.contract import KVJob, KVJobResult, KVLinkSpec, Runner
 from sgl.runtime.scheduler.output import make_output
@@ -139,7 +148,7 @@ class DecodeScheduler(DisaggregatedScheduler):
         if link.is_paired and link.error is None and link.sock is None:
             link.connect(self.ctx, Hello(link.link_id, (*self.info.kv_layout, self.info.kv_backend)))
             self.runner.open_kv_link(KVLinkSpec(link.link_id, boot.host, boot.port, 1,
-                                                self.info.kv_backend, self.timeout_s))
+                                                self.info.kv_backend, self.timeout_s, self.timeout_s))
         return link
 
     def _handle_messages(self) -> None:

@@ -16,8 +16,16 @@ from typing import Any, Optional
 
 from sgl.runtime.disaggregation.base import DisaggregatedScheduler
 from sgl.runtime.disaggregation.bootstrap import BootstrapServer
-from sgl.runtime.disaggregation.messages import (Bye, Cancel, Failed, Hello, LinkBroken,
-                                                 PrefillResult, Ready, Sending)
+from sgl.runtime.disaggregation.messages import (
+    Bye,
+    Cancel,
+    Failed,
+    Hello,
+    LinkBroken,
+    PrefillResult,
+    Ready,
+    Sending,
+)
 from sgl.runtime.io_struct import TokenizedGenerateReq, TokenOutput
 from sgl.runtime.scheduler.contract import KVJob, KVLinkSpec, Runner
 from sgl.runtime.scheduler.req import Req, ReqState
@@ -139,7 +147,7 @@ class PrefillScheduler(DisaggregatedScheduler):
             return
         self.links.add(msg.link_id)
         self.runner.open_kv_link(KVLinkSpec(msg.link_id, "127.0.0.1", self.bootstrap.port, 0,
-                                            self.info.kv_backend, self.timeout_s))
+                                            self.info.kv_backend, self.timeout_s, self.timeout_s))
 
     def _on_ready(self, msg: Ready) -> None:
         room = self.rooms.get(msg.room)

@@ -172,15 +172,21 @@ class LinkWorker:
 
     def _connect(self) -> Any:
         spec = self.spec
-        timeout = timedelta(seconds=spec.timeout_s)
+        timeout = timedelta(seconds=spec.pair_timeout_s)
         store = dist.TCPStore(spec.store_host, spec.store_port, is_master=False, timeout=timeout)
         prefixed = dist.PrefixStore(f"sgl/link{spec.link_id}", store)
-        if spec.backend == "gloo":
+        if spec.backend == "gloo":  # its timeout bounds the pairing; each wait passes its own
             return dist.ProcessGroupGloo(prefixed, spec.rank, 2, timeout)
         options = dist.ProcessGroupNCCL.Options()
         # Our own deadline aborts a stuck transfer first; NCCL's watchdog would end the process.
-        options._timeout = timedelta(seconds=4 * spec.timeout_s + 60)
-        return dist.ProcessGroupNCCL(prefixed, spec.rank, 2, options)
+        options._timeout = timedelta(seconds=4 * max(spec.timeout_s, spec.pair_timeout_s) + 60)
+        pg = dist.ProcessGroupNCCL(prefixed, spec.rank, 2, options)
+        # NCCL builds the pair's communicator at its first send/recv, blocking until the peer
+        # does too: do it here, as part of the pairing, not inside a transfer's deadline.
+        probe = torch.zeros(1, device=self.io.device)
+        (pg.send if spec.rank == 0 else pg.recv)([probe], self.peer, 0).wait()
+        torch.cuda.current_stream().synchronize()
+        return pg
 
     def _transfer(self, job: KVJob, deadline: float) -> None:
         if job.is_send:

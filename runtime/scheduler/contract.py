@@ -115,7 +115,8 @@ class KVLinkSpec:
     store_port: int
     rank: int
     backend: str               # "gloo" | "nccl"
-    timeout_s: float           # for the pairing and for each transfer
+    timeout_s: float           # longest wait of one transfer
+    pair_timeout_s: float = 60.0  # longest wait for the peer to build the group
 
 
 @dataclass

@@ -174,3 +174,41 @@ def test_decode_times_out_waiting_for_the_prefill() -> None:
         p.check_idle()
     finally:
         p.close()
+
+
+# -- requests and flags -----------------------------------------------------------------------
+def test_bootstrap_fields_give_every_sequence_its_room() -> None:
+    from sgl.runtime.request import parse_generate
+    body = {"input_ids": [[1, 2], [3, 4]], "sampling_params": {"n": 2, "max_new_tokens": 3},
+            "bootstrap_host": "10.0.0.1", "bootstrap_port": 8998, "bootstrap_room": [11, 12]}
+    reqs = parse_generate(body, None, 97, 256, disaggregation_mode="decode").reqs
+    assert [r.bootstrap.room for r in reqs] == ["11:0", "11:1", "12:0", "12:1"]
+    assert {(r.bootstrap.host, r.bootstrap.port) for r in reqs} == {("10.0.0.1", 8998)}
+    one = dict(body, input_ids=[[1, 2], [3, 4]], bootstrap_room=7)  # one room for a batch
+    assert [r.bootstrap.room for r in parse_generate(one, None, 97, 256, disaggregation_mode="prefill").reqs] \
+        == ["7.0:0", "7.0:1", "7.1:0", "7.1:1"]
+    for bad, field in ((dict(body, bootstrap_port=None), "bootstrap_port"),
+                       (dict(body, bootstrap_room=[1, 1]), "bootstrap_room"),
+                       (dict(body, bootstrap_room=[1]), "bootstrap_room"),
+                       (dict(body, bootstrap_host=""), "bootstrap_host"),
+                       (dict(body, bootstrap_port=70000), "bootstrap_port")):
+        with pytest.raises(ValueError, match=field):
+            parse_generate(bad, None, 97, 256, disaggregation_mode="decode")
+    with pytest.raises(ValueError, match="bootstrap_room: this server is not disaggregated"):
+        parse_generate(body, None, 97, 256)  # a colocated server refuses them
+
+
+def test_disaggregation_flags_are_checked() -> None:
+    from sgl.runtime.disaggregation.messages import Ready, decode, encode
+    for bad, word in ((dict(disaggregation_mode="both"), "disaggregation_mode"),
+                      (dict(disaggregation_mode="prefill", tp_size=2), "tp_size"),
+                      (dict(disaggregation_mode="decode", speculative_algorithm="EAGLE",
+                            speculative_draft_model_path="x"), "NGRAM"),
+                      (dict(disaggregation_transfer_timeout=0), "timeout")):
+        with pytest.raises(ValueError, match=word):
+            ServerArgs(**bad)
+    assert ServerArgs().transfer_backend("cuda") == "nccl"
+    assert ServerArgs(disaggregation_transfer_backend="gloo").transfer_backend("cuda") == "gloo"
+    assert decode(encode(Ready(3, "r:0", 17))) == Ready(3, "r:0", 17)
+    with pytest.raises(ValueError, match="not a disaggregation message"):
+        decode(b'{"type": "os.system", "link_id": 1}')
