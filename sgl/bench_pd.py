@@ -54,8 +54,9 @@ def wait_ready(url: str, route: str, timeout_s: float = 900) -> None:
     raise TimeoutError(f"{url}{route} not ready in {timeout_s:.0f} s")
 
 
-def start_setup(setup: str, a: argparse.Namespace, logs: str) -> tuple[str, list[subprocess.Popen]]:
-    """The servers and router of a setup; returns the router's URL and every process."""
+def start_setup(setup: str, a: argparse.Namespace, logs: str
+                ) -> tuple[str, int, list[subprocess.Popen]]:
+    """The servers and router of a setup: the router's URL, the vocabulary size, every process."""
     server = [sys.executable, "-m", "sgl.launch_server", "--model-path", a.model_path,
               "--load-format", a.load_format, "--log-level", "warning", *a.server_flags.split()]
     roles = (["prefill", "decode"] if setup == "pd" else ["null", "null"])
@@ -69,6 +70,7 @@ def start_setup(setup: str, a: argparse.Namespace, logs: str) -> tuple[str, list
         urls.append(f"http://127.0.0.1:{port}")
     for url in urls:
         wait_ready(url, "/health_generate")
+    vocab = int(requests.get(urls[0] + "/get_server_info", timeout=60).json()["vocab_size"])
     router = [sys.executable, "-m", "sgl.router", "--port", str(a.base_port), "--log-level", "warning"]
     if setup == "pd":
         router += ["--pd-disaggregation", "--prefill", urls[0], str(a.base_port + 10),
@@ -78,28 +80,31 @@ def start_setup(setup: str, a: argparse.Namespace, logs: str) -> tuple[str, list
     procs.append(launch(router, f"{logs}/{setup}_router.log"))
     url = f"http://127.0.0.1:{a.base_port}"
     wait_ready(url, "/health")
-    return url, procs
+    return url, vocab, procs
 
 
-def run_workload(url: str, a: argparse.Namespace) -> dict[str, Any]:
+def run_workload(url: str, vocab: int, a: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(a.seed)
+    low, high = min(100, vocab // 4), min(vocab, 20000)  # plain tokens, no special ones
     client = argparse.Namespace(disable_stream=False, disable_ignore_eos=False, api_key=None)
     stream_tokens: list[tuple[float, float]] = []  # (when, inter-token latency) of the streams
     long_results: list[Any] = []
+    stream_errors: list[str] = []
     done = threading.Event()
     lock = threading.Lock()
 
     def streamer(k: int) -> None:
         while not done.is_set():
-            ids = [rng.randrange(100, 20000) for _ in range(a.stream_input_len)]
+            ids = [rng.randrange(low, high) for _ in range(a.stream_input_len)]
             start = time.perf_counter()
             r = send_sgl(url, BenchRequest(ids, a.stream_output_len), client)
             when = start + r.ttft + np.cumsum(r.itl) if r.itl else []
             with lock:
                 stream_tokens.extend(zip(when, r.itl))
+                stream_errors.extend([r.error] if r.error else [])
 
     def long_prompt(i: int) -> None:
-        ids = [rng.randrange(100, 20000) for _ in range(a.long_input_len)]
+        ids = [rng.randrange(low, high) for _ in range(a.long_input_len)]
         start = time.perf_counter()
         r = send_sgl(url, BenchRequest(ids, a.long_output_len), client)
         with lock:
@@ -121,11 +126,11 @@ def run_workload(url: str, a: argparse.Namespace) -> dict[str, Any]:
     done.set()
     for t in threads:
         t.join()
-    return summarize(stream_tokens, long_results, window_start, window_end)
+    return summarize(stream_tokens, long_results, window_start, window_end, stream_errors)
 
 
 def summarize(stream_tokens: list[tuple[float, float]], long_results: list[Any],
-              start: float, end: float) -> dict[str, Any]:
+              start: float, end: float, stream_errors: list[str]) -> dict[str, Any]:
     itl = np.array([x for when, x in stream_tokens if start <= when <= end]) * 1000
     ok = [r for _, _, r in long_results if r.success]
     ttft = np.array([r.ttft for r in ok]) * 1000
@@ -134,7 +139,8 @@ def summarize(stream_tokens: list[tuple[float, float]], long_results: list[Any],
             "stream_itl_p99_ms": _pct(itl, 99), "long_ttft_p50_ms": _pct(ttft, 50),
             "long_ttft_p99_ms": _pct(ttft, 99), "long_failed": len(long_results) - len(ok),
             "output_throughput": (len(itl) + long_tokens) / (end - start),
-            "errors": sorted({r.error for _, _, r in long_results if r.error})[:3]}
+            "stream_failed": len(stream_errors),
+            "errors": sorted({r.error for _, _, r in long_results if r.error} | set(stream_errors))[:3]}
 
 
 def _pct(xs: np.ndarray, q: float) -> float:
@@ -179,13 +185,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     for setup in a.setups.split(","):
         procs: list[subprocess.Popen] = []
         try:
-            url, procs = start_setup(setup, a, logs)
-            results[setup] = dict(run_workload(url, a), setup=setup, args=vars(a))
+            url, vocab, procs = start_setup(setup, a, logs)
+            results[setup] = dict(run_workload(url, vocab, a), setup=setup, args=vars(a))
         finally:
             stop(procs)
         print(setup, json.dumps({k: v for k, v in results[setup].items() if k != "args"}), flush=True)
         append_jsonl(a.output_file, results[setup])
-    if {"pd", "dp"} <= set(results):
+    if {"pd", "dp"} <= set(results) and min(r["output_throughput"] for r in results.values()) > 0:
         pd, dp = results["pd"], results["dp"]
         print(f"ITL p99 pd/dp {pd['stream_itl_p99_ms'] / dp['stream_itl_p99_ms']:.2f} (target <= 0.5), "
               f"throughput pd/dp {pd['output_throughput'] / dp['output_throughput']:.2f} "

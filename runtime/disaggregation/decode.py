@@ -129,15 +129,18 @@ class DecodeScheduler(DisaggregatedScheduler):
             reserve += math.ceil(req.remaining_new_tokens() * self.ratio.value)
 
     def _send_ready(self) -> None:
+        failed: set[str] = set()
         for room in [r for r in self.rooms.values() if r.stage == "allocated"]:
             link = self._link(room.boot)
             if link.error is not None:
                 self.pd_outputs.append(self._fail(room, link.error))
-                self.links.pop(link.addr, None)  # the next request tries pairing again
+                failed.add(link.addr)
             elif link.sock is not None:
                 link.send(Ready(link.link_id, room.room, room.req.prompt_len))
                 room.stage, room.link = "ready", link
                 room.deadline = time.monotonic() + self.waiting_timeout_s
+        for addr in failed:  # the next request tries pairing again
+            del self.links[addr]
 
     def _link(self, boot: Bootstrap) -> DecodeLink:
         """The current link to the room's prefill: paired in the background, connected here."""

@@ -176,6 +176,23 @@ def test_decode_times_out_waiting_for_the_prefill() -> None:
         p.close()
 
 
+def test_an_unreachable_prefill_fails_its_requests_and_frees_their_pages() -> None:
+    p = Pair(transfer_timeout=1.0)
+    try:
+        nobody = free_port()
+        for rid in ("a", "b"):
+            p.decode.add_request(TokenizedGenerateReq(
+                rid, [1, 2, 3], SamplingParams(max_new_tokens=4, temperature=0),
+                bootstrap=Bootstrap("127.0.0.1", nobody, f"r-{rid}")))
+        p.run(["a", "b"], timeout_s=20)
+        for rid in ("a", "b"):
+            reason = p.final("decode", rid).finished_reason
+            assert reason["type"] == "abort" and "cannot reach the bootstrap server" in reason["message"]
+        p.check_idle()
+    finally:
+        p.close()
+
+
 # -- requests and flags -----------------------------------------------------------------------
 def test_bootstrap_fields_give_every_sequence_its_room() -> None:
     from sgl.runtime.request import parse_generate
