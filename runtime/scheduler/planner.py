@@ -25,8 +25,8 @@ class StepPlan:
 
     def add(self, req: Req, n: int, slots: torch.Tensor, admitted: bool = False) -> None:
         """req runs n tokens in `slots` (call before the step: reads req.num_computed)."""
-        if admitted or req.seq_len - req.num_computed > 1:
-            self.num_prompt_tokens += n
+        start = req.num_computed
+        self.num_prompt_tokens += n if admitted else max(min(start + n, req.prompt_len) - start, 0)
         self.reqs.append(req)
         self.num_new.append(n)
         self.slots.append(slots)
@@ -77,8 +77,10 @@ class Planner:
         """Unless mixing (--enable-mixed-chunk), a step with prompt work runs prompts only: the
         next chunk of running prompts, then admissions. The decoding requests sit it out, and the
         next step decodes them alone (under a CUDA graph), as SGLang schedules by default. False
-        when there is no prompt work, or no KV for it (the full planner then retracts)."""
-        prompts = [r for r in running if r.seq_len - r.num_computed > 1]
+        when there is no prompt work, or no KV for it (the full planner then retracts). Output
+        tokens to catch up on (after a jump-forward re-spelled them) are not prompt work: they
+        run with the decoding requests, as one extend row of the next decode step."""
+        prompts = [r for r in running if r.num_computed < r.prompt_len - 1]
         if not prompts and not waiting:
             return False
         wants, budget = self._wants(prompts, self.chunk_size)
