@@ -58,9 +58,9 @@ class PrefillScheduler(DisaggregatedScheduler):
         boot = msg.bootstrap
         if boot is None:
             return super().add_request(msg)
-        if boot.room in self.rooms:
-            self.pd_outputs.append(_abort(msg.rid, len(msg.input_ids),
-                                          f"bootstrap_room {boot.room} is already in use"))
+        if boot.room in self.rooms or boot.room in self.gone:  # in use, or cancelled already
+            message = self.gone.pop(boot.room, (f"bootstrap_room {boot.room} is already in use",))[0]
+            self.pd_outputs.append(_abort(msg.rid, len(msg.input_ids), message))
             return
         params = copy.copy(msg.sampling_params)
         params.max_new_tokens = min(params.max_new_tokens, 1)  # the decode server does the rest
@@ -165,7 +165,10 @@ class PrefillScheduler(DisaggregatedScheduler):
     def _on_cancel(self, msg: Cancel) -> None:
         self.early.pop(msg.room, None)
         room = self.rooms.get(msg.room)
-        if room is None or room.is_sending or room.link_id != msg.link_id:
+        if room is None:  # its request has not come yet: refuse it when it does
+            self.gone[msg.room] = ("cancelled by the decode server", time.monotonic())
+            return
+        if room.is_sending or room.link_id != msg.link_id:
             return
         reason = "cancelled by the decode server"
         if room.req is None:  # still queued or computing here

@@ -156,7 +156,10 @@ def test_abort_on_the_decode_side_frees_both(pair: Pair) -> None:
     deadline = time.monotonic() + 10
     while pair.prefill.has_work and time.monotonic() < deadline:
         pair.step()
-    assert pair.final("prefill", "a").finished_reason["type"] == "abort"
+    out = pair.final("prefill", "a")
+    assert out is not None and out.finished_reason == {"type": "abort", "message":
+                                                       "cancelled by the decode server"}
+    assert "room-a" not in pair.prefill.gone  # the refusal used the record up
     pair.check_idle()
 
 
