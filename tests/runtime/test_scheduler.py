@@ -261,10 +261,11 @@ def test_prompt_chunks_count_as_prompt_tokens_in_the_hit_rate():
     assert s.stats.cache_hit_rate() == pytest.approx(40 / 82)
 
 
-def test_jump_forward_catch_up_runs_with_the_decoding_requests():
-    """Output tokens a request must catch up on (a jump-forward re-spelled them; no prompt
-    left) are not prompt work: the step that runs them decodes the other requests too, instead
-    of a prompt-only step that leaves them out (which cost jump-forward most of its gain)."""
+
+def test_jump_forward_catch_up_is_its_own_step_and_not_prompt_tokens():
+    """Output tokens a request must catch up on after a jump-forward re-spelled them run in a
+    step of their own (the decoding requests keep their CUDA graph; measured faster on an H100),
+    and are not counted as prompt tokens (the cache hit rate's denominator)."""
     s, _ = make()
     submit(s, "a", list(range(10)), 20)
     submit(s, "b", list(range(20, 30)), 20)
@@ -272,9 +273,7 @@ def test_jump_forward_catch_up_runs_with_the_decoding_requests():
         s.step()
     a, b = s.running
     assert a.num_computed == a.seq_len - 1 and b.num_computed == b.seq_len - 1  # both decoding
-    # what a jump-forward does: three more output tokens, their KV not yet computed
-    a.replace_output(a.output_ids + [5, 6, 7], len(a.output_ids))
+    a.replace_output(a.output_ids + [5, 6, 7], len(a.output_ids))  # what a jump-forward does
     plan = s.planner.plan(s.running, s.waiting)
-    assert sorted(plan.num_new) == [1, 4] and plan.num_prompt_tokens == 0
-    for req, slots in zip(plan.reqs, plan.slots):  # hand the slots back: this plan never runs
-        s.kv.free(slots)
+    assert plan.reqs == [a] and plan.num_new == [4] and plan.num_prompt_tokens == 0
+    s.kv.free(plan.slots[0])  # this plan never runs
