@@ -372,7 +372,8 @@ class ModelRunner:
         rows, targets = _on(step.lp_rows, logits.device), _on(step.lp_targets, logits.device)
         logprobs = torch.log_softmax(logits[rows].float(), dim=-1)
         chosen = logprobs.gather(1, targets[:, None]).squeeze(1)
-        return chosen, (logprobs.topk(step.top_logprobs_num, dim=-1) if step.top_logprobs_num else None)
+        k = min(step.top_logprobs_num, logprobs.shape[-1])  # never more than the vocabulary
+        return chosen, (logprobs.topk(k, dim=-1) if k else None)
 
 
 class PendingResult:

@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from sgl.runtime.server.errors import ApiError, error_body
+from sgl.runtime.tokenizer_manager import RequestTimedOut
 
 _DISCONNECT_POLL_S = 0.5
 
@@ -66,7 +67,7 @@ def sse(obj: Any) -> str:
 
 
 def error_event(e: Exception) -> str:
-    status = e.status if isinstance(e, ApiError) else 500
+    status = e.status if isinstance(e, ApiError) else 504 if isinstance(e, RequestTimedOut) else 500
     return sse(error_body(str(e), status))
 
 
