@@ -3,7 +3,7 @@
     python -m sgl.bench_pd [--model-path runtime/configs/llama-3.1-8b-dummy] \\
         [--num-streams 64 --stream-input-len 256 --stream-output-len 256] \\
         [--num-long 24 --long-input-len 8192 --long-output-len 8 --long-rate 0.5] \\
-        [--setups pd,dp] [--output-file pd.jsonl]
+        [--setups pd,dp] [--output-file pd.jsonl] [--log-dir DIR]
 
 Each setup runs servers on GPUs 0 and 1 (one each, by CUDA_VISIBLE_DEVICES) behind the router:
   pd  a prefill server (GPU 0) and a decode server (GPU 1), `sgl router --pd-disaggregation`
@@ -175,12 +175,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base-port", type=int, default=32000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output-file", default=None, help="Append each setup's results as a JSON line.")
+    p.add_argument("--log-dir", default=None,
+                   help="Where the servers' and routers' logs go (default: a new temporary directory).")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     a = parse_args(argv)
-    logs = tempfile.mkdtemp(prefix="bench-pd-")
+    logs = a.log_dir or tempfile.mkdtemp(prefix="bench-pd-")
+    os.makedirs(logs, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     for setup in a.setups.split(","):
         procs: list[subprocess.Popen] = []
