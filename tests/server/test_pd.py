@@ -68,7 +68,7 @@ def idle_after(pd: PD) -> Iterator[None]:
 
 
 def test_greedy_outputs_equal_a_colocated_server(pd: PD) -> None:
-    for prompt in PROMPTS:
+    for prompt in PROMPTS[:3]:  # one at a time; the concurrent test below runs all of them
         got, want = pd.both({"text": prompt, "sampling_params": GREEDY})
         assert got["output_ids"] == want["output_ids"] and got["text"] == want["text"], prompt
         assert got["meta_info"]["finish_reason"] == want["meta_info"]["finish_reason"]
