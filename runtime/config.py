@@ -37,6 +37,9 @@ class ServerArgs:
     skip_tokenizer_init: bool = _f(False, "Take and return token ids only.")
     served_model_name: Optional[str] = _f(None, "Model name reported by the OpenAI routes.")
     chat_template: Optional[str] = _f(None, "Chat template name or Jinja file; default: the tokenizer's.")
+    is_embedding: bool = _f(False, "Serve an embedding model: /encode, /v1/embeddings and Engine.encode pool "
+                            "the prompt's final hidden states as its sentence-transformers files say "
+                            "(default: last token, normalized); generation is refused.")
     random_seed: int = _f(0, "Seed for weights of dummy models and for unseeded sampling.")
     # Memory and scheduling
     mem_fraction_static: Optional[float] = _f(None, "Share of GPU memory for weights and KV pool (auto when unset).")
@@ -148,6 +151,8 @@ class ServerArgs:
             raise ValueError("dist_init_addr (host:port of node 0) is required when nnodes > 1")
         if self.dp_size < 1:
             raise ValueError(f"dp_size must be >= 1, got {self.dp_size}")
+        if self.is_embedding and self.speculative_algorithm:
+            raise ValueError("is_embedding does not go with speculative_algorithm (nothing is decoded)")
         if self.load_balance_method not in LOAD_BALANCE_METHODS:
             raise ValueError(f"load_balance_method must be one of {LOAD_BALANCE_METHODS}, "
                              f"got {self.load_balance_method!r}")
@@ -240,6 +245,9 @@ class ServerArgs:
         if self.tp_size != 1 or self.dp_size != 1:
             raise ValueError(f"disaggregation_mode {mode} needs tp_size 1 and dp_size 1 "
                              f"(got {self.tp_size} and {self.dp_size}); run more servers instead")
+        if self.is_embedding:
+            raise ValueError(f"disaggregation_mode {mode} is for generation; is_embedding "
+                             "servers run the whole prompt themselves")
         if self.speculative_algorithm not in (None, "NGRAM"):
             raise ValueError(f"disaggregation_mode {mode} works with speculative_algorithm NGRAM "
                              "only: a draft model's KV cache of the prompt is not transferred")

@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 
 from sgl.runtime.detokenizer import IncrementalDetokenizer, visible_text
 from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput
-from sgl.runtime.request import ParsedRequest, parse_generate
+from sgl.runtime.request import ParsedRequest, parse_encode, parse_generate
 
 
 class RequestTimedOut(TimeoutError):
@@ -33,6 +33,7 @@ class ReqStream:
         self.out_top: list = []
         self.in_lp: Optional[list] = None
         self.in_top: Optional[list] = None
+        self.embedding: Optional[list[float]] = None  # an embedding request's vector, once finished
         self.remote_text: Optional[str] = None  # decoded by a detokenizer process, when there is one
         self.event = event or asyncio.Event()  # shared by the sequences of one request
 
@@ -59,6 +60,8 @@ class ReqStream:
             self.in_lp = list(zip(out.input_logprobs, out.input_token_ids))
             self.in_top = out.input_top_logprobs
         self.finished_reason = out.finished_reason
+        if out.embedding is not None:
+            self.embedding = out.embedding
         self.event.set()
 
     def _rewind(self, n: int) -> None:
@@ -87,6 +90,8 @@ class ReqStream:
 
     def result(self) -> dict[str, Any]:
         meta = dict(self.meta, finish_reason=self.finished_reason)
+        if self.req.is_embedding:
+            return {"embedding": self.embedding, "meta_info": meta}
         if self.req.return_logprob:
             meta["output_token_logprobs"] = [self._triple(lp, t) for lp, t in self.out_lp]
             meta["output_top_logprobs"] = [self._tops(x) for x in self.out_top] or [None] * len(self.out_lp)
@@ -109,9 +114,10 @@ class ReqStream:
 class TokenizerManager:
     def __init__(self, tokenizer: Any, vocab_size: int, context_len: int,
                  send: Callable[[Any], None], grammar_backend: str = "xgrammar",
-                 disaggregation_mode: str = "null") -> None:
+                 is_embedding: bool = False, disaggregation_mode: str = "null") -> None:
         self.tokenizer, self.vocab_size, self.context_len = tokenizer, vocab_size, context_len
-        self.grammar_backend, self.disaggregation_mode = grammar_backend, disaggregation_mode
+        self.grammar_backend, self.is_embedding = grammar_backend, is_embedding
+        self.disaggregation_mode = disaggregation_mode
         self.send = send
         self.states: dict[str, ReqStream] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -122,9 +128,21 @@ class TokenizerManager:
         return self.tokenizer.encode(text, add_special_tokens=False) if self.tokenizer else None
 
     def parse(self, obj: dict[str, Any]) -> ParsedRequest:
+        if self.is_embedding:
+            raise ValueError("this server runs an embedding model (--is-embedding): use /encode, "
+                             "/v1/embeddings or Engine.encode, not generation")
         tok = self.tokenize if self.tokenizer is not None else None
         return parse_generate(obj, tok, self.vocab_size, self.context_len, self.grammar_backend,
                               self.disaggregation_mode)
+
+    def parse_encode(self, obj: dict[str, Any]) -> ParsedRequest:
+        if not self.is_embedding:
+            raise ValueError("embeddings need an embedding model: start the server (or Engine) "
+                             "with --is-embedding / is_embedding=True")
+        # The tokenizer's own special tokens (Qwen3-Embedding appends <|endoftext|>, whose hidden
+        # state it pools), as sentence-transformers tokenizes.
+        tok = self.tokenizer.encode if self.tokenizer is not None else None
+        return parse_encode(obj, tok, self.vocab_size, self.context_len)
 
     async def parse_async(self, obj: dict[str, Any]) -> ParsedRequest:
         """`parse` off the event loop: a long prompt takes seconds to tokenize, and every other

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 from typing import Any, Optional
 
 import torch
@@ -15,6 +16,7 @@ from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, Tabl
 from sgl.runtime.disaggregation.transfer import KVTransferAgent, PoolIO
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
+from sgl.runtime.executor.pooling import PoolingConfig, read_pooling_config
 from sgl.runtime.executor.tensor_parallel import (agree_min, broadcast_step, init_tensor_parallel,
                                                    leave_tensor_parallel, share_sampled_ids)
 from sgl.runtime.grammar import bitmask_to_bool
@@ -88,7 +90,7 @@ class ModelRunner:
             vocab_size=self.vocab_size, context_len=self.context_len,
             max_total_tokens=self.max_total_tokens, max_running_requests=self.max_running_requests,
             max_req_rows=self.req_to_token_pool.max_reqs, table_width=self.req_to_token_pool.max_context_len,
-            chunked_prefill_size=self.chunked_prefill_size,
+            chunked_prefill_size=self.chunked_prefill_size, pooling=self.pooling,
             can_overlap=self.device.type == "cuda" and (self.tp_size == 1 or self.shares_sampled_ids),
             kv_layout=(self.loaded.num_layers, self.loaded.num_kv_heads, self.loaded.head_dim,
                        str(self.dtype)),
@@ -110,6 +112,12 @@ class ModelRunner:
         self.model = self.loaded.model
         self.vocab_size = self.loaded.vocab_size
         self.context_len = self.loaded.context_len
+        self.pooling: Optional[PoolingConfig] = None
+        if not self.args.is_embedding:
+            self.model.head()  # a checkpoint without an LM head cannot generate: say so now
+        else:  # a GGUF file or shipped config has no sentence-transformers files
+            path = self.loaded.model_path
+            self.pooling = read_pooling_config(path) if os.path.isdir(path) else PoolingConfig()
 
     def _init_memory(self) -> None:
         L = self.loaded
@@ -286,11 +294,14 @@ class ModelRunner:
 
     # -- the step -------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward_logits(self, batch: ForwardBatch, keep_hidden: bool = False) -> torch.Tensor:
+    def forward_logits(self, batch: ForwardBatch, keep_hidden: bool = False,
+                       pool_spans: Optional[list[tuple[int, int]]] = None) -> torch.Tensor:
         """(num_logit_rows, vocab) float32 logits for batch.logits_indices. With keep_hidden, the
         step's hidden states (the final ones, or the captured layers' for an EAGLE-3 drafter)
-        are kept for the drafter. Decode batches replay the decode graphs, verify batches (tree
-        masks) the verify graphs, when their sizes were captured."""
+        are kept for the drafter. With pool_spans (embeddings), the float32 sums of the final
+        hidden states over each span's rows go to `self.pooled`. Decode batches replay the
+        decode graphs, verify batches (tree masks) the verify graphs, when their sizes were
+        captured."""
         verify_plan = None
         if self.verify_graph_runner is not None:  # on the host, before the batch moves
             verify_plan = self.verify_graph_runner.plan(batch)
@@ -305,7 +316,7 @@ class ModelRunner:
             logits, hidden = self.verify_graph_runner.replay(batch, verify_plan, keep_hidden)
             self.captured_hidden = hidden if keep_hidden else None
             return logits
-        self.used_cuda_graph = (not keep_hidden and self.graph_runner is not None
+        self.used_cuda_graph = (not keep_hidden and not pool_spans and self.graph_runner is not None
                                 and self.graph_runner.can_run(batch))
         if self.used_cuda_graph:
             return self.graph_runner.replay(batch)
@@ -313,6 +324,10 @@ class ModelRunner:
         hidden = self.model(batch.input_ids, batch.positions, batch)  # (num_tokens, hidden)
         if keep_hidden:
             self.captured_hidden = hidden if batch.aux_hidden_states is None else batch.aux_hidden_states
+        if pool_spans:
+            self.pooled = torch.stack([hidden[lo:hi].float().sum(0) for lo, hi in pool_spans])
+        if batch.logits_indices.numel() == 0:  # embedding steps sample nothing (and may have no LM head)
+            return hidden.new_empty((0, self.vocab_size), dtype=torch.float32)
         return self.model.compute_logits(hidden[batch.logits_indices])
 
     @torch.inference_mode()
@@ -342,7 +357,7 @@ class ModelRunner:
             self._writes_for_followers = []
             broadcast_step((dataclasses.replace(step.batch), writes, num_sampled))
         self.req_to_token_pool.apply(step.table_writes)
-        return self.forward_logits(step.batch, keep_hidden=step.capture_hidden)
+        return self.forward_logits(step.batch, keep_hidden=step.capture_hidden, pool_spans=step.pool_spans)
 
     @torch.inference_mode()
     def launch_sampling(self, step: StepInputs, logits: torch.Tensor) -> "PendingResult":
@@ -355,6 +370,8 @@ class ModelRunner:
                 share_sampled_ids(self._last_tokens)
         if step.lp_rows:
             pending.prompt_lp = self._prompt_logprobs(logits, step)
+        if step.pool_spans:
+            pending.pooled = self.pooled
         pending.copy_to_host()
         return pending
 
@@ -384,6 +401,7 @@ class PendingResult:
         self.step, self.used_cuda_graph = step, used_cuda_graph
         self.sampled: Any = None     # the sampler's output (tensors)
         self.prompt_lp: Any = None   # (chosen logprobs, (top values, top ids) or None)
+        self.pooled: Optional[torch.Tensor] = None  # (num_pool_spans, hidden) float32 sums
         self._host: dict[str, torch.Tensor] = {}
         self._event: Any = None
 
@@ -400,6 +418,8 @@ class PendingResult:
             tensors["in_lp"] = self.prompt_lp[0]
             if self.prompt_lp[1] is not None:
                 tensors["in_top_vals"], tensors["in_top_ids"] = self.prompt_lp[1]
+        if self.pooled is not None:
+            tensors["pooled"] = self.pooled
         for name, t in tensors.items():
             if t.device.type == "cuda":
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
@@ -424,6 +444,8 @@ class PendingResult:
             result.input_logprobs = h["in_lp"].tolist()
         if "in_top_vals" in h:
             result.input_top_logprobs = _pairs(h["in_top_vals"], h["in_top_ids"])
+        if "pooled" in h:
+            result.pooled = list(h["pooled"].unbind(0))
         return result
 
 

@@ -167,3 +167,17 @@ class RowParallelLinear(_ParallelLinear):
         if self.bias is not None and (self.reduce_results or self.tp_rank == 0):
             y = y + self.bias
         return y
+
+
+class ReplicatedLinear(_ParallelLinear):
+    """The whole weight on every rank (an MoE router: every rank routes every token itself)."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False,
+                 params_dtype: torch.dtype | None = None) -> None:
+        super().__init__(input_size, output_size, bias, 0, 1, params_dtype)
+
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: ShardId = None) -> None:
+        default_weight_loader(param, loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)

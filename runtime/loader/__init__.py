@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from sgl.runtime.loader import dummy, hf
+from sgl.runtime.layers.rotary import TRAINED_MAX_POSITIONS_ATTR
 from sgl.runtime.loader.bundled import bundled_model_path
 from sgl.runtime.loader.hub_cache import cached_snapshot, looks_like_hub_id
 from sgl.runtime.models.llama import get_head_dim
@@ -146,7 +147,10 @@ def _fit_context(config: PretrainedConfig, context_length: int | None) -> int:
     if context_length > max_positions:
         logger.warning("context_length %d exceeds the model's max_position_embeddings %d",
                        context_length, max_positions)
-        config.max_position_embeddings = context_length  # so the rotary table covers it
+        # The rotary table must cover it; dynamic rope scaling still measures against the
+        # checkpoint's own length.
+        setattr(config, TRAINED_MAX_POSITIONS_ATTR, max_positions)
+        config.max_position_embeddings = context_length
     return context_length
 
 

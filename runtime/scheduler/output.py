@@ -92,6 +92,8 @@ class ResultProcessor:
     def process(self, plan: StepPlan, step: StepInputs, book: StepBook,
                 result: RunResult) -> list[TokenOutput]:
         _store_prompt_logprobs(book, result)
+        for req, rows_sum in zip(book.pool_owners, result.pooled):
+            req.add_pooled(rows_sum)
         dropped = {id(r) for r in book.sample_reqs if is_stale(r, book)}
         row = 0
         while row < len(book.sample_reqs):
@@ -196,7 +198,8 @@ def make_output(req: Req) -> TokenOutput:
         rid=req.rid, new_token_ids=req.output_ids[start:], finished_reason=req.finished_reason,
         prompt_tokens=req.prompt_len, cached_tokens=req.cached_tokens,
         completion_tokens=len(req.output_ids), output_logprobs=lps, output_top_logprobs=tops,
-        num_rewritten=req.num_emitted - start, meta=dict(req.meta))
+        num_rewritten=req.num_emitted - start, meta=dict(req.meta),
+        embedding=req.embedding() if (req.finished_reason or {}).get("type") == "length" else None)
     req.num_emitted, req.first_changed = len(req.output_ids), 1 << 62
     if req.input_logprob_from >= 0 and not req.input_logprobs_sent:
         if req.input_logprob_from == 0 and not req.input_logprobs:  # one-token prompt

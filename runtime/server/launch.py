@@ -77,7 +77,8 @@ def _serve(args: ServerArgs, procs: Any) -> None:
     front = ServerTokenizerManager(tokenizer, info["vocab_size"], info["context_length"],
                                    procs.endpoints, ServerMetrics(name), args.log_requests,
                                    args.stream_interval, args.grammar_backend,
-                                   args.load_balance_method, args.disaggregation_mode)
+                                   args.load_balance_method, args.is_embedding,
+                                   args.disaggregation_mode)
     front.request_timeout, front.max_queued_requests = args.request_timeout, args.max_queued_requests
     app = build_app(ServerContext(args, front, info, procs, chat_template))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),

@@ -83,6 +83,15 @@ def test_silu_and_mul(rows, d):
     _assert_close(out, silu_and_mul_ref(x.float()), 1e-2)
 
 
+@pytest.mark.parametrize("rows,d", [(1, 9216), (5, 1000), (64, 2048)])
+def test_gelu_tanh_and_mul(rows, d):
+    from sgl.kernels.activation import gelu_tanh_and_mul_ref
+    from sgl.kernels.triton.activation import gelu_tanh_and_mul
+    x = _randn(rows, 2 * d, gen=_gen(d), scale=3.0)
+    out = gelu_tanh_and_mul(x, out=_poisoned((rows, d), x.dtype))
+    _assert_close(out, gelu_tanh_and_mul_ref(x.float()), 1e-2)
+
+
 @pytest.mark.parametrize("num_tokens,hq,hkv,head_dim,rotary_dim", [
     (1, 32, 8, 128, 128), (77, 32, 8, 128, 128), (300, 9, 3, 64, 64), (13, 40, 8, 128, 64)])
 def test_rotary(num_tokens, hq, hkv, head_dim, rotary_dim):

@@ -36,7 +36,8 @@ class TorchNativeBackend(AttentionBackend):
         out = extend_attention_ref(q, k_buffer, v_buffer, batch.req_to_token,
                                    batch.req_pool_indices, prefix_lens, extend_lens, layer.scaling,
                                    custom_mask=batch.custom_mask, mask_indptr=batch.mask_indptr,
-                                   tree_mask=batch.tree_mask)
+                                   tree_mask=batch.tree_mask, sliding_window=layer.sliding_window,
+                                   logit_cap=layer.logit_cap)
         if real is not None:
             out = torch.zeros((num_tokens, *out.shape[1:]), dtype=out.dtype,
                               device=out.device).index_copy_(0, real, out)

@@ -110,7 +110,8 @@ class TritonBackend(AttentionBackend):
             out = decode_attention(q3, k_buffer, v_buffer, batch.req_to_token,
                                    batch.req_pool_indices, batch.seq_lens, layer.scaling,
                                    max_splits=self.max_splits,
-                                   workspace=self._get_workspace(max(need, 1), q.device))
+                                   workspace=self._get_workspace(max(need, 1), q.device),
+                                   sliding_window=layer.sliding_window, logit_cap=layer.logit_cap)
         else:
             if self.q_start is None or self.q_start.device != q.device:  # planned before .to()
                 self.q_start = _q_start(batch)
@@ -123,7 +124,8 @@ class TritonBackend(AttentionBackend):
                                    layer.scaling, q_start=self.q_start,
                                    max_extend_len=self.max_extend_len, out=out,
                                    custom_mask=batch.custom_mask, mask_indptr=batch.mask_indptr,
-                                   tree_mask=batch.tree_mask)
+                                   tree_mask=batch.tree_mask, sliding_window=layer.sliding_window,
+                                   logit_cap=layer.logit_cap)
         return out.view(num_tokens, -1).to(q.dtype)  # (T, Hq * Dv)
 
 
