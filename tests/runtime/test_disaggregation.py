@@ -152,8 +152,11 @@ def test_abort_on_the_decode_side_frees_both(pair: Pair) -> None:
     assert pair.decode.allocator.available_size() < pair.decode.allocator.size  # pages held
     pair.outputs["decode"]["a"] = pair.decode.handle(AbortReq("a"))
     assert pair.final("decode", "a").finished_reason["type"] == "abort"
-    pair.submit("a", list(range(1, 30)), 20, to=("prefill",))  # now it arrives: it was cancelled
     deadline = time.monotonic() + 10
+    while "room-a" not in pair.prefill.gone:  # the Cancel crosses the mailbox
+        assert time.monotonic() < deadline
+        pair.step()
+    pair.submit("a", list(range(1, 30)), 20, to=("prefill",))  # now it arrives: it was cancelled
     while pair.prefill.has_work and time.monotonic() < deadline:
         pair.step()
     out = pair.final("prefill", "a")
