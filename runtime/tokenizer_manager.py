@@ -36,6 +36,7 @@ class ReqStream:
         self.embedding: Optional[list[float]] = None  # an embedding request's vector, once finished
         self.remote_text: Optional[str] = None  # decoded by a detokenizer process, when there is one
         self.event = event or asyncio.Event()  # shared by the sequences of one request
+        self.error: Optional[Exception] = None  # set by `fail`: the request ends with it
 
     def update(self, out: TokenOutput) -> None:
         if out.num_rewritten:
@@ -188,6 +189,9 @@ class TokenizerManager:
             while True:
                 await self._wait(event, deadline)
                 event.clear()
+                failed = next((s.error for s in states if s.error is not None), None)
+                if failed is not None:
+                    raise failed
                 done = all(s.finished for s in states)
                 if parsed.stream or done:
                     yield [s.result() for s in states]
@@ -242,6 +246,15 @@ class TokenizerManager:
         self.states[req.rid] = state
         self.send(req)
         return state
+
+    def fail(self, rids: list[str], error: Exception) -> None:
+        """End these requests with `error` (raised to their callers) without waiting for the
+        scheduler, which may be gone or stuck; their abort is sent all the same."""
+        for rid in rids:
+            state = self.states.get(rid)
+            if state is not None and not state.finished:
+                state.error = error
+                state.event.set()
 
     def abort(self, rid: str) -> None:
         self.send(AbortReq(rid))

@@ -9,6 +9,8 @@ from itertools import accumulate, pairwise
 import torch
 import torch.nn.functional as F
 
+from sgl.kernels.kv_store import from_pool
+
 Lengths = torch.Tensor | Sequence[int]
 
 
@@ -19,7 +21,8 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
                          mask_indptr: Lengths | None = None,
                          tree_mask: torch.Tensor | None = None,
                          sliding_window: int | None = None,
-                         logit_cap: float = 0.0) -> torch.Tensor:
+                         logit_cap: float = 0.0, k_scale: float = 1.0,
+                         v_scale: float = 1.0) -> torch.Tensor:
     """Causal (or custom-masked) attention of a ragged batch of new tokens over their requests'
     whole sequences.
 
@@ -41,6 +44,7 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
     sliding_window: W > 0 limits new token j (position p = prefix_len + j) to the keys at positions
     > p - W (itself and the W - 1 before it; transformers' convention), on top of any mask.
     logit_cap: c > 0 soft-caps the scaled scores to c * tanh(s / c) before masking (Gemma 2).
+    An FP8 pool is read as stored * k_scale (K) and stored * v_scale (V).
     Returns (num_tokens, Hq, Dv) in q's dtype.
     """
     rows, prefixes, extends = _as_list(req_pool_indices), _as_list(prefix_lens), _as_list(extend_lens)
@@ -59,8 +63,8 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
         slots = req_to_token[row, :seq_len].long()
         q_req = q[start:start + extend_len]  # (extend_len, Hq, D)
         mask = _visible(mask, prefix_len, extend_len, sliding_window, q.device)
-        out[start:start + extend_len] = _attend(q_req, k_buffer[slots], v_buffer[slots],
-                                                scaling, mask, logit_cap).to(q.dtype)
+        k, v = from_pool(k_buffer[slots], k_scale), from_pool(v_buffer[slots], v_scale)
+        out[start:start + extend_len] = _attend(q_req, k, v, scaling, mask, logit_cap).to(q.dtype)
         start += extend_len
     return out
 
@@ -68,13 +72,15 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
 def decode_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                          req_to_token: torch.Tensor, req_pool_indices: Lengths,
                          seq_lens: Lengths, scaling: float, *, sliding_window: int | None = None,
-                         logit_cap: float = 0.0) -> torch.Tensor:
+                         logit_cap: float = 0.0, k_scale: float = 1.0,
+                         v_scale: float = 1.0) -> torch.Tensor:
     """One new token per request: q (bs, Hq, D), its K/V already at position seq_lens[i] - 1.
     Returns (bs, Hq, Dv)."""
     seqs = _as_list(seq_lens)
     return extend_attention_ref(q, k_buffer, v_buffer, req_to_token, req_pool_indices,
                                 [s - 1 for s in seqs], [1] * len(seqs), scaling,
-                                sliding_window=sliding_window, logit_cap=logit_cap)
+                                sliding_window=sliding_window, logit_cap=logit_cap,
+                                k_scale=k_scale, v_scale=v_scale)
 
 
 def _mask_blocks(custom_mask: torch.Tensor | None, mask_indptr: Lengths | None,

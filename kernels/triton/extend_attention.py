@@ -22,6 +22,9 @@ score s to cap * tanh(s / cap) before the mask.
 
 FLOPs (the floor, matrix units): 4 * Hq * D * sum over new tokens of the keys each one sees
 (prefix_len + j + 1 for new token j), with D = Dv.
+
+FP8 pools: K and V tiles are widened to q's dtype as they are loaded; the per-tensor scales
+(stored = value / scale) fold into the softmax scale (K) and the output (V).
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl.kernels.triton._common import dot_precision, dot_width, require_cuda, require_dtype
+from sgl.kernels.triton._common import (dot_precision, dot_width, require_cuda, require_dtype,
+                                         require_pool_dtypes)
 
 _LOG2E = 1.4426950408889634
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) forced for every head size; None = `_block_config`.
@@ -53,6 +57,7 @@ def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows, mask_m, 
     slots = tl.load(slot_row + offs_n, mask=mask_n, other=0).to(tl.int64)
     k = tl.load(k_head + slots[None, :] * stride_kt + offs_d[:, None],
                 mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # (BLOCK_D, BLOCK_N)
+    k = k.to(q.dtype)  # an FP8 pool's tile widened (a no-op otherwise)
     s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2  # (BLOCK_M, BLOCK_N) f32, log2
     if SOFTCAP:  # cap * tanh(s / cap) in natural units is this in log2 units (cap_log2 = cap * log2 e)
         s = cap_log2 * _tanh(s / cap_log2)
@@ -75,7 +80,7 @@ def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows, mask_m, 
     p = tl.exp2(s - m_shift[:, None])
     alpha = tl.exp2(m_i - m_shift)
     v = tl.load(v_head + slots[:, None] * stride_vt + offs_dv[None, :],
-                mask=mask_n[:, None] & mask_dv[None, :], other=0.0)  # (BLOCK_N, BLOCK_DV)
+                mask=mask_n[:, None] & mask_dv[None, :], other=0.0).to(q.dtype)  # (BLOCK_N, DV)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
@@ -84,7 +89,8 @@ def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows, mask_m, 
 def _extend_kernel(
         Q, KBuf, VBuf, Out, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, QStart, CustomMask,
         MaskIndptr, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot,
-        stride_oh, stride_r2t, mask_width, scale_log2, window, cap_log2, HEAD_DIM: tl.constexpr,
+        stride_oh, stride_r2t, mask_width, scale_log2, v_scale, window, cap_log2,
+        HEAD_DIM: tl.constexpr,
         V_HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         MASK_LAYOUT: tl.constexpr, WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr,
@@ -151,7 +157,7 @@ def _extend_kernel(
                                          BLOCK_N, DOT_PRECISION)
         if MASK_LAYOUT != 0 or WINDOWED:  # a row that sees no key (acc = 0, l_i = 0): zeros
             l_i = tl.where(l_i > 0, l_i, 1.0)
-        out = acc / l_i[:, None]  # causal: every query sees at least itself, l_i > 0
+        out = acc * (v_scale / l_i)[:, None]  # causal: every query sees itself, l_i > 0
         tl.store(Out + q_tok[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
                  out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :])
 
@@ -169,10 +175,7 @@ def _check(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
            req_to_token: torch.Tensor, index_tensors: dict[str, torch.Tensor]) -> None:
     require_cuda(q=q, k_buffer=k_buffer, v_buffer=v_buffer, req_to_token=req_to_token,
                  **index_tensors)
-    require_dtype("q", q, (torch.float16, torch.bfloat16, torch.float32))
-    if k_buffer.dtype != q.dtype or v_buffer.dtype != q.dtype:
-        raise ValueError(f"q {q.dtype}, k_buffer {k_buffer.dtype}, v_buffer {v_buffer.dtype}: "
-                         "one dtype expected (cast q to the pool dtype)")
+    require_pool_dtypes(q, k_buffer, v_buffer)
     for name, t in [("req_to_token", req_to_token), *index_tensors.items()]:
         require_dtype(name, t, (torch.int32, torch.int64))
     if q.dim() != 3 or k_buffer.dim() != 3 or v_buffer.dim() != 3:
@@ -228,7 +231,8 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
                      out: torch.Tensor | None = None, custom_mask: torch.Tensor | None = None,
                      mask_indptr: torch.Tensor | None = None,
                      tree_mask: torch.Tensor | None = None, sliding_window: int = 0,
-                     logit_cap: float = 0.0) -> torch.Tensor:
+                     logit_cap: float = 0.0, k_scale: float = 1.0,
+                     v_scale: float = 1.0) -> torch.Tensor:
     """Causal (or custom-masked) attention of the new tokens q (T, Hq, D) (requests
     concatenated) over their requests' whole sequences, read from k_buffer (slots, Hkv, D) /
     v_buffer (slots, Hkv, Dv) at req_to_token[req_pool_indices[i], :prefix_lens[i] +
@@ -248,7 +252,8 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     sliding_window: W > 0 limits a query at position p to the keys at positions > p - W.
     logit_cap: c > 0 soft-caps the scaled scores to c * tanh(s / c).
     A row that sees no key gives zeros. Returns out (T, Hq, Dv) in q's dtype. Indices are not
-    bounds-checked on the device."""
+    bounds-checked on the device. The pool holds q's dtype, or FP8 with per-tensor scales
+    k_scale, v_scale (a stored element is value / scale)."""
     _check(q, k_buffer, v_buffer, req_to_token,
            {"req_pool_indices": req_pool_indices, "prefix_lens": prefix_lens,
             "extend_lens": extend_lens, **({"q_start": q_start} if q_start is not None else {})})
@@ -284,8 +289,8 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         q, k_buffer, v_buffer, out, req_to_token, req_pool_indices, prefix_lens, extend_lens,
         q_start, *mask_args, q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1),
         v_buffer.stride(0), v_buffer.stride(1), out.stride(0), out.stride(1),
-        req_to_token.stride(0), mask_width, scaling * _LOG2E, int(sliding_window),
-        float(logit_cap) * _LOG2E, HEAD_DIM=head_dim,
+        req_to_token.stride(0), mask_width, scaling * k_scale * _LOG2E, v_scale,
+        int(sliding_window), float(logit_cap) * _LOG2E, HEAD_DIM=head_dim,
         V_HEAD_DIM=v_head_dim, GROUP=num_q_heads // num_kv_heads, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_D=dot_width(head_dim), BLOCK_DV=dot_width(v_head_dim),
         MASK_LAYOUT=mask_layout, WINDOWED=sliding_window > 0, SOFTCAP=logit_cap > 0,

@@ -20,6 +20,7 @@ from sgl.runtime.executor.pooling import PoolingConfig, read_pooling_config
 from sgl.runtime.executor.tensor_parallel import (agree_min, broadcast_step, init_tensor_parallel,
                                                    leave_tensor_parallel, share_sampled_ids)
 from sgl.runtime.grammar import bitmask_to_bool
+from sgl.runtime.layers.attention import kv_cache_scales
 from sgl.runtime.layers.custom_all_reduce import uninstall as uninstall_one_shot
 from sgl.runtime.loader import kv_layout, load_model
 from sgl.runtime.loader.bundled import bundled_model_path
@@ -53,6 +54,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+_KV_CACHE_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def resolve_kv_cache_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The KV pool's storage dtype for --kv-cache-dtype (auto: the model's dtype)."""
+    return dtype if name == "auto" else _KV_CACHE_DTYPES[name]
+
+
 class ModelRunner:
     """The executor behind the scheduler's `Runner` protocol (runtime/scheduler/contract.py)."""
 
@@ -60,6 +69,7 @@ class ModelRunner:
         self.args = server_args
         self.device = resolve_device(server_args.device)
         self.dtype = resolve_dtype(server_args.dtype, self.device)
+        self.kv_cache_dtype = resolve_kv_cache_dtype(server_args.kv_cache_dtype, self.dtype)
         self.tp_size, self.tp_rank = server_args.tp_size, tp_rank
         # Overlap scheduling under tensor parallelism: rank 0 broadcasts each step's sampled ids,
         # which the next step's future_src names (TP=2 decode 7.9 -> 4.1 ms per step on H200s).
@@ -108,7 +118,7 @@ class ModelRunner:
         self.loaded = load_model(self.model_path, self.args.load_format, dtype=self.dtype,
                                  device=self.device, seed=self.args.random_seed,
                                  context_length=self.args.context_length, tp_rank=self.tp_rank,
-                                 tp_size=self.tp_size)
+                                 tp_size=self.tp_size, quantization=self.args.quantization)
         self.model = self.loaded.model
         self.vocab_size = self.loaded.vocab_size
         self.context_len = self.loaded.context_len
@@ -121,7 +131,8 @@ class ModelRunner:
 
     def _init_memory(self) -> None:
         L = self.loaded
-        probe = MHATokenToKVPool(1, L.num_kv_heads, L.head_dim, L.num_layers, self.dtype, "meta")
+        # An FP8 pool holds one byte an element: twice bfloat16's tokens in the same memory.
+        probe = MHATokenToKVPool(1, L.num_kv_heads, L.head_dim, L.num_layers, self.kv_cache_dtype, "meta")
         self.max_total_tokens = self.args.max_total_tokens or self._auto_pool_tokens(
             probe.bytes_per_token() + self._draft_bytes_per_token())
         if self.tp_size > 1:  # every rank must hold the same slots
@@ -132,13 +143,16 @@ class ModelRunner:
         width = min(self.context_len, self.max_total_tokens) + 8
         self.req_to_token_pool = ReqToTokenPool(max_reqs, width, self.device)
         self.kv_pool = MHATokenToKVPool(self.max_total_tokens, L.num_kv_heads, L.head_dim,
-                                        L.num_layers, self.dtype, self.device)
+                                        L.num_layers, self.kv_cache_dtype, self.device)
+        if self.kv_pool.is_fp8:  # the checkpoint's scales (kv_cache_scheme), else 1.0
+            self.kv_pool.set_scales(*kv_cache_scales(self.model))
         chunk = self.args.chunked_prefill_size
         if chunk is None:
             chunk = 2048 if self.device.type == "cpu" else 8192
         self.chunked_prefill_size = chunk if chunk > 0 else max(self.args.max_prefill_tokens, self.context_len)
-        logger.info("KV pool: %d tokens (%.2f GB), max running requests %d", self.max_total_tokens,
-                    self.max_total_tokens * probe.bytes_per_token() / 1e9, self.max_running_requests)
+        logger.info("KV pool: %d tokens (%.2f GB, %s), max running requests %d",
+                    self.max_total_tokens, self.max_total_tokens * probe.bytes_per_token() / 1e9,
+                    str(self.kv_cache_dtype).removeprefix("torch."), self.max_running_requests)
 
     def _draft_bytes_per_token(self) -> int:
         """A draft model keeps a KV pool of as many tokens as the target's (speculative/

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.layers.embedding import VocabParallelEmbedding
+from sgl.runtime.layers.fp8 import Fp8Config
 from sgl.runtime.layers.mlp import GatedMLP
 from sgl.runtime.layers.norm import GemmaRMSNorm
 from sgl.runtime.layers.rotary import RotaryEmbedding, get_rope
@@ -29,7 +30,7 @@ class GemmaDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_id, rotary_emb, options, tp_rank, tp_size)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, False, tp_rank, tp_size,
-                            config.hidden_activation)
+                            config.hidden_activation, quant=options.quant)
         hidden, eps = config.hidden_size, config.rms_norm_eps
         self.input_layernorm = GemmaRMSNorm(hidden, eps)
         self.post_attention_layernorm = GemmaRMSNorm(hidden, eps)
@@ -80,8 +81,9 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
         bias = bool(getattr(config, "attention_bias", False))
         return LayerOptions(qkv_bias=bias, o_bias=bias, norm=GemmaRMSNorm)
 
-    def build_model(self, config: PretrainedConfig, tp_rank: int, tp_size: int) -> nn.Module:
-        return GemmaModel(config, self.layer_options(config), tp_rank, tp_size)
+    def build_model(self, config: PretrainedConfig, options: LayerOptions, tp_rank: int,
+                    tp_size: int) -> nn.Module:
+        return GemmaModel(config, options, tp_rank, tp_size)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, hidden) -> (N, vocab) float32, soft-capped to cap * tanh(logits / cap)."""
@@ -91,11 +93,12 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
 
 
 class Gemma3ForCausalLM(Gemma2ForCausalLM):
-    def __init__(self, config: PretrainedConfig, tp_rank: int = 0, tp_size: int = 1) -> None:
+    def __init__(self, config: PretrainedConfig, tp_rank: int = 0, tp_size: int = 1,
+                 quant_config: Fp8Config | None = None) -> None:
         if getattr(config, "use_bidirectional_attention", False):
             raise ValueError("Gemma 3 with use_bidirectional_attention (an embedding model) is "
                              "not supported for generation")
-        super().__init__(config, tp_rank, tp_size)
+        super().__init__(config, tp_rank, tp_size, quant_config)
 
     @classmethod
     def layer_options(cls, config: PretrainedConfig) -> LayerOptions:

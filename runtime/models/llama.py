@@ -2,6 +2,8 @@
 Qwen3 are small subclasses (see qwen2.py, qwen3.py): they differ only in `LayerOptions`."""
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -9,6 +11,7 @@ import torch
 from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.layers.attention import RadixAttention
 from sgl.runtime.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from sgl.runtime.layers.fp8 import Fp8Config
 from sgl.runtime.layers.lazy_tensor import full_weight
 from sgl.runtime.layers.linear import QKVParallelLinear, RowParallelLinear
 from sgl.runtime.layers.mlp import GatedMLP
@@ -22,6 +25,11 @@ from transformers import PretrainedConfig
 ROPE_FREQS_NAME = "rope_freqs.weight"
 _STACK_NAMES = ("embed_tokens.", "layers.", "norm.")  # a bare decoder stack's checkpoint names
 
+# Per-layer FP8 KV cache scales as published: compressed-tensors' kv_cache_scheme (k_scale,
+# v_scale), older llm-compressor output scales, AutoFP8's one kv_scale for both.
+_KV_SCALE_RE = re.compile(r"model\.layers\.(\d+)\.self_attn\.(k_scale|v_scale|kv_scale|"
+                          r"k_proj\.output_scale|v_proj\.output_scale)$")
+
 # Builds layer `layer_id`'s MLP: (config, layer_id, options, tp_rank, tp_size) -> module.
 MLPFactory = Callable[[PretrainedConfig, int, "LayerOptions", int, int], nn.Module]
 
@@ -34,6 +42,7 @@ class LayerOptions:
     mlp_bias: bool = False
     qk_norm: bool = False  # per-head RMSNorm on q and k before rotary (Qwen3)
     norm: type[nn.Module] = RMSNorm  # every norm of the layer (Gemma: GemmaRMSNorm)
+    quant: Fp8Config | None = None  # FP8 weights in the linears (--quantization fp8)
 
 
 def get_head_dim(config: PretrainedConfig) -> int:
@@ -54,14 +63,15 @@ def layer_sliding_window(config: PretrainedConfig, layer_id: int) -> int:
 
 
 class LlamaMLP(GatedMLP):
-    def __init__(self, config: PretrainedConfig, bias: bool, tp_rank: int, tp_size: int) -> None:
+    def __init__(self, config: PretrainedConfig, bias: bool, tp_rank: int, tp_size: int,
+                 quant: Fp8Config | None = None) -> None:
         super().__init__(config.hidden_size, config.intermediate_size, bias, tp_rank, tp_size,
-                         getattr(config, "hidden_act", "silu"))
+                         getattr(config, "hidden_act", "silu"), quant=quant)
 
 
 def dense_mlp(config: PretrainedConfig, layer_id: int, options: LayerOptions, tp_rank: int,
               tp_size: int) -> nn.Module:
-    return LlamaMLP(config, options.mlp_bias, tp_rank, tp_size)
+    return LlamaMLP(config, options.mlp_bias, tp_rank, tp_size, options.quant)
 
 
 class LlamaAttention(nn.Module):
@@ -73,11 +83,12 @@ class LlamaAttention(nn.Module):
         # input_size: width of the q/k/v input when it is not hidden_size (EAGLE-3's 2 * hidden).
         self.qkv_proj = QKVParallelLinear(input_size or config.hidden_size, head_dim,
                                           config.num_attention_heads,
-                                          config.num_key_value_heads, options.qkv_bias, tp_rank, tp_size)
+                                          config.num_key_value_heads, options.qkv_bias, tp_rank, tp_size,
+                                          quant=options.quant)
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
         self.o_proj = RowParallelLinear(config.num_attention_heads * head_dim, config.hidden_size,
-                                        options.o_bias, tp_rank, tp_size)
+                                        options.o_bias, tp_rank, tp_size, quant=options.quant)
         self.q_norm = self.k_norm = None
         if options.qk_norm:
             self.q_norm = options.norm(head_dim, config.rms_norm_eps)
@@ -162,11 +173,18 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config: PretrainedConfig, tp_rank: int = 0, tp_size: int = 1) -> None:
+    def __init__(self, config: PretrainedConfig, tp_rank: int = 0, tp_size: int = 1,
+                 quant_config: Fp8Config | None = None) -> None:
         super().__init__()
         self.config = config
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.model = self.build_model(config, tp_rank, tp_size)
+        if quant_config is not None and not self.supports_fp8:
+            raise ValueError(f"FP8 weights (--quantization fp8, or an FP8 checkpoint) are not "
+                             f"supported for {type(self).__name__}: its MoE experts have no FP8 "
+                             "path yet; serve it unquantized")
+        # The decoder layers' linears take FP8 weights; embeddings and the LM head never do.
+        options = dataclasses.replace(self.layer_options(config), quant=quant_config)
+        self.model = self.build_model(config, options, tp_rank, tp_size)
         self.is_headless = False  # set by load_weights
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens
@@ -181,10 +199,14 @@ class LlamaForCausalLM(nn.Module):
 
     # The MLP of each layer (MoE models return their sparse block on the layers that have one).
     make_mlp: MLPFactory = staticmethod(dense_mlp)
+    # Whether every linear of the decoder layers can hold FP8 weights (not MoE experts yet).
+    supports_fp8: bool = True
 
-    def build_model(self, config: PretrainedConfig, tp_rank: int, tp_size: int) -> nn.Module:
-        """The decoder stack under `self.model` (embed_tokens, layers, norm)."""
-        return LlamaModel(config, self.layer_options(config), tp_rank, tp_size, self.make_mlp)
+    def build_model(self, config: PretrainedConfig, options: LayerOptions, tp_rank: int,
+                    tp_size: int) -> nn.Module:
+        """The decoder stack under `self.model` (embed_tokens, layers, norm); `options` are
+        layer_options(config) with the model's FP8 config."""
+        return LlamaModel(config, options, tp_rank, tp_size, self.make_mlp)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 batch: ForwardBatch) -> torch.Tensor:
@@ -217,6 +239,12 @@ class LlamaForCausalLM(nn.Module):
                 self.is_headless, name = True, "model." + name
             if name == ROPE_FREQS_NAME:
                 self.model.rotary_emb.apply_freq_factors(full_weight(tensor))
+                continue
+            kv_scale = _KV_SCALE_RE.match(name)
+            if kv_scale:  # read by an FP8 KV pool (ModelRunner), unused otherwise
+                attn = self.model.layers[int(kv_scale[1])].self_attn.attn
+                value = float(full_weight(tensor).float().reshape(-1)[0])
+                attn.set_kv_scale(kv_scale[2].split("_")[0], value)  # "k", "v" or "kv"
                 continue
             if self.tie_word_embeddings and name.startswith("lm_head."):
                 name = name.replace("lm_head.", "model.embed_tokens.")

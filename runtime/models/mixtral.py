@@ -13,6 +13,8 @@ from transformers import PretrainedConfig
 
 
 class MixtralForCausalLM(LlamaForCausalLM):
+    supports_fp8 = False  # FusedMoE holds 16/32-bit experts only
+
     @staticmethod
     def make_mlp(config: PretrainedConfig, layer_id: int, options: LayerOptions, tp_rank: int,
                  tp_size: int) -> nn.Module:

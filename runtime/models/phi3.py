@@ -1,6 +1,7 @@
 """Phi-3 / Phi-3.5 / Phi-4-mini: the Llama layer stack whose checkpoint already fuses q|k|v
 (`qkv_proj`) and gate|up (`gate_up_proj`); partial rotary and LongRoPE come from the config. The
-fused tensors are cut into the pieces our tensor-parallel loaders take."""
+fused tensors (and an FP8 checkpoint's per-channel scales) are cut into the pieces our
+tensor-parallel loaders take."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -19,11 +20,18 @@ class Phi3ForCausalLM(LlamaForCausalLM):
             if ".qkv_proj." in name:
                 pieces = [("q_proj", 0, q_size), ("k_proj", q_size, kv_size),
                           ("v_proj", q_size + kv_size, kv_size)]
-                for piece, start, size in pieces:
-                    yield name.replace("qkv_proj", piece), tensor.narrow(0, start, size)
             elif ".gate_up_proj." in name:
-                inter = tensor.shape[0] // 2
-                yield name.replace("gate_up_proj", "gate_proj"), tensor.narrow(0, 0, inter)
-                yield name.replace("gate_up_proj", "up_proj"), tensor.narrow(0, inter, inter)
+                inter = config.intermediate_size
+                pieces = [("gate_proj", 0, inter), ("up_proj", inter, inter)]
             else:
                 yield name, tensor
+                continue
+            fused = name.split(".")[-2]
+            for piece, start, size in pieces:
+                yield name.replace(fused, piece), _rows(tensor, start, size)
+
+
+def _rows(tensor: Loaded, start: int, size: int) -> Loaded:
+    # An FP8 checkpoint's per-tensor weight_scale / input_scale covers every piece of the fused
+    # tensor; weights, biases and per-channel scales are cut by rows.
+    return tensor if tensor.shape.numel() == 1 else tensor.narrow(0, start, size)

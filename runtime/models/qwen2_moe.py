@@ -10,6 +10,7 @@ from transformers import PretrainedConfig
 
 class Qwen2MoeForCausalLM(Qwen2ForCausalLM):
     make_mlp = staticmethod(qwen_moe_mlp)
+    supports_fp8 = False  # FusedMoE holds 16/32-bit experts only
 
     @classmethod
     def layer_options(cls, config: PretrainedConfig) -> LayerOptions:

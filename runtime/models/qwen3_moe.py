@@ -9,3 +9,4 @@ from sgl.runtime.models.qwen3 import Qwen3ForCausalLM
 
 class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
     make_mlp = staticmethod(qwen_moe_mlp)
+    supports_fp8 = False  # FusedMoE holds 16/32-bit experts only

@@ -52,6 +52,15 @@ def to_param_name(name: str) -> tuple[str, object]:
     return name, None
 
 
+def checkpoint_shards(module_name: str) -> list[tuple[str, object]]:
+    """The checkpoint's modules fused into one of ours (q/k/v, gate/up) with their shard ids, or
+    the module itself: "model.layers.0.mlp.gate_up_proj" -> [(...gate_proj, 0), (...up_proj, 1)]."""
+    dotted = module_name + "."
+    pieces = [(dotted.replace(ours, hf)[:-1], shard) for hf, ours, shard in STACKED_PARAMS
+              if ours in dotted]
+    return pieces or [(module_name, None)]
+
+
 def _expected_shards(name: str, param: nn.Parameter) -> list[object]:
     shards = getattr(param, "expected_shards", None)  # FusedMoE's per-expert pieces
     if shards is not None:

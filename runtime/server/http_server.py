@@ -65,7 +65,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
     _add_openai_routes(app, ctx)
     add_compat_routes(app, ctx)
     add_embedding_routes(app, ctx)
-    install_openapi(app)
+    install_openapi(app)  # last: it describes the routes added above
     return app
 
 
@@ -179,7 +179,10 @@ def _add_native_routes(app: FastAPI, ctx: ServerContext) -> None:
 
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> Response:
-        return Response(status_code=200)
+        """200 while every scheduler steps; 503 when one has not stepped for
+        --watchdog-timeout, or while the server shuts down."""
+        problem = front.health_error()
+        return Response(status_code=200) if problem is None else problem.response()
 
     @app.get("/health_generate")
     async def health_generate() -> Response:
