@@ -103,7 +103,7 @@ class ModelRunner:
             chunked_prefill_size=self.chunked_prefill_size, pooling=self.pooling,
             can_overlap=self.device.type == "cuda" and (self.tp_size == 1 or self.shares_sampled_ids),
             kv_layout=(self.loaded.num_layers, self.loaded.num_kv_heads, self.loaded.head_dim,
-                       str(self.dtype)),
+                       str(self.kv_cache_dtype)),  # the pool's dtype (FP8 KV differs)
             kv_backend=server_args.transfer_backend(self.device.type))
         self.kv_transfer: Optional[KVTransferAgent] = None  # prefill-decode links, when opened
         self.used_cuda_graph = False
