@@ -16,6 +16,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 SPECULATIVE_ALGORITHMS = ("NGRAM", "EAGLE", "EAGLE3", "STANDALONE")
 LOAD_BALANCE_METHODS = ("round_robin", "shortest_queue")
 TOOL_CALL_PARSERS = ("smollm2", "qwen25", "llama3", "qwen", "hermes")  # see runtime/server/tools
+DISAGGREGATION_MODES = ("null", "prefill", "decode")
+TRANSFER_BACKENDS = ("auto", "nccl", "gloo")
 QUANTIZATION_METHODS = ("fp8",)
 KV_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2")
 
@@ -108,6 +110,23 @@ class ServerArgs:
     dp_size: int = _f(1, "Data-parallel replicas: full copies of the model behind one front end.")
     load_balance_method: str = _f("round_robin", "How the front end picks a data-parallel replica.",
                                   choices=LOAD_BALANCE_METHODS)
+    # Prefill-decode disaggregation (runtime/disaggregation/, docs/server.md)
+    disaggregation_mode: str = _f("null", "null: this server prefills and decodes; prefill: run prompts "
+                                  "and send their KV cache to decode servers; decode: receive it and "
+                                  "decode. Put `sgl router --pd-disaggregation` in front.",
+                                  choices=DISAGGREGATION_MODES)
+    disaggregation_bootstrap_port: int = _f(8998, "Prefill servers: port of the bootstrap store "
+                                            "(a torch.distributed TCPStore) where decode servers pair "
+                                            "with this server.")
+    disaggregation_transfer_backend: str = _f("auto", "torch.distributed backend that moves the KV "
+                                              "cache: nccl between GPUs, gloo on CPU (auto: by device).",
+                                              choices=TRANSFER_BACKENDS)
+    disaggregation_waiting_timeout: float = _f(300.0, "Seconds a request may wait for its peer server "
+                                               "(decode: for the prefill to send the KV cache; prefill: "
+                                               "for the decode to take it) before it fails.")
+    disaggregation_transfer_timeout: float = _f(60.0, "Seconds one KV transfer (or pairing two servers) "
+                                                "may take; past it the transfer fails and the pair "
+                                                "reconnects for the next request.")
     # Server
     host: str = _f("127.0.0.1", "HTTP host.")
     port: int = _f(30000, "HTTP port.")
@@ -163,6 +182,7 @@ class ServerArgs:
         self._check_speculative()
         self._check_limits()
         self._check_kernels_and_parallelism()
+        self._check_disaggregation()
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError("max_total_tokens must be at least 2")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
@@ -223,6 +243,39 @@ class ServerArgs:
             if tokens > most:
                 raise ValueError(f"speculative_num_draft_tokens ({tokens}) exceeds what {steps} steps "
                                  f"of topk {topk} can draft ({most})")
+
+    def _check_disaggregation(self) -> None:
+        mode = self.disaggregation_mode
+        if mode not in DISAGGREGATION_MODES:
+            raise ValueError(f"disaggregation_mode must be one of {DISAGGREGATION_MODES}, got {mode!r}")
+        if self.disaggregation_transfer_backend not in TRANSFER_BACKENDS:
+            raise ValueError(f"disaggregation_transfer_backend must be one of {TRANSFER_BACKENDS}, "
+                             f"got {self.disaggregation_transfer_backend!r}")
+        if min(self.disaggregation_waiting_timeout, self.disaggregation_transfer_timeout) <= 0:
+            raise ValueError("disaggregation_waiting_timeout and disaggregation_transfer_timeout "
+                             "must be > 0")
+        if not 0 < self.disaggregation_bootstrap_port < 65536:
+            raise ValueError(f"disaggregation_bootstrap_port must be in [1, 65535], "
+                             f"got {self.disaggregation_bootstrap_port}")
+        if mode == "null":
+            return
+        # One KV pool per server: a pool split over tensor-parallel ranks or replicated per
+        # data-parallel replica would need a transfer per rank pair.
+        if self.tp_size != 1 or self.dp_size != 1:
+            raise ValueError(f"disaggregation_mode {mode} needs tp_size 1 and dp_size 1 "
+                             f"(got {self.tp_size} and {self.dp_size}); run more servers instead")
+        if self.is_embedding:
+            raise ValueError(f"disaggregation_mode {mode} is for generation; is_embedding "
+                             "servers run the whole prompt themselves")
+        if self.speculative_algorithm not in (None, "NGRAM"):
+            raise ValueError(f"disaggregation_mode {mode} works with speculative_algorithm NGRAM "
+                             "only: a draft model's KV cache of the prompt is not transferred")
+
+    def transfer_backend(self, device_type: str) -> str:
+        """The torch.distributed backend of KV transfers on a device of this type."""
+        if self.disaggregation_transfer_backend != "auto":
+            return self.disaggregation_transfer_backend
+        return "nccl" if device_type == "cuda" else "gloo"
 
     def speculative_settings(self) -> tuple[int, int, int]:
         """(num_steps, topk, num_draft_tokens) with SGLang's defaults filled in."""

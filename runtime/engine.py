@@ -31,6 +31,9 @@ class Engine:
         if self.server_args.dp_size > 1:
             raise ValueError("sgl.Engine runs one replica in this process; dp_size > 1 is for the "
                              "server: `sgl serve --dp-size N` or sgl.Runtime(dp_size=N)")
+        if self.server_args.disaggregation_mode != "null":
+            raise ValueError("disaggregation_mode is for servers behind `sgl router "
+                             "--pd-disaggregation`: `sgl serve --disaggregation-mode ...`")
         self._init_model()
         self._init_scheduler()
         self._init_front()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from sgl.runtime.disaggregation.messages import Bootstrap
 from sgl.runtime.sampling.params import SamplingParams
 
 
@@ -20,6 +21,7 @@ class TokenizedGenerateReq:
     stream: bool = False
     priority: Optional[int] = None  # SGLang's request priority; stored, not yet scheduled by
     is_embedding: bool = False  # pool the prompt's hidden states (max_new_tokens 0) instead of generating
+    bootstrap: Optional[Bootstrap] = None  # prefill-decode disaggregation: where the KV comes from
 
 
 @dataclass

@@ -7,12 +7,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from sgl.runtime.disaggregation.messages import BOOTSTRAP_FIELDS, parse_bootstrap
 from sgl.runtime.io_struct import TokenizedGenerateReq
 from sgl.runtime.request_fields import KNOWN, check_extra_fields
 from sgl.runtime.sampling.params import SamplingParams
 
 _FIELDS = {"text", "input_ids", "sampling_params", "return_logprob", "logprob_start_len",
-           "top_logprobs_num", "return_text_in_logprobs", "stream", "rid", "priority"} | KNOWN
+           "top_logprobs_num", "return_text_in_logprobs", "stream", "rid", "priority",
+           *BOOTSTRAP_FIELDS} | KNOWN
 
 MAX_TOP_LOGPROBS_NUM = 20  # OpenAI's limit for top_logprobs
 
@@ -27,7 +29,7 @@ class ParsedRequest:
 
 
 def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_len: int,
-                   grammar_backend: str = "xgrammar") -> ParsedRequest:
+                   grammar_backend: str = "xgrammar", disaggregation_mode: str = "null") -> ParsedRequest:
     unknown = sorted(set(obj) - _FIELDS)
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)}")
@@ -64,7 +66,21 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
     if len({r.rid for r in reqs}) != len(reqs):  # e.g. rid "a" with n=2 beside a rid "a-0"
         raise ValueError("rid: the ids of one batch (with their n copies, rid-0, rid-1, ...) "
                          "must be distinct")
+    _attach_bootstrap(obj, reqs, [sp.n for sp in params], disaggregation_mode)
     return ParsedRequest(reqs, is_batch or any(sp.n > 1 for sp in params), stream, text_lp, prompts)
+
+
+def _attach_bootstrap(obj: dict[str, Any], reqs: list[TokenizedGenerateReq], num_copies: list[int],
+                      disaggregation_mode: str) -> None:
+    """Prefill-decode disaggregation: where each sequence's KV comes from (or goes to)."""
+    boots = parse_bootstrap(obj, num_copies)
+    if boots is None:
+        return
+    if disaggregation_mode == "null":
+        raise ValueError("bootstrap_room: this server is not disaggregated (--disaggregation-mode "
+                         "null); send requests without bootstrap fields")
+    for req, boot in zip(reqs, boots):
+        req.bootstrap = boot
 
 
 _ENCODE_FIELDS = {"text", "input_ids", "rid"}

@@ -34,8 +34,7 @@ UNSUPPORTED: dict[str, str] = {
     "return_flat_raw_top_logprobs_b64": _LOGPROB_EXTRAS,
     "return_bytes": "byte outputs", "return_entropy": "entropy outputs",
     "return_prompt_token_ids": "prompt token ids in the output",
-    "bootstrap_host": _DISAGGREGATION, "bootstrap_port": _DISAGGREGATION,
-    "bootstrap_room": _DISAGGREGATION, "bootstrap_pair_key": _DISAGGREGATION,
+    "bootstrap_pair_key": _DISAGGREGATION,  # bootstrap_host/port/room: runtime/disaggregation
     "decode_tp_size": _DISAGGREGATION, "disagg_prefill_dp_rank": _DISAGGREGATION,
     "routed_dp_rank": "routing to a chosen data-parallel rank",
     "data_parallel_rank": "routing to a chosen data-parallel rank",

@@ -115,9 +115,10 @@ class ReqStream:
 class TokenizerManager:
     def __init__(self, tokenizer: Any, vocab_size: int, context_len: int,
                  send: Callable[[Any], None], grammar_backend: str = "xgrammar",
-                 is_embedding: bool = False) -> None:
+                 is_embedding: bool = False, disaggregation_mode: str = "null") -> None:
         self.tokenizer, self.vocab_size, self.context_len = tokenizer, vocab_size, context_len
         self.grammar_backend, self.is_embedding = grammar_backend, is_embedding
+        self.disaggregation_mode = disaggregation_mode
         self.send = send
         self.states: dict[str, ReqStream] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -132,7 +133,8 @@ class TokenizerManager:
             raise ValueError("this server runs an embedding model (--is-embedding): use /encode, "
                              "/v1/embeddings or Engine.encode, not generation")
         tok = self.tokenize if self.tokenizer is not None else None
-        return parse_generate(obj, tok, self.vocab_size, self.context_len, self.grammar_backend)
+        return parse_generate(obj, tok, self.vocab_size, self.context_len, self.grammar_backend,
+                              self.disaggregation_mode)
 
     def parse_encode(self, obj: dict[str, Any]) -> ParsedRequest:
         if not self.is_embedding:
@@ -175,8 +177,8 @@ class TokenizerManager:
         self.loop = asyncio.get_running_loop()
         parsed = parsed or await self.parse_async(obj)
         self._check_rids(parsed)
-        if len(parsed.reqs) > len(parsed.prompts):  # n > 1
-            await self._warm_prefixes(parsed)
+        if len(parsed.reqs) > len(parsed.prompts) and parsed.reqs[0].bootstrap is None:  # n > 1
+            await self._warm_prefixes(parsed)  # (disaggregated: the prefill server's cache serves)
         self._check_rids(parsed)  # again: another request may have taken one while we warmed
         event = asyncio.Event()  # one wake-up per step for the whole batch, however large
         states: list[ReqStream] = []

@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from sgl.kernels.linear import configure_gemv
 from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TableWrites
+from sgl.runtime.disaggregation.transfer import KVTransferAgent, PoolIO
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.executor.pooling import PoolingConfig, read_pooling_config
@@ -24,8 +25,8 @@ from sgl.runtime.layers.custom_all_reduce import uninstall as uninstall_one_shot
 from sgl.runtime.loader import kv_layout, load_model
 from sgl.runtime.loader.bundled import bundled_model_path
 from sgl.runtime.sampling.sampler import Sampler, SamplingBatchInfo
-from sgl.runtime.scheduler.contract import (DraftInputs, RunnerInfo, RunResult, SamplingInputs,
-                                            StepInputs)
+from sgl.runtime.scheduler.contract import (DraftInputs, KVJob, KVJobResult, KVLinkSpec, RunnerInfo,
+                                            RunResult, SamplingInputs, StepInputs)
 from sgl.runtime.speculative.tree import DraftTree
 
 logger = logging.getLogger("sgl.runner")
@@ -100,7 +101,11 @@ class ModelRunner:
             max_total_tokens=self.max_total_tokens, max_running_requests=self.max_running_requests,
             max_req_rows=self.req_to_token_pool.max_reqs, table_width=self.req_to_token_pool.max_context_len,
             chunked_prefill_size=self.chunked_prefill_size, pooling=self.pooling,
-            can_overlap=self.device.type == "cuda" and (self.tp_size == 1 or self.shares_sampled_ids))
+            can_overlap=self.device.type == "cuda" and (self.tp_size == 1 or self.shares_sampled_ids),
+            kv_layout=(self.loaded.num_layers, self.loaded.num_kv_heads, self.loaded.head_dim,
+                       str(self.kv_cache_dtype)),  # the pool's dtype (FP8 KV differs)
+            kv_backend=server_args.transfer_backend(self.device.type))
+        self.kv_transfer: Optional[KVTransferAgent] = None  # prefill-decode links, when opened
         self.used_cuda_graph = False
         self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's sampled ids
         self.captured_hidden: Optional[torch.Tensor] = None  # the last step's, kept for the drafter (EAGLE)
@@ -176,6 +181,8 @@ class ModelRunner:
         """Release the CUDA graphs now rather than whenever the runner is collected (a graph
         destroyed while another engine of this process captures breaks that capture); rank 0
         of a tensor-parallel group also releases the other ranks and leaves the groups."""
+        if self.kv_transfer is not None:
+            self.kv_transfer.close_all()
         if self.tp_size > 1 and self.tp_rank == 0 and dist.is_initialized():
             broadcast_step(None)
             leave_tensor_parallel(self)  # resets the graphs first
@@ -281,6 +288,23 @@ class ModelRunner:
         self.captured_hidden = None
         self.drafter.release(inputs.released)
         return self.drafter.propose(inputs.requests)
+
+    # -- KV transfers (prefill-decode disaggregation; runtime/disaggregation/transfer.py) ------
+    def open_kv_link(self, spec: KVLinkSpec) -> None:
+        if self.kv_transfer is None:
+            self.kv_transfer = KVTransferAgent(PoolIO(self.kv_pool))
+        self.kv_transfer.open(spec)
+
+    def submit_kv(self, job: KVJob) -> None:
+        assert self.kv_transfer is not None, "open_kv_link first"
+        self.kv_transfer.submit(job)
+
+    def poll_kv(self) -> list[KVJobResult]:
+        return self.kv_transfer.poll() if self.kv_transfer is not None else []
+
+    def close_kv_link(self, link_id: int) -> None:
+        if self.kv_transfer is not None:
+            self.kv_transfer.close(link_id)
 
     # -- the step -------------------------------------------------------------------------
     @torch.inference_mode()

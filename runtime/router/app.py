@@ -17,7 +17,7 @@ from sgl.runtime.router import metrics
 from sgl.runtime.router.client import Client, WorkerError, WorkerTimeout, make_client
 from sgl.runtime.router.config import RouterArgs, normalize_url
 from sgl.runtime.router.health import HealthChecker
-from sgl.runtime.router.policies import make_policy
+from sgl.runtime.router.policies import Policy, make_policy
 from sgl.runtime.router.proxy import Proxy, error_response, request_headers
 from sgl.runtime.router.request_text import request_text
 from sgl.runtime.router.worker import Worker, WorkerPool
@@ -34,19 +34,42 @@ class Router:
 
     def __init__(self, args: RouterArgs, client: Client | None = None) -> None:
         self.args = args
-        self.pool = WorkerPool(args.worker_urls)
-        self.policy = make_policy(args)
-        self.pool.on_remove.append(self.policy.remove_worker)
         self.client = client or make_client()
-        self.health = HealthChecker(args, self.pool, self.client)
+        self.pool, self.policy, self.health = self._side(*self._main_side())
         self.proxy = Proxy(args, self.pool, self.client, self.health.on_request_failure)
+
+    def _main_side(self) -> tuple[list[str], str | None]:
+        """The workers that generation and info requests go to, and their policy's name."""
+        return self.args.worker_urls, None
+
+    def _side(self, urls: list[str], policy: str | None) -> tuple[WorkerPool, Policy, HealthChecker]:
+        pool = WorkerPool(urls)
+        chosen = make_policy(self.args, policy)
+        pool.on_remove.append(chosen.remove_worker)
+        return pool, chosen, HealthChecker(self.args, pool, self.client)
+
+    @property
+    def checkers(self) -> list[HealthChecker]:
+        return [self.health]
+
+    @property
+    def pools(self) -> list[WorkerPool]:
+        return [self.pool]
+
+    @property
+    def policies(self) -> list[Any]:
+        return [self.policy]
+
+    async def generate(self, path: str, body: bytes, headers: dict[str, str], text: str) -> Response:
+        return await self.proxy.forward("POST", path, body, headers, text, self.select)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
-        await self.health.wait_all()
-        logger.info("routing over %d worker(s) with %s", len(self.pool.healthy()),
-                    self.policy.name)
-        tasks = [asyncio.create_task(self.health.run()), asyncio.create_task(self._maintain())]
+        await asyncio.gather(*(checker.wait_all() for checker in self.checkers))
+        logger.info("routing over %d worker(s) with %s",
+                    sum(len(pool.healthy()) for pool in self.pools), self.policy.name)
+        tasks = [asyncio.create_task(checker.run()) for checker in self.checkers]
+        tasks.append(asyncio.create_task(self._maintain()))
         try:
             yield
         finally:
@@ -58,7 +81,8 @@ class Router:
     async def _maintain(self) -> None:
         while True:
             await asyncio.sleep(self.args.eviction_interval_secs)
-            self.policy.maintain()
+            for policy in self.policies:
+                policy.maintain()
 
     def select(self, workers: Sequence[Worker], text: str) -> Worker:
         return self.policy.select(workers, text)
@@ -87,7 +111,7 @@ class Router:
 
     async def flush_cache(self, headers: dict[str, str]) -> Response:
         """Broadcast to every healthy worker; forget the policy's cache picture if all flushed."""
-        workers = self.pool.healthy()
+        workers = [w for pool in self.pools for w in pool.healthy()]
         if not workers:
             return error_response("no healthy worker", 503)
         results = await asyncio.gather(*(self._call(w, "POST", "/flush_cache", headers)
@@ -98,7 +122,8 @@ class Router:
             return JSONResponse({"error": {"message": "flush failed on some workers",
                                            "workers": failed, "code": status}},
                                 status_code=status)
-        self.policy.reset()
+        for policy in self.policies:
+            policy.reset()
         return PlainTextResponse(f"Cache flushed on {len(workers)} worker(s).\n")
 
     async def _call(self, worker: Worker, method: str, path: str,
@@ -122,7 +147,8 @@ class Router:
 
 
 def build_app(args: RouterArgs, client: Client | None = None) -> FastAPI:
-    router = Router(args, client)
+    from sgl.runtime.router.pd import PDRouter
+    router = PDRouter(args, client) if args.pd_disaggregation else Router(args, client)
     app = FastAPI(title="sgl router", lifespan=router.lifespan)
     app.state.router = router
     _add_proxied_routes(app, router)
@@ -134,9 +160,8 @@ def _add_proxied_routes(app: FastAPI, router: Router) -> None:
     async def generate(request: Request) -> Response:
         body = await request.body()
         text = request_text(request.url.path, _json_or_none(body))
-        return await _unless_disconnected(request, router.proxy.forward(
-            "POST", request.url.path, body, request_headers(request.headers), text,
-            router.select))
+        return await _unless_disconnected(request, router.generate(
+            request.url.path, body, request_headers(request.headers), text))
 
     async def info(request: Request) -> Response:
         return await router.proxy.forward("GET", request.url.path, None,

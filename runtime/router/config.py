@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 POLICY_NAMES = ("round_robin", "shortest_queue", "cache_aware")
 
@@ -45,6 +45,16 @@ class RouterArgs:
                                             "for a worker's /health.")
     request_timeout_secs: float = _f(1800.0, "Longest wait for a worker's answer to a request.")
     log_level: str = _f("info", "Logging level.")
+    # Prefill-decode disaggregation (runtime/router/pd.py)
+    pd_disaggregation: bool = _f(False, "Send each request to a prefill server (--prefill) and a "
+                                 "decode server (--decode) at once; the decode's answer comes back.")
+    prefill: list = _f([], "A prefill server and its bootstrap port (default 8998): --prefill URL "
+                       "[PORT]; repeat for more.", action="append", nargs="+")
+    decode: list = _f([], "A decode server: --decode URL; repeat for more.", action="append")
+    prefill_policy: Optional[str] = _f(None, "How a request picks its prefill server "
+                                       "(default: --policy).", choices=POLICY_NAMES)
+    decode_policy: Optional[str] = _f(None, "How a request picks its decode server "
+                                      "(default: --policy).", choices=POLICY_NAMES)
 
     def __post_init__(self) -> None:
         if self.load_balance_method not in POLICY_NAMES:
@@ -57,6 +67,26 @@ class RouterArgs:
         if min(self.health_failure_threshold, self.health_success_threshold) < 1:
             raise ValueError("health thresholds must be >= 1")
         object.__setattr__(self, "worker_urls", [normalize_url(u) for u in self.worker_urls])
+        self._check_pd()
+
+    def _check_pd(self) -> None:
+        """Normalize --prefill entries to (url, bootstrap port) and --decode to urls."""
+        for name in ("prefill_policy", "decode_policy"):
+            if getattr(self, name) not in (None, *POLICY_NAMES):
+                raise ValueError(f"{name} must be one of {POLICY_NAMES}, got {getattr(self, name)!r}")
+        object.__setattr__(self, "prefill", [_prefill_entry(e) for e in self.prefill])
+        object.__setattr__(self, "decode", [normalize_url(u) for u in self.decode])
+        if not self.pd_disaggregation:
+            if self.prefill or self.decode:
+                raise ValueError("--prefill and --decode need --pd-disaggregation")
+            return
+        if not self.prefill or not self.decode:
+            raise ValueError("--pd-disaggregation needs at least one --prefill and one --decode server")
+        if self.worker_urls:
+            raise ValueError("--pd-disaggregation takes --prefill and --decode servers, not --worker-urls")
+        urls = [u for u, _ in self.prefill] + self.decode
+        if len(set(urls)) != len(urls):
+            raise ValueError("a server is listed twice among --prefill and --decode")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RouterArgs:
@@ -72,6 +102,9 @@ class RouterArgs:
             help_text, aliases = meta.pop("help", ""), meta.pop("aliases", ())
             flags = ["--" + f.name.replace("_", "-"), *aliases]
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if isinstance(default, bool):
+                parser.add_argument(*flags, dest=f.name, action="store_true", help=help_text)
+                continue
             parser.add_argument(*flags, dest=f.name, default=default, type=_cli_type(default),
                                 help=help_text, **meta)
 
@@ -88,9 +121,22 @@ def normalize_url(url: str) -> str:
     return url if "://" in url else "http://" + url
 
 
+def _prefill_entry(entry: Any) -> tuple[str, int]:
+    """`URL`, `(URL,)` or `(URL, PORT)` -> (url, bootstrap port); 8998 is SGLang's default."""
+    parts = [entry] if isinstance(entry, str) else list(entry)
+    if not 1 <= len(parts) <= 2:
+        raise ValueError(f"--prefill takes a URL and an optional bootstrap port, got {parts}")
+    port = parts[1] if len(parts) == 2 else 8998
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise ValueError(f"--prefill {parts[0]}: bootstrap port must be an integer, got {port!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"--prefill {parts[0]}: bootstrap port must be in [1, 65535], got {port}")
+    return normalize_url(parts[0]), port
+
+
 def _cli_type(default: Any) -> Any:
-    if isinstance(default, bool):
-        raise TypeError("no boolean router flags yet")
     if isinstance(default, (int, float)):
         return type(default)
     return str

@@ -41,7 +41,7 @@ class _Resend(Exception):
     """This attempt failed before anything reached the client: try another worker."""
 
 
-class _Lease:
+class Lease:
     """One request counted in a worker's load until released, and in its waiting requests
     until the answer's first byte (each once)."""
 
@@ -98,7 +98,7 @@ class Proxy:
         (a 502/503/504 answer passes through when `is_last`).
         A stream's response takes over the lease and the upstream; otherwise both end here
         (also when the client went away and this was cancelled)."""
-        lease, upstream, response = _Lease(worker), None, None
+        lease, upstream, response = Lease(worker), None, None
         try:
             upstream = await self.client.open(method, worker.url + path, body, headers,
                                               self.args.request_timeout_secs)
@@ -118,7 +118,7 @@ class Proxy:
                 if upstream is not None:
                     await upstream.aclose()
 
-    async def _respond(self, upstream: Upstream, lease: _Lease) -> Response:
+    async def _respond(self, upstream: Upstream, lease: Lease) -> Response:
         """Read a whole body, or the first chunk of a stream; a WorkerError here can still be
         resent since nothing has reached the client yet."""
         headers = dict(upstream.headers, **{WORKER_HEADER: lease.worker.url})
@@ -132,7 +132,7 @@ class Proxy:
                                  status_code=upstream.status, headers=headers)
 
     async def _rest(self, first: bytes, chunks: AsyncIterator[bytes], upstream: Upstream,
-                    lease: _Lease) -> AsyncIterator[bytes]:
+                    lease: Lease) -> AsyncIterator[bytes]:
         try:
             yield first
             async for chunk in chunks:

@@ -30,6 +30,9 @@ class RunnerInfo:
     can_overlap: bool = False    # launches return before the device is done, and a later step may
                                  # name this step's sampled ids (`ForwardBatch.future_src`)
     pooling: Optional[PoolingConfig] = None  # an embedding model (--is-embedding): how it pools
+    kv_layout: tuple = ()        # (layers, kv heads, head dim, dtype) of the pool: KV moves between
+                                 # servers only when both sides' layouts are equal
+    kv_backend: str = "gloo"     # torch.distributed backend of KV transfers (disaggregation)
 
 
 @dataclass
@@ -107,6 +110,41 @@ class DraftInputs:
     released: list[str] = field(default_factory=list)  # rids the drafter may forget
 
 
+@dataclass(frozen=True)
+class KVLinkSpec:
+    """Prefill-decode disaggregation: a point-to-point link between a prefill server's runner
+    (rank 0) and a decode server's (rank 1), a torch.distributed process group of two built on
+    the prefill's bootstrap store under the prefix `sgl/link<link_id>`."""
+    link_id: int
+    store_host: str
+    store_port: int
+    rank: int
+    backend: str               # "gloo" | "nccl"
+    timeout_s: float           # longest wait of one transfer
+    pair_timeout_s: float = 60.0  # longest wait for the peer to build the group
+
+
+@dataclass
+class KVJob:
+    """Send (prefill) or receive (decode) the KV of `num_tokens` tokens over a link. Jobs of a
+    link run one at a time in the order given, on both sides alike. `slots`: the tokens' KV
+    slots (CPU int64); None receives and drops (a request this side no longer has)."""
+    link_id: int
+    job_id: str
+    is_send: bool
+    num_tokens: int
+    slots: Optional[torch.Tensor] = None
+
+
+@dataclass
+class KVJobResult:
+    """A finished KVJob; `error` set when it failed, which also closes its link (later jobs on
+    it fail at once, and a new link is opened for new requests)."""
+    link_id: int
+    job_id: str
+    error: Optional[str] = None
+
+
 class PendingStep(Protocol):
     """A launched step; `resolve()` waits for it and reads its results back."""
 
@@ -133,3 +171,15 @@ class Runner(Protocol):
 
     def set_speculative(self, server_args: object) -> None:
         """Load (or drop) the drafter and the verify graphs of these speculative settings."""
+
+    def open_kv_link(self, spec: KVLinkSpec) -> None:
+        """Start pairing with a peer server's runner (in the background; jobs may follow)."""
+
+    def submit_kv(self, job: KVJob) -> None:
+        """Queue a KV transfer on its link; the result comes back through `poll_kv`."""
+
+    def poll_kv(self) -> list[KVJobResult]:
+        """The KV jobs finished since the last call (never blocks)."""
+
+    def close_kv_link(self, link_id: int) -> None:
+        """Drop a link; its queued jobs fail."""

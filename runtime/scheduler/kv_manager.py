@@ -105,6 +105,15 @@ class KVManager:
         """Drop req's hold on KV: computed tokens go to the tree (or back to the free list)."""
         present = self.tree.insert(req.all_ids[: req.num_computed], req.kv_indices)
         self._free_duplicates(req, present)  # a disabled tree keeps nothing: all are "duplicates"
+        self._let_go(req)
+
+    def discard(self, req: Req) -> None:
+        """Drop req's hold on KV without caching any of it: its own slots never received valid
+        KV (prefill-decode disaggregation: a transfer that failed or was never made)."""
+        self.allocator.free(req.kv_indices[req.cache_protected_len:])
+        self._let_go(req)
+
+    def _let_go(self, req: Req) -> None:
         if req.last_node is not None:
             self.tree.dec_lock_ref(req.last_node)
         if req.req_pool_idx is not None:

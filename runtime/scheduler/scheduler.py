@@ -114,6 +114,11 @@ class Scheduler:
         if req.is_finished:
             self._early_outputs.append(make_output(req))
             return
+        self.enqueue(req)
+
+    def enqueue(self, req: Req) -> None:
+        """A request ready to run (its grammar compiled) joins the waiting queue; a disaggregated
+        decode server sends those whose prompt KV comes from a prefill server elsewhere."""
         self.waiting.append(req)
 
     def _fit_pool(self, msg: TokenizedGenerateReq) -> Any:
@@ -233,7 +238,8 @@ class Scheduler:
 
     def _take_early_outputs(self) -> list[TokenOutput]:
         ready, failed = self.grammar.poll() if self.grammar.waiting else ([], [])
-        self.waiting.extend(ready)
+        for req in ready:
+            self.enqueue(req)
         outputs = self._early_outputs + [make_output(r) for r in failed]
         self._early_outputs = []
         return outputs

@@ -38,12 +38,13 @@ class ServerTokenizerManager(TokenizerManager):
     def __init__(self, tokenizer: Any, vocab_size: int, context_len: int, endpoints: Endpoints,
                  metrics: ServerMetrics, log_requests: bool = False,
                  stream_interval: int = 1, grammar_backend: str = "xgrammar",
-                 load_balance_method: str = "round_robin", is_embedding: bool = False) -> None:
+                 load_balance_method: str = "round_robin", is_embedding: bool = False,
+                 disaggregation_mode: str = "null") -> None:
         self._sync_ctx = zmq.Context()
         socks = [push_socket(self._sync_ctx, addr) for addr in endpoints.to_schedulers]
         self.dispatcher = ReplicaDispatcher([s.send_pyobj for s in socks], load_balance_method)
         super().__init__(tokenizer, vocab_size, context_len, self.dispatcher.send, grammar_backend,
-                         is_embedding)
+                         is_embedding, disaggregation_mode)
         self.endpoints, self.metrics, self.log_requests = endpoints, metrics, log_requests
         self.stream_interval = max(stream_interval, 1)
         self._rpc_ids = itertools.count()

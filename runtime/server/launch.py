@@ -79,7 +79,8 @@ def _serve(args: ServerArgs, procs: Any, stop: Any) -> None:
     front = ServerTokenizerManager(tokenizer, info["vocab_size"], info["context_length"],
                                    procs.endpoints, ServerMetrics(name), args.log_requests,
                                    args.stream_interval, args.grammar_backend,
-                                   args.load_balance_method, args.is_embedding)
+                                   args.load_balance_method, args.is_embedding,
+                                   args.disaggregation_mode)
     front.request_timeout, front.max_queued_requests = args.request_timeout, args.max_queued_requests
     front.watchdog.timeout_s = args.watchdog_timeout
     app = build_app(ServerContext(args, front, info, procs, chat_template))

@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from sgl.runtime.disaggregation.messages import BOOTSTRAP_FIELDS
 from sgl.runtime.grammar import ANY_JSON_OBJECT, validate
 from sgl.runtime.reasoning_parser import prompt_opens_reasoning
 from sgl.runtime.server import openai_format as fmt
@@ -54,7 +55,7 @@ class OpenAIServing:
     async def completions(self, request: Request) -> Any:
         req = self._validate(CompletionRequest, await read_json(request))
         obj = {"sampling_params": self._sampling(req, req.max_tokens), "rid": req.rid,
-               "stream": req.stream}
+               "stream": req.stream, **_bootstrap(req)}
         if isinstance(req.prompt, str) or isinstance(req.prompt[0], str):
             obj["text"] = req.prompt
         else:
@@ -88,7 +89,7 @@ class OpenAIServing:
             plan.apply(sampling)
         prompt = self._chat_prompt(req, plan)
         obj = {"input_ids": await self.front.off_loop(self.front.tokenize, prompt), "sampling_params": sampling,
-               "rid": req.rid, "stream": req.stream}
+               "rid": req.rid, "stream": req.stream, **_bootstrap(req)}
         if req.logprobs:
             obj.update(return_logprob=True, top_logprobs_num=req.top_logprobs or 0,
                        return_text_in_logprobs=True)
@@ -214,3 +215,8 @@ class OpenAIServing:
         except Exception as e:  # headers are sent: report in-band, then end the stream
             yield error_event(e)
         yield "data: [DONE]\n\n"
+
+
+def _bootstrap(req: Any) -> dict[str, Any]:
+    """The bootstrap fields a PD router added, passed on to the native request."""
+    return {name: getattr(req, name) for name in BOOTSTRAP_FIELDS if getattr(req, name) is not None}

@@ -63,6 +63,10 @@ class _Sampling(BaseModel):
     no_stop_trim: bool = False
     rid: Optional[str] = None
     response_format: Optional[ResponseFormat] = None
+    # prefill-decode disaggregation (set by `sgl router --pd-disaggregation`)
+    bootstrap_host: Optional[str] = None
+    bootstrap_port: Optional[int] = None
+    bootstrap_room: Optional[Union[int, list[int]]] = None
 
     @field_validator("top_k")
     @classmethod

@@ -148,11 +148,11 @@ def run_scheduler_process(args: ServerArgs, endpoints: Endpoints, dp_rank: int, 
 
 
 def _load(args: ServerArgs, conn: Connection) -> tuple[Any, Any, dict[str, Any]]:
+    from sgl.runtime.disaggregation import make_scheduler
     from sgl.runtime.executor.model_runner import ModelRunner
-    from sgl.runtime.scheduler.scheduler import Scheduler
     runner = ModelRunner(args)
     tokenizer = conn.recv()
-    sched = Scheduler(args, runner, tokenizer, runner.loaded.eos_token_ids)
+    sched = make_scheduler(args, runner, tokenizer, runner.loaded.eos_token_ids)
     info = {"model_path": runner.model_path, "vocab_size": runner.vocab_size,
             "context_length": runner.context_len, "max_total_tokens": runner.max_total_tokens,
             "max_running_requests": runner.max_running_requests,

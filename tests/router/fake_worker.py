@@ -23,6 +23,7 @@ class FakeWorker:
         self.is_killed = False
         self.num_flushes = 0
         self.generate_status = 200  # answer generation routes with this status
+        self.extra_delay_s = 0.0    # ... after the body's delay and this many more seconds
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self.httpd = _Server(("127.0.0.1", port), _Handler)
@@ -104,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.worker._lock:
             self.worker.records.append({"path": url.path, "text": text, "body": body,
                                         "auth": self.headers.get("Authorization")})
-        if not self._sleep(float(body.get("delay", 0))):
+        if not self._sleep(float(body.get("delay", 0)) + self.worker.extra_delay_s):
             return
         if self.worker.generate_status != 200:
             return self._json({"error": "unavailable"}, self.worker.generate_status)

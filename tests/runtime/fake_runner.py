@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 
 from sgl.runtime.cache.memory_pool import ReqToTokenPool
-from sgl.runtime.scheduler.contract import DraftInputs, RunnerInfo, RunResult, StepInputs
+from sgl.runtime.disaggregation.transfer import KVTransferAgent
+from sgl.runtime.scheduler.contract import (DraftInputs, KVJob, KVJobResult, KVLinkSpec, RunnerInfo,
+                                            RunResult, StepInputs)
 from sgl.runtime.speculative.tree import DraftTree
 
 VOCAB = 97
@@ -44,12 +46,15 @@ class FakeRunner:
                                max_total_tokens=max_total_tokens,
                                max_running_requests=max_running_requests,
                                max_req_rows=max_running_requests + 1, table_width=context_len + 8,
-                               chunked_prefill_size=chunked_prefill_size)
+                               chunked_prefill_size=chunked_prefill_size,
+                               kv_layout=("fake", 1), kv_backend="gloo")
         self.req_to_token_pool = ReqToTokenPool(max_running_requests + 1, context_len + 8, "cpu")
         self.slot_tokens = torch.full((max_total_tokens + 1,), -1, dtype=torch.int64)
         self.num_steps = 0
         self.last_tokens: list[int] = []
         self.batch_sizes: list[int] = []
+        # Disaggregation: the "KV" of a slot (its token id) moves over real gloo links.
+        self.kv_transfer = KVTransferAgent(SlotTokensIO(self.slot_tokens))
 
     def history(self, row: int, length: int) -> list[int]:
         slots = self.req_to_token_pool.req_to_token[row, :length].to(torch.int64)
@@ -95,6 +100,18 @@ class FakeRunner:
     def set_speculative(self, server_args: object) -> None:
         raise AssertionError("the fake runner has no draft model")
 
+    def open_kv_link(self, spec: KVLinkSpec) -> None:
+        self.kv_transfer.open(spec)
+
+    def submit_kv(self, job: KVJob) -> None:
+        self.kv_transfer.submit(job)
+
+    def poll_kv(self) -> list[KVJobResult]:
+        return self.kv_transfer.poll()
+
+    def close_kv_link(self, link_id: int) -> None:
+        self.kv_transfer.close(link_id)
+
     def _row_histories(self, step: StepInputs) -> list[list[int]]:
         b = step.batch
         owner, start = [], 0
@@ -107,6 +124,23 @@ class FakeRunner:
             pos = int(b.positions[token_idx])
             out.append(self.history(int(b.req_pool_indices[i]), pos + 1))
         return out
+
+
+class SlotTokensIO:
+    """The fake pool as a transfer sees it: one token id per slot."""
+    device = torch.device("cpu")
+
+    def __init__(self, slot_tokens: torch.Tensor) -> None:
+        self.slot_tokens = slot_tokens
+
+    def empty(self, num_tokens: int, device: torch.device) -> torch.Tensor:
+        return torch.empty(num_tokens, dtype=torch.int64)
+
+    def gather(self, slots: torch.Tensor) -> torch.Tensor:
+        return self.slot_tokens[slots]
+
+    def scatter(self, slots: torch.Tensor, data: torch.Tensor) -> None:
+        self.slot_tokens[slots] = data
 
 
 class Done:

@@ -4,8 +4,9 @@ from sgl.runtime.router.policies import cache_aware, round_robin, shortest_queue
 from sgl.runtime.router.policies.base import POLICIES, Policy
 
 
-def make_policy(args: RouterArgs) -> Policy:
-    return POLICIES[args.load_balance_method](args)
+def make_policy(args: RouterArgs, name: str | None = None) -> Policy:
+    """The policy called `name` (default: --policy)."""
+    return POLICIES[name or args.load_balance_method](args)
 
 
 __all__ = ["POLICIES", "Policy", "make_policy"]
