@@ -7,7 +7,7 @@ import asyncio
 from typing import Any, AsyncIterator, Callable, Optional
 
 from sgl.runtime.detokenizer import IncrementalDetokenizer, visible_text
-from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput
+from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput, failure_of
 from sgl.runtime.request import ParsedRequest, parse_generate
 
 
@@ -69,6 +69,12 @@ class ReqStream:
     @property
     def finished(self) -> bool:
         return self.finished_reason is not None
+
+    def raise_if_failed(self) -> None:
+        """A request the runtime gave up on is an error, never a (cut) result."""
+        error = failure_of(self.finished_reason)
+        if error is not None:
+            raise error
 
     def text(self) -> str:
         if self.detok is None and self.remote_text is None:
@@ -132,7 +138,9 @@ class TokenizerManager:
     async def generate(self, obj: dict[str, Any], parsed: Optional[ParsedRequest] = None
                        ) -> AsyncIterator[list[dict[str, Any]]]:
         """Yields the list of result dicts (one per sequence) each time something changed
-        (streaming), or once at the end. `parsed`: `obj` already parsed by the caller."""
+        (streaming), or once at the end. `parsed`: `obj` already parsed by the caller. Raises
+        `RequestFailed` (`BadRequest` for a 400) as soon as a sequence fails; the request's
+        other sequences are aborted."""
         self.loop = asyncio.get_running_loop()
         parsed = parsed or self.parse(obj)
         if len(parsed.reqs) > len(parsed.prompts):  # n > 1
@@ -143,6 +151,8 @@ class TokenizerManager:
             while True:
                 await event.wait()
                 event.clear()
+                for s in states:
+                    s.raise_if_failed()
                 done = all(s.finished for s in states)
                 if parsed.stream or done:
                     yield [s.result() for s in states]

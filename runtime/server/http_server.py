@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sgl.runtime.config import ServerArgs
+from sgl.runtime.io_struct import RequestFailed
 from sgl.runtime.server.data_parallel import merge_states
 from sgl.runtime.server.errors import ApiError, error_body, from_value_error, read_json
 from sgl.runtime.server.openai_api import OpenAIServing
@@ -89,7 +90,7 @@ async def _generate_one(ctx: ServerContext) -> bool:
     try:
         await asyncio.wait_for(run(), _HEALTH_TIMEOUT_S)
         return True
-    except (asyncio.TimeoutError, ValueError):
+    except (asyncio.TimeoutError, ValueError, RequestFailed):
         return False
 
 
@@ -130,6 +131,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ValueError)
     async def value_error(_: Request, e: ValueError) -> JSONResponse:
         return from_value_error(e).response()
+
+    @app.exception_handler(RequestFailed)  # the runtime gave up on it (BadRequest: a 400)
+    async def request_failed(_: Request, e: RequestFailed) -> JSONResponse:
+        return JSONResponse(error_body(e.message, e.status_code), status_code=e.status_code)
 
     @app.exception_handler(ClientGone)
     async def client_gone(_: Request, e: ClientGone) -> Response:

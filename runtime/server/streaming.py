@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from sgl.runtime.io_struct import RequestFailed
 from sgl.runtime.server.errors import ApiError, error_body
 
 _DISCONNECT_POLL_S = 0.5
@@ -65,7 +66,8 @@ def sse(obj: Any) -> str:
 
 
 def error_event(e: Exception) -> str:
-    status = e.status if isinstance(e, ApiError) else 500
+    """The final event of a stream that failed (headers are sent: the status is in-band)."""
+    status = e.status if isinstance(e, ApiError) else e.status_code if isinstance(e, RequestFailed) else 500
     return sse(error_body(str(e), status))
 
 
