@@ -71,6 +71,7 @@ class ModelRunner:
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", torch.cuda.current_device())
         self.graph_runner = self.verify_graph_runner = self.draft_graph_runner = None
+        self.step_reserve: Any = None  # the profile step's measure (memory_profile.StepReserve), GPU only
         try:
             self._init_model()
             self.attn_backend = get_attention_backend(self._attention_backend_name())()
@@ -176,6 +177,7 @@ class ModelRunner:
             torch.cuda.empty_cache()
             return None
         log_reserve(reserve)
+        self.step_reserve = reserve
         graphs = sum(self._graph_batch_sizes()) * self.vocab_size * 4  # each size keeps its logits
         logger.info("Decode graphs' logits: %.2f GB", graphs / 1e9)
         return reserve.bytes + graphs + reserve.decode_bytes
@@ -183,12 +185,27 @@ class ModelRunner:
     def shutdown(self) -> None:
         """Release the CUDA graphs now rather than whenever the runner is collected (a graph
         destroyed while another engine of this process captures breaks that capture); rank 0
-        of a tensor-parallel group also releases the other ranks and leaves the groups."""
+        of a tensor-parallel group also releases the other ranks and leaves the groups. Then
+        the weights, the KV pool, the table and the drafter go too, even while something still
+        holds this runner (an Engine kept by the default backend): a second engine of this
+        process gets the memory back."""
         if self.tp_size > 1 and self.tp_rank == 0 and dist.is_initialized():
             broadcast_step(None)
             leave_tensor_parallel(self)  # resets the graphs first
         else:
             self.release_cuda_graphs()
+        self.release_memory()
+
+    def release_memory(self) -> None:
+        """Drop every device tensor this runner holds; it cannot run steps afterwards."""
+        self.drafter = None
+        self.model = self.loaded = None
+        self.kv_pool = self.req_to_token_pool = self.attn_backend = None
+        self._last_tokens = self.captured_hidden = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
 
     def release_cuda_graphs(self) -> None:
         """Reset and drop every captured graph (decode, verify, draft). Graphs that captured NCCL
