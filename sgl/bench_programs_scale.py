@@ -135,7 +135,8 @@ def _margin(scores: list[float]) -> float:
 
 
 def _logprobs_8k(engine: Any) -> dict[str, Any]:
-    ids = [(i * 7919) % 30000 + 1000 for i in range(8192)]
+    num_tokens = min(8192, engine.get_server_info()["context_length"] - 1)  # room for one new token
+    ids = [(i * 7919) % 30000 + 1000 for i in range(num_tokens)]
     t0 = time.perf_counter()
     try:
         out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 1, "temperature": 0},
@@ -145,7 +146,8 @@ def _logprobs_8k(engine: Any) -> dict[str, Any]:
     meta = out["meta_info"]
     ok = (meta["finish_reason"]["type"] != "abort" and len(meta["input_token_logprobs"]) == len(ids)
           and all(len(t) == 20 for t in meta["input_top_logprobs"][1:]))
-    return {"ok": ok, "seconds": time.perf_counter() - t0, "finish_reason": meta["finish_reason"]}
+    return {"ok": ok, "num_tokens": num_tokens, "seconds": time.perf_counter() - t0,
+            "finish_reason": meta["finish_reason"]}
 
 
 def part_hellaswag_off(engine: Any, sizes: list[int]) -> dict[str, Any]:
@@ -155,9 +157,9 @@ def part_hellaswag_off(engine: Any, sizes: list[int]) -> dict[str, Any]:
     return {f"hellaswag_{sizes[0]}_off": {"seconds": seconds, "failed_programs": _answers(states)[2]}}
 
 
-def part_extraction(engine: Any, suffix: str = "") -> dict[str, Any]:
+def part_extraction(engine: Any, num_docs: int, per_doc: int, suffix: str = "") -> dict[str, Any]:
     _, extract = _programs()
-    args = extraction_args()
+    args = extraction_args(num_docs, per_doc)
     _run(engine, extract, extraction_args(num_docs=2, per_doc=2), 4)  # warm-up, grammar compile
     seconds, states, delta = _run(engine, extract, args, len(args))
     texts = [a["doc"] + "\nQuestion: what is the " + a["field"] + "?\nAnswer:" for a in args]
@@ -191,7 +193,7 @@ def run_part(part: str, args: argparse.Namespace, server: dict[str, Any]) -> dic
             return part_hellaswag(engine, sizes)
         if part == "hellaswag_off":
             return part_hellaswag_off(engine, sizes)
-        return part_extraction(engine, "_off" if part.endswith("_off") else "")
+        return part_extraction(engine, args.num_docs, args.per_doc, "_off" if part.endswith("_off") else "")
     finally:
         engine.shutdown()
 
@@ -224,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--sizes", default="128,512", help="Programs run at once (hellaswag); the first "
                    "is also run on a cache-off engine.")
     p.add_argument("--parts", default=",".join(PARTS))
+    p.add_argument("--num-docs", type=int, default=8, help="extraction: documents")
+    p.add_argument("--per-doc", type=int, default=16, help="extraction: programs per document")
     p.add_argument("--part", default=None, help=argparse.SUPPRESS)  # one part, in this process
     p.add_argument("--result-filename", default=None)
     ServerArgs.add_cli_args(p)

@@ -18,6 +18,7 @@ figures as the card's baseline.
 | offline    | 500 prompts, input U[1,4096], output U[1,2048]           | output tok/s                       |
 | structured | batch 64 JSON schema; jump-forward on/off (Llama 3 vocab) | constrained fraction, jump speedup |
 | ngram      | NGRAM speculation, batch 1, copy prompts                  | speedup over no speculation        |
+| programs   | 128/512 HellaSwag-shaped select programs, 8k prompt logprobs, shared-document extraction (bench_programs_scale) | speedups vs cache off, answers vs 8 at a time, failed steps, hit rate of optimum |
 """
 from __future__ import annotations
 
@@ -89,6 +90,17 @@ def _ngram(rows: list[dict]) -> list[Figure]:
     return [Figure("ngram_bs1.speedup", best["throughput_tok_s"] / base["throughput_tok_s"], "x", True)]
 
 
+def _programs(rows: list[dict]) -> list[Figure]:
+    f = rows[-1]["figures"]
+    units = {"speedup": ("x", True), "differ": ("programs", False), "failed": ("count", False),
+             "optimum": ("x", True), "ok": ("bool", True)}
+    out = []
+    for name, value in f.items():
+        unit, higher = next((u for key, u in units.items() if key in name), ("x", True))
+        out.append(Figure(f"programs.{name}", float(value if value is not None else float("nan")), unit, higher))
+    return out
+
+
 def _tok(a: argparse.Namespace) -> list[str]:
     if not a.tokenizer_path:
         raise SystemExit("this benchmark needs --tokenizer-path (a Llama 3 tokenizer folder)")
@@ -113,6 +125,8 @@ BENCHES = [
                               *_tok(a), "--speculative-algorithm", "NGRAM", "--dataset", "copy",
                               "--batch-sizes", "1", "--num-draft-tokens", "8", "16", "--max-new-tokens", "256",
                               *a.server_flags], _ngram, 400),
+    Bench("programs", lambda a: ["sgl.bench_programs_scale", "--model-path", a.model_path, "--load-format",
+                                 "dummy", *_tok(a), "--sizes", "128,512", *a.server_flags], _programs, 1500),
 ]
 
 

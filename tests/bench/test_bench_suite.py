@@ -29,6 +29,25 @@ def test_each_benchmark_reads_its_figures_from_result_lines():
     spec = [{"num_draft_tokens": 0, "throughput_tok_s": 50.0}, {"num_draft_tokens": 8, "throughput_tok_s": 150.0},
             {"num_draft_tokens": 16, "throughput_tok_s": 120.0}]
     assert by_name["ngram"].figures(spec)[0].value == pytest.approx(3.0)
+    programs = by_name["programs"].figures([{"figures": {
+        "hellaswag_128_speedup_vs_cache_off": 6.5, "hellaswag_128_differ_from_8_at_a_time": 0,
+        "hellaswag_128_failed_steps": None, "logprobs_8k_top20_ok": True}}])
+    got = {f.name: (f.value, f.higher_is_better) for f in programs}
+    assert got["programs.hellaswag_128_speedup_vs_cache_off"] == (6.5, True)
+    assert got["programs.hellaswag_128_differ_from_8_at_a_time"] == (0.0, False)
+    assert got["programs.logprobs_8k_top20_ok"] == (1.0, True)
+
+
+def test_programs_benchmark_trie_optimum_and_workload_shapes():
+    from sgl.bench_programs_scale import extraction_args, hellaswag_args, trie_optimum
+    # 2 prompts sharing 3 of their 4 tokens, and one alone: 3 of 12 tokens need not be computed
+    assert trie_optimum([[1, 2, 3, 4], [1, 2, 3, 5], [9, 8, 7, 6]]) == pytest.approx(3 / 12)
+    progs = hellaswag_args(5)
+    assert len({p["prefix"] for p in progs}) == 1 and all(len(p["endings"]) == 4 for p in progs)
+    assert all(len(e.split()) == 15 for e in progs[0]["endings"])
+    assert len(progs[0]["prefix"].split()) == 16 * (25 + 1 + 15)  # 16 shots: context, "Answer:", ending
+    docs = extraction_args(num_docs=8, per_doc=16)
+    assert len(docs) == 128 and len({d["doc"] for d in docs}) == 8
 
 
 def test_a_failing_benchmark_is_reported_and_fails_the_run(tmp_path, monkeypatch):
