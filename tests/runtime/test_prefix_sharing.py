@@ -83,3 +83,25 @@ def test_prefix_trie_match_len():
     assert trie.match_len([1, 2, 5, 6]) == 3
     assert trie.match_len([1, 9]) == 1
     assert trie.match_len([8]) == 0 and trie.match_len([]) == 0
+
+
+def test_bundled_model_computes_shared_documents_once():
+    """On the real engine: 12 requests over 3 documents of ~120 tokens, sent as one batch, reach
+    the trie optimum and give each request's greedy tokens when run alone. (The documents start
+    differently: a common start shorter than 32 tokens is computed by each, by design.)"""
+    from sgl.runtime.engine import Engine
+    with Engine(random_seed=0) as engine:
+        encode = lambda text: engine.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        docs = [encode(f"{name} wrote: " + "the quick brown fox jumps over a lazy dog " * 12 + "The end.")
+                for name in ("Alice", "Bob", "Carol")]
+        prompts = [docs[d] + encode(f" Question {q}: who jumps?") for q in range(4) for d in range(3)]
+        params = {"max_new_tokens": 3, "temperature": 0}
+        stats = engine.scheduler.stats
+        before = (stats.total_cached_tokens, stats.total_prompt_tokens)
+        together = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
+        cached, total = stats.total_cached_tokens - before[0], stats.total_prompt_tokens - before[1]
+        assert total == sum(map(len, prompts))
+        assert cached / total == pytest.approx(trie_optimum(prompts))
+        engine.flush_cache()
+        assert together == [engine.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts]
+        engine.call_in_scheduler(lambda s: s.check_pool_invariant())
