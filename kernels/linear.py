@@ -1,45 +1,61 @@
 """y = x W^T (+ b). cuBLAS, except a single row (batch-1 decode) on CUDA against a weight whose
-shape has a Triton GEMV entry in GEMV_CONFIGS, or an untuned weight of at least GEMV_MIN_NUMEL
-elements: there the Triton GEMV (kernels/triton/gemv.py) moves the weight bytes faster than
-cuBLAS's choice for M = 1 (sgl/bench_gemv.py on an H100: 78 vs 83 us for 4096 x 28672, 333
-vs 377 us for the LM head, before the per-shape table)."""
-from __future__ import annotations
+shape has a Triton GEMV entry in the device's table, or an untuned weight of at least
+GEMV_MIN_NUMEL elements: there the Triton GEMV (kernels/triton/gemv.py) moves the weight bytes
+faster than cuBLAS's choice for M = 1 (sgl/bench_gemv.py on an H100: 78 vs 83 us for
+4096 x 28672, 333 vs 377 us for the LM head, before the per-shape table).
 
-import json
-import os
+The per-shape tables are data files picked by device name (kernels/gemv_tables.py); the runner
+applies --disable-gemv and --gemv-configs through `configure_gemv`. A device's table is resolved
+at its first batch-1 linear, never at import."""
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from sgl.kernels.dispatch import use_triton
+from sgl.kernels.gemv_tables import GemvConfig, GemvTable, read_table, shipped_table
 
 # Below this many weight elements an untuned shape stays with cuBLAS.
 GEMV_MIN_NUMEL = 48 * 1024 * 1024
-# Weight (N, K) -> the Triton GEMV's (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT_K) at M = 1,
-# or None for cuBLAS: Llama-3.1-8B at TP 1, from `sgl/bench_gemv.py --quick` on an H200 (the
-# H100's SM; 2026-11-27, docs/benchmarks.md), where one layer's four linears took 110.3 us
-# against cuBLAS's 117.9. Split-K won on no shape there. Not yet re-probed on an H100.
-GEMV_CONFIGS: dict[tuple[int, int], tuple[int, ...] | None] = {
-    (6144, 4096): (2, 1024, 4, 3, 1),    # qkv: Triton 15.3 us, F.linear 16.4 us
-    (4096, 4096): (8, 512, 8, 3, 1),     # o_proj: Triton 10.5 us, F.linear 13.4 us
-    (28672, 4096): (8, 256, 4, 3, 1),    # gate_up: Triton 55.9 us, F.linear 62.4 us
-    (4096, 14336): (8, 512, 8, 3, 1),    # down: Triton 29.8 us, F.linear 31.6 us
-    (128256, 4096): (8, 256, 4, 3, 1),   # LM head: Triton 233.7 us, F.linear 240.8 us
-}
-# SGL_GEMV_CONFIGS=PATH: entries over these, from `gemv_probe.py --table-out PATH` on this GPU.
-if os.environ.get("SGL_GEMV_CONFIGS"):
-    with open(os.environ["SGL_GEMV_CONFIGS"]) as _f:
-        GEMV_CONFIGS.update({tuple(int(d) for d in key.split(",")): tuple(cfg) if cfg else None
-                             for key, cfg in json.load(_f).items()})
-# SGL_DISABLE_GEMV=1: cuBLAS everywhere (to compare the two in one run).
-_GEMV = os.environ.get("SGL_DISABLE_GEMV", "0").lower() in ("", "0", "false", "no")
+
+# Process-wide settings: defaults until a runner calls configure_gemv.
+_enabled = True
+_overrides: GemvTable = {}           # --gemv-configs entries
+_tables: dict[int, GemvTable] = {}   # CUDA device index -> its table, filled at first use
 
 
-def gemv_config(n: int, k: int) -> tuple[int, ...] | None:
-    """The Triton GEMV's config for a weight (n, k) at M = 1, or None for cuBLAS: the tuned
+def configure_gemv(enabled: bool = True, configs_file: str | None = None) -> None:
+    """Apply --disable-gemv (`enabled=False`: cuBLAS for every linear, e.g. to compare the two in
+    one run) and --gemv-configs (a table file whose entries go over the device's shipped table).
+    Raises ValueError for a malformed file. The last runner configured in a process sets it."""
+    global _enabled, _overrides
+    _overrides = read_table(configs_file) if configs_file else {}
+    _enabled = enabled
+    _tables.clear()
+
+
+def gemv_enabled() -> bool:
+    return _enabled
+
+
+def gemv_table_for(device_name: str) -> GemvTable:
+    """The table used on a device of this name: the shipped one, --gemv-configs entries over it."""
+    return {**shipped_table(device_name), **_overrides}
+
+
+def _device_table(device: torch.device) -> GemvTable:
+    index = torch.cuda.current_device() if device.index is None else device.index
+    table = _tables.get(index)
+    if table is None:
+        table = _tables[index] = gemv_table_for(torch.cuda.get_device_name(index))
+    return table
+
+
+def gemv_config(n: int, k: int, table: GemvTable) -> GemvConfig:
+    """The Triton GEMV's config for a weight (n, k) at M = 1, or None for cuBLAS: the table's
     entry if there is one, else the kernel's default from GEMV_MIN_NUMEL elements up."""
-    if (n, k) in GEMV_CONFIGS:
-        return GEMV_CONFIGS[(n, k)]
+    if (n, k) in table:
+        return table[(n, k)]
     if n * k < GEMV_MIN_NUMEL:
         return None
     from sgl.kernels.triton.gemv import DEFAULT_CONFIG
@@ -47,10 +63,10 @@ def gemv_config(n: int, k: int) -> tuple[int, ...] | None:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    if (_GEMV and x.dim() == 2 and x.shape[0] == 1 and weight.dim() == 2
+    if (_enabled and x.dim() == 2 and x.shape[0] == 1 and weight.dim() == 2
             and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
             and weight.stride(1) == 1 and use_triton(x)):
-        config = gemv_config(*weight.shape)
+        config = gemv_config(*weight.shape, _device_table(x.device))
         if config is not None:
             from sgl.kernels.triton.gemv import gemv
             return gemv(x.contiguous(), weight, bias, config=config)

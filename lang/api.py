@@ -18,6 +18,7 @@ from sgl.lang.ir import (
     SglRoleEnd,
     SglSamplingParams,
     SglSelect,
+    SglSeparateReasoning,
     as_expr,
     dtype_to_regex,
 )
@@ -46,7 +47,7 @@ def get_server_info(backend: Any = None) -> Any:
 
 def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int | None = None,
         n: int | None = None, stop: str | list[str] | None = None,
-        stop_token_ids: list[int] | None = None, temperature: float | None = None,
+        stop_regex: str | list[str] | None = None, stop_token_ids: list[int] | None = None, temperature: float | None = None,
         top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
         frequency_penalty: float | None = None, presence_penalty: float | None = None,
         ignore_eos: bool | None = None, return_logprob: bool | None = None,
@@ -58,15 +59,16 @@ def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int 
     if choices:
         return select(name, choices, 0.0 if temperature is None else temperature,
                       choices_method or token_length_normalized)
-    if regex is not None:
-        re.compile(regex)  # fail at the call site, not deep inside the program
+    for pattern in [regex] + ([stop_regex] if isinstance(stop_regex, str) else stop_regex or []):
+        if pattern is not None:
+            re.compile(pattern)  # fail at the call site, not deep inside the program
     if dtype is not None:
         dtype_to_regex(dtype)
     if isinstance(json_schema, dict):
         json_schema = json.dumps(json_schema)
     return SglGen(name, SglSamplingParams(
         max_new_tokens=max_tokens, min_new_tokens=min_tokens, n=n, stop=stop,
-        stop_token_ids=stop_token_ids, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+        stop_regex=stop_regex, stop_token_ids=stop_token_ids, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, ignore_eos=ignore_eos,
         return_logprob=return_logprob, logprob_start_len=logprob_start_len,
         top_logprobs_num=top_logprobs_num, return_text_in_logprobs=return_text_in_logprobs,
@@ -91,6 +93,18 @@ def select(name: str | None = None, choices: list[str] | None = None, temperatur
     if not all(isinstance(c, str) for c in choices):
         raise TypeError("select() choices must be strings")
     return SglSelect(name, choices, temperature, choices_method)
+
+
+def separate_reasoning(expr: Any = None, model_type: str | None = None) -> SglExpr:
+    """Split a reasoning model's `<think>` block out of the gens in `expr` (SGLang's API):
+    variable `x` keeps the answer, `x_reasoning_content` gets the reasoning. `model_type`: a
+    `--reasoning-parser` name (qwen3, deepseek-r1)."""
+    from sgl.runtime.reasoning_parser import PARSER_NAMES
+    if model_type not in PARSER_NAMES:
+        raise ValueError(f"separate_reasoning: model_type must be one of {list(PARSER_NAMES)}, "
+                         f"got {model_type!r}")
+    expr = as_expr(expr)
+    return SglExprList([expr, SglSeparateReasoning(model_type, expr)])
 
 
 def image(path: Any) -> SglExpr:

@@ -170,3 +170,9 @@ def _default_system(render: Callable, roles: dict) -> str | None | bool:
     if not user_only.endswith(user_piece) or not head.startswith(sys_prefix) or not head.endswith(sys_suffix):
         return False
     return head[len(sys_prefix): len(head) - len(sys_suffix)]
+
+
+register_chat_template(ChatTemplate(
+    name="claude", default_system_prompt=None,
+    role_prefix_and_suffix={"system": ("", ""), "user": ("\n\nHuman: ", ""),
+                            "assistant": ("\n\nAssistant:", "")}))

@@ -26,6 +26,7 @@ from sgl.lang.ir import (
     SglRoleEnd,
     SglSamplingParams,
     SglSelect,
+    SglSeparateReasoning,
     SglVariable,
     SglVarScopeBegin,
     SglVarScopeEnd,
@@ -197,6 +198,10 @@ class StreamExecutor:
         elif isinstance(expr, (SglGen, SglSelect, SglVarScopeBegin)) and expr.name is not None:
             self.variable_event[expr.name] = threading.Event()
             self.stream_var_event[expr.name] = threading.Event()
+        elif isinstance(expr, SglSeparateReasoning):
+            for name in expr.gen_names:
+                self.variable_event[expr.reasoning_name(name)] = threading.Event()
+                self.stream_var_event[expr.reasoning_name(name)] = threading.Event()
 
     def _mark_var_ready(self, name: str) -> None:
         self.ready_vars.add(name)
@@ -312,6 +317,23 @@ class StreamExecutor:
         else:
             raise ValueError(f"join mode must be 'gather_variable' or 'concate_and_append', got {expr.mode!r}")
 
+    def _execute_separate_reasoning(self, expr: SglSeparateReasoning) -> None:
+        """The gens already ran: split each one's text, and keep only the answer in the
+        program's text too (the reasoning was its tail's first part)."""
+        from sgl.runtime.reasoning_parser import ReasoningParser
+        for name in expr.gen_names:
+            text = self.variables[name]
+            texts = text if isinstance(text, list) else [text]  # n > 1: every sample
+            pairs = [ReasoningParser(expr.model_type).parse_non_stream(t) for t in texts]
+            if self.text_.endswith(texts[0]):
+                self.text_ = self.text_[:len(self.text_) - len(texts[0])] + pairs[0][1]
+            reasoning, answer = ([p[0] for p in pairs], [p[1] for p in pairs]) if isinstance(
+                text, list) else pairs[0]
+            self.variables[name] = answer
+            self.variables[expr.reasoning_name(name)] = reasoning
+            self.meta_info[expr.reasoning_name(name)] = self.meta_info.get(name)
+            self._mark_var_ready(expr.reasoning_name(name))
+
     def _resolve_sampling_params(self, params: SglSamplingParams) -> SglSamplingParams:
         merged = self.default_sampling_para.merged(params)
         for s in self.chat_template.stop_str:
@@ -345,4 +367,5 @@ _HANDLERS: dict[type, Callable[[StreamExecutor, Any], None]] = {
     SglFork: StreamExecutor._execute_fork,
     SglGetForkItem: StreamExecutor._execute_get_fork_item,
     SglJoin: StreamExecutor._execute_join,
+    SglSeparateReasoning: StreamExecutor._execute_separate_reasoning,
 }

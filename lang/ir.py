@@ -13,7 +13,9 @@ from typing import Any
 REGEX_INT = r"[-+]?[0-9]+"
 REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+"
 REGEX_BOOL = r"(True|False)"
-REGEX_STR = r"\"[^\"\n]*\""
+# A JSON string literal (RFC 8259): no raw control characters, only JSON's escapes, so the
+# value can be pasted into JSON (`gen_string` inside a JSON program) and json.loads accepts it.
+REGEX_STR = r'"([^"\\\x00-\x1f]|\\(["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
 
 _DTYPE_REGEX = {int: REGEX_INT, "int": REGEX_INT, float: REGEX_FLOAT, "float": REGEX_FLOAT,
                 bool: REGEX_BOOL, "bool": REGEX_BOOL, str: REGEX_STR, "str": REGEX_STR}
@@ -33,6 +35,7 @@ class SglSamplingParams:
     min_new_tokens: int | None = None
     n: int | None = None
     stop: str | list[str] | None = None
+    stop_regex: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -67,6 +70,8 @@ class SglSamplingParams:
                 "top_k", "min_p", "frequency_penalty", "presence_penalty", "ignore_eos", "json_schema")
         out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         out["stop"] = list(_as_list(self.stop))
+        if self.stop_regex:
+            out["stop_regex"] = list(_as_list(self.stop_regex))
         if self.dtype in (int, "int", float, "float"):
             out["stop"] += [" ", "\n"]  # a number ends at whitespace
         regex = self.resolved_regex()
@@ -170,6 +175,26 @@ class SglSelect(SglExpr):
 
     def __repr__(self) -> str:
         return f"Select({self.name!r}, choices={self.choices})"
+
+
+class SglSeparateReasoning(SglExpr):
+    """Split the reasoning out of the gens in `expr` (SGLang's `separate_reasoning`): each
+    gen variable `x` keeps the answer and `x_reasoning_content` receives the reasoning."""
+
+    def __init__(self, model_type: str, expr: SglExpr) -> None:
+        super().__init__()
+        self.model_type = model_type
+        self.gen_names = [e.name for e in _flat(expr) if isinstance(e, (SglGen, SglSelect))
+                          and e.name is not None]
+        if not self.gen_names:
+            raise ValueError("separate_reasoning needs a named gen (or a list holding one)")
+
+    @staticmethod
+    def reasoning_name(name: str) -> str:
+        return f"{name}_reasoning_content"
+
+    def __repr__(self) -> str:
+        return f"SeparateReasoning({self.model_type}, {self.gen_names})"
 
 
 class SglRoleBegin(SglExpr):

@@ -142,7 +142,8 @@ class ProgramState:
         loop = asyncio.get_running_loop()
         if not exe.stream:
             text = await loop.run_in_executor(None, self.text if var_name is None else lambda: self.get_var(var_name))
-            yield (text, self.get_meta_info(var_name)) if return_meta_data and var_name else text
+            if text:  # never an empty chunk, streamed or not
+                yield (text, self.get_meta_info(var_name)) if return_meta_data and var_name else text
             return
         pieces = _stream_pieces(exe, var_name, _blocking_wait)
         while True:

@@ -7,6 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from sgl.runtime.reasoning_parser import PARSER_NAMES as REASONING_PARSERS
+
 SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs", "random")
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -54,11 +56,17 @@ class ServerArgs:
     cuda_graph_max_bs: Optional[int] = _f(None, "Largest decode batch captured in a CUDA graph.")
     cuda_graph_bs: Optional[list[int]] = _f(None, "Batch sizes to capture.", nargs="+", type=int)
     disable_overlap_schedule: bool = _f(False, "Do not overlap CPU scheduling with GPU work.")
+    disable_gemv: bool = _f(False, "Batch-1 linears on cuBLAS too, never the Triton GEMV (e.g. to compare the two).")
+    gemv_configs: Optional[str] = _f(None, "JSON table of Triton GEMV configs by weight shape "
+                                     "(`sgl/bench_gemv.py --table-out FILE`), laid over the "
+                                     "shipped table for this GPU (kernels/configs/gemv/).")
     # Structured output
     grammar_backend: str = _f("xgrammar", "Grammar backend.", choices=("xgrammar", "outlines", "none"))
     disable_jump_forward: bool = _f(False, "Sample forced grammar spans token by token.")
     tool_call_parser: Optional[str] = _f(None, "Tool-call format (default: picked from the model).",
                                          choices=TOOL_CALL_PARSERS)
+    reasoning_parser: Optional[str] = _f(None, "Split <think> reasoning from the answer in chat "
+                                         "responses (reasoning_content).", choices=REASONING_PARSERS)
     # Speculative decoding
     speculative_algorithm: Optional[str] = _f(None, "Draft tokens and verify them in one target forward.",
                                               choices=SPECULATIVE_ALGORITHMS)
@@ -79,6 +87,12 @@ class ServerArgs:
     enable_custom_all_reduce: bool = _f(False, "All-reduce small tensors one-shot over GPU peer memory "
                                         "(ranks of one node) instead of NCCL; no faster on H100s "
                                         "(docs/benchmarks.md).")
+    custom_all_reduce_max_bytes: int = _f(128 << 10, "Largest all-reduce (bytes) that "
+                                          "--enable-custom-all-reduce sends one-shot; larger ones go "
+                                          "to NCCL. Default: where one-shot won alone at TP 2 and 4 on H100s.")
+    dist_timeout: Optional[int] = _f(None, "Seconds before the torch.distributed rendezvous and the "
+                                     "tensor collectives give up (a dead rank shows up as an error); "
+                                     "default: PyTorch's (10 min for NCCL, 30 for gloo).")
     dp_size: int = _f(1, "Data-parallel replicas: full copies of the model behind one front end.")
     load_balance_method: str = _f("round_robin", "How the front end picks a data-parallel replica.",
                                   choices=LOAD_BALANCE_METHODS)
@@ -100,6 +114,8 @@ class ServerArgs:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise ValueError(f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {self.tool_call_parser!r}")
+        if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(f"reasoning_parser must be one of {REASONING_PARSERS}, got {self.reasoning_parser!r}")
         if self.nnodes < 1 or self.tp_size % self.nnodes or not 0 <= self.node_rank < self.nnodes:
             raise ValueError(f"nnodes ({self.nnodes}) must divide tp_size ({self.tp_size}) and "
                              f"node_rank ({self.node_rank}) must be in [0, nnodes)")
@@ -116,12 +132,26 @@ class ServerArgs:
         if self.dp_size > 1 and self.nnodes > 1:
             raise ValueError("dp_size > 1 runs every replica on node 0: use nnodes 1")
         self._check_speculative()
+        self._check_kernels_and_parallelism()
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError("max_total_tokens must be at least 2")
         if self.logits_chunk_size is not None and self.logits_chunk_size < 1:
             raise ValueError(f"logits_chunk_size must be >= 1, got {self.logits_chunk_size}")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
             raise ValueError("mem_fraction_static must be in (0, 1)")
+
+    def _check_kernels_and_parallelism(self) -> None:
+        if self.dist_timeout is not None and self.dist_timeout <= 0:
+            raise ValueError(f"dist_timeout must be a positive number of seconds, got {self.dist_timeout}")
+        if self.custom_all_reduce_max_bytes < 16:  # the one-shot kernel takes 16-byte multiples
+            raise ValueError(f"custom_all_reduce_max_bytes must be at least 16, got "
+                             f"{self.custom_all_reduce_max_bytes}")
+        if self.gemv_configs is not None:
+            from sgl.kernels.gemv_tables import read_table
+            try:
+                read_table(self.gemv_configs)
+            except ValueError as e:
+                raise ValueError(f"gemv_configs: {e}") from e
 
     def _check_speculative(self) -> None:
         algo = self.speculative_algorithm

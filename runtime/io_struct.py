@@ -48,6 +48,7 @@ class TokenizedGenerateReq:
     logprob_start_len: int = -1  # -1: no input logprobs
     top_logprobs_num: int = 0
     stream: bool = False
+    priority: Optional[int] = None  # SGLang's request priority; stored, not yet scheduled by
 
 
 @dataclass

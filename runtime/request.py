@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from sgl.runtime.io_struct import TokenizedGenerateReq
+from sgl.runtime.request_fields import KNOWN, check_extra_fields
 from sgl.runtime.sampling.params import SamplingParams
 
 _FIELDS = {"text", "input_ids", "sampling_params", "return_logprob", "logprob_start_len",
-           "top_logprobs_num", "return_text_in_logprobs", "stream", "rid"}
+           "top_logprobs_num", "return_text_in_logprobs", "stream", "rid", "priority"} | KNOWN
 
 
 @dataclass
@@ -28,6 +29,7 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
     unknown = sorted(set(obj) - _FIELDS)
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    check_extra_fields(obj)
     texts, ids, is_batch = _prompts(obj)
     prompts = ids if ids is not None else [_tokenize(tokenize, t) for t in texts]
     for i, p in enumerate(prompts):
@@ -35,12 +37,14 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
     params = _sampling_params(obj.get("sampling_params"), len(prompts), vocab_size)
     for sp in params:
         _check_grammar(sp, grammar_backend)
+        _check_stops(sp, tokenize is not None)
     return_logprob = _per_prompt(obj, "return_logprob", False, bool, len(prompts))
     start = _per_prompt(obj, "logprob_start_len", -1, int, len(prompts))
     top = _per_prompt(obj, "top_logprobs_num", 0, int, len(prompts))
     stream = _typed(obj, "stream", False, bool)
     text_lp = _typed(obj, "return_text_in_logprobs", False, bool)
     rids = _rids(obj.get("rid"), len(prompts))
+    priority = _typed(obj, "priority", None, int)
     reqs = []
     for i, (prompt, sp) in enumerate(zip(prompts, params)):
         _clip_max_new_tokens(sp, len(prompt), context_len)
@@ -54,7 +58,8 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
             if sp.n > 1 and sp.seed is not None:
                 one.seed = sp.seed + k
             rid = rids[i] if sp.n == 1 else f"{rids[i]}-{k}"
-            reqs.append(TokenizedGenerateReq(rid, prompt, one, return_logprob[i], lp_start, top[i], stream))
+            reqs.append(TokenizedGenerateReq(rid, prompt, one, return_logprob[i], lp_start, top[i],
+                                             stream, priority))
     return ParsedRequest(reqs, is_batch or any(sp.n > 1 for sp in params), stream, text_lp, prompts)
 
 
@@ -120,6 +125,12 @@ def _check_grammar(sp: SamplingParams, backend: str) -> None:
         raise ValueError(f"sampling_params.{field}: {e}") from None
 
 
+def _check_stops(sp: SamplingParams, has_tokenizer: bool) -> None:
+    if sp.stop_regex and not has_tokenizer:
+        raise ValueError("sampling_params.stop_regex needs the tokenizer, which the server skips "
+                         "(--skip-tokenizer-init); use stop_token_ids")
+
+
 def _clip_max_new_tokens(sp: SamplingParams, prompt_len: int, context_len: int) -> None:
     sp.max_new_tokens = min(sp.max_new_tokens, context_len - prompt_len)
     sp.min_new_tokens = min(sp.min_new_tokens, sp.max_new_tokens)
@@ -154,6 +165,8 @@ def _rids(rid: Any, n: int) -> list[str]:
     if isinstance(rid, str) and n == 1:
         return [rid]
     if isinstance(rid, list) and len(rid) == n and all(isinstance(r, str) for r in rid):
+        if len(set(rid)) != n:
+            raise ValueError("rid: the ids of one batch must be distinct")
         return list(rid)
     raise ValueError("rid must be a string (one prompt) or a list of strings, one per prompt")
 

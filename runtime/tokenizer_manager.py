@@ -81,9 +81,10 @@ class ReqStream:
             return ""
         sp = self.req.sampling_params
         matched = (self.finished_reason or {}).get("matched")
+        if not isinstance(matched, str) or matched not in sp.stop:
+            matched = None  # a token, or a stop_regex pattern: its match stays in the text
         raw = self.remote_text if self.remote_text is not None else self.detok.text
-        return visible_text(raw, sp.stop, matched if isinstance(matched, str) else None,
-                            self.finished, sp.no_stop_trim)
+        return visible_text(raw, sp.stop, matched, self.finished, sp.no_stop_trim)
 
     def result(self) -> dict[str, Any]:
         meta = dict(self.meta, finish_reason=self.finished_reason)

@@ -42,6 +42,9 @@ for stage in "$@"; do
         --result-filename "$OUT/programs_base.jsonl" 2>&1 | tail -20) ;;
     bench1_profile) python3 -m sgl.bench_one_batch --model-path llama-3.1-8b-dummy --load-format dummy \
         --batch-size 1 --input-len 128 --output-len 16 --profile-kernels 64 2>&1 | grep -vE "INFO|Loading" | tail -40 ;;
+    bench1_nogemv) python3 -m sgl.bench_one_batch --model-path llama-3.1-8b-dummy --load-format dummy --disable-gemv \
+        --batch-size 1 --input-len 128 --output-len 256 2>&1 | grep -E "Prefill|Decode|Total|Error|error" ;;
+    gemv_probe) python3 -m sgl.bench_gemv --quick --fused --out "$OUT/gemv_probe.json" --table-out "$OUT/gemv_table.json" ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -22,6 +22,7 @@ from sgl.lang.api import (
     get_server_info,
     image,
     select,
+    separate_reasoning,
     set_default_backend,
     system,
     system_begin,
@@ -46,6 +47,8 @@ _LAZY = {
     "LocalBackend": ("sgl.lang.backends.local", "LocalBackend"),
     "RuntimeEndpoint": ("sgl.lang.backends.runtime_endpoint", "RuntimeEndpoint"),
     "OpenAI": ("sgl.lang.backends.openai", "OpenAI"),
+    "Anthropic": ("sgl.lang.backends.anthropic", "Anthropic"),
+    "LiteLLM": ("sgl.lang.backends.litellm", "LiteLLM"),
     "BaseBackend": ("sgl.lang.backends.base", "BaseBackend"),
 }
 
@@ -61,9 +64,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "assistant", "assistant_begin", "assistant_end", "flush_cache", "function", "gen", "gen_int",
-    "gen_string", "get_server_info", "image", "select", "set_default_backend", "system",
+    "gen_string", "get_server_info", "image", "select", "separate_reasoning", "set_default_backend", "system",
     "system_begin", "system_end", "user", "user_begin", "user_end", "video",
     "greedy_token_selection", "token_length_normalized", "unconditional_likelihood_normalized",
     "global_config", "ProgramError", "ProgramState",
-    "Engine", "Runtime", "LocalBackend", "RuntimeEndpoint", "OpenAI", "BaseBackend",
+    "Engine", "Runtime", "LocalBackend", "RuntimeEndpoint", "OpenAI", "Anthropic", "LiteLLM", "BaseBackend",
 ]

@@ -5,19 +5,24 @@ How a candidate is timed: after a warm-up (Triton compiles, workspaces are alloc
 are captured into one CUDA graph, cycling through a ring of weight copies larger than the L2 (as
 consecutive layers read different weights), and the graph is replayed; the median replay over the
 number of calls is the time of one call, with no Python launch cost in it, as under the model's
-decode graphs. It prints a table per shape and GEMV_CONFIGS ready to paste into kernels/linear.py.
+decode graphs. It prints a table per shape; --table-out FILE writes the probed table in the format
+of kernels/configs/gemv/ (kernels/gemv_tables.py): pass it to the server as --gemv-configs FILE,
+or ship it as kernels/configs/gemv/<device>.json.
 
-    python -m sgl.bench_gemv [--out probe.json] [--shapes qkv,o] [--fused]
+    python -m sgl.bench_gemv [--out probe.json] [--table-out table.json] [--shapes qkv,o] [--fused]
 
 --fused also times one decoder layer's linears (qkv, o, gate_up, down) back to back in one graph,
-through kernels/linear.py with cuBLAS, with its current GEMV_CONFIGS and with the probed table."""
+through kernels/linear.py with cuBLAS, with this device's shipped table and with the probed table
+over it."""
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
 import math
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -25,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from sgl.kernels import linear as linear_mod
+from sgl.kernels.gemv_tables import GemvTable, find_table, write_table
 from sgl.kernels.triton.gemv import gemv
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
@@ -135,19 +141,19 @@ def print_rows(report: dict) -> None:
 
 
 def print_table(report: dict, device: str) -> None:
-    print(f"\n# sgl/bench_gemv.py on {device}; paste over GEMV_CONFIGS in kernels/linear.py")
-    print("GEMV_CONFIGS: dict[tuple[int, int], tuple[int, ...] | None] = {")
+    print(f"\n# sgl/bench_gemv.py on {device} (--table-out FILE writes it as JSON); shipped "
+          f"table for this device: {find_table(device)}")
     for name, row in report.items():
         entry, f_us = table_entry(row), row["f_linear_us"]
         best_us = row["triton"][0][1] if row["triton"] else math.nan
-        key = f"({row['n']}, {row['k']}):"
-        print(f"    {key:<15} {str(entry) + ',':<22} # {name}: Triton {best_us:.1f} us, "
+        key = f"\"{row['n']},{row['k']}\":"
+        print(f"    {key:<15} {str(list(entry) if entry else None):<22} # {name}: Triton {best_us:.1f} us, "
               f"F.linear {f_us:.1f} us, ideal {row['ideal_us']:.1f} us")
-    print("}")
 
 
-def time_layer(tables: dict[str, dict | None]) -> dict:
-    """us of one layer's four linears through linear_mod.linear, per table (None: cuBLAS)."""
+def time_layer(tables: dict[str, GemvTable | None]) -> dict:
+    """us of one layer's four linears through linear_mod.linear, per table of entries over the
+    shipped one (None: cuBLAS), each applied as the server applies --gemv-configs."""
     nbytes = sum(n * k * 2 for n, k in (SHAPES[s] for s in LAYER))
     layers = [[torch.randn(*SHAPES[s], device="cuda", dtype=torch.bfloat16) * 0.02 for s in LAYER]
               for _ in range(max(2, math.ceil(RING_BYTES / nbytes)))]
@@ -157,14 +163,18 @@ def time_layer(tables: dict[str, dict | None]) -> dict:
         for w in ws:
             linear_mod.linear(xs[w.shape[1]], w)
 
-    saved = linear_mod._GEMV, linear_mod.GEMV_CONFIGS
     out = {"ideal_us": nbytes / HBM_BYTES_PER_S * 1e6}
-    try:
-        for name, table in tables.items():
-            linear_mod._GEMV, linear_mod.GEMV_CONFIGS = table is not None, table or {}
-            out[name] = graph_us(layer, layers, nbytes)  # cycling through the layers
-    finally:
-        linear_mod._GEMV, linear_mod.GEMV_CONFIGS = saved
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for name, table in tables.items():
+                path = None
+                if table:
+                    path = os.path.join(tmp, f"{len(out)}.json")
+                    write_table(path, table, torch.cuda.get_device_name(), "gemv_probe --fused")
+                linear_mod.configure_gemv(table is not None, path)
+                out[name] = graph_us(layer, layers, nbytes)  # cycling through the layers
+        finally:
+            linear_mod.configure_gemv()
     return out
 
 
@@ -176,7 +186,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="a small grid (QUICK_BLOCKS)")
     p.add_argument("--fused", action="store_true", help="also time a layer's linears back to back")
     p.add_argument("--table-out", default=None,
-                   help="write the probed table as JSON, for SGL_GEMV_CONFIGS=PATH (kernels/linear.py)")
+                   help="write the probed table as JSON, for --gemv-configs FILE or kernels/configs/gemv/")
     args = p.parse_args()
     torch.manual_seed(0)
     device = torch.cuda.get_device_name()
@@ -193,9 +203,9 @@ def main() -> None:
         print_table(report, device)
     if args.fused:
         probed = {(r["n"], r["k"]): table_entry(r) for r in report.values()}
-        tables = {"cuBLAS": None, "linear.py table": dict(linear_mod.GEMV_CONFIGS)}
+        tables = {"cuBLAS": None, "shipped table": {}}
         if probed:
-            tables["probed table"] = {**linear_mod.GEMV_CONFIGS, **probed}
+            tables["probed table"] = probed
         result["layer"] = time_layer(tables)
         print("\none layer (qkv, o, gate_up, down) in one graph: "
               + ", ".join(f"{k} {v:.1f} us" for k, v in result["layer"].items()))
@@ -203,8 +213,9 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     if args.table_out:
-        with open(args.table_out, "w") as f:
-            json.dump({f"{r['n']},{r['k']}": table_entry(r) for r in report.values()}, f)
+        source = f"python -m sgl.bench_gemv{' --quick' if args.quick else ''} on {device}, {time.strftime('%Y-%m-%d')}"
+        write_table(args.table_out, {(r["n"], r["k"]): table_entry(r) for r in report.values()},
+                    device, source)
 
 
 if __name__ == "__main__":

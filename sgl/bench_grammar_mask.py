@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from .base import (
+from sgl.runtime.grammar.base import (
     allocate_token_bitmask,
     apply_token_bitmask,
     bitmask_to_bool,

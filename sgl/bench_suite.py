@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="Write the run (figures, card, commit) as JSON.")
     parser.add_argument("--tree", default=None, help="Run the benchmarks on this checkout's code.")
     parser.add_argument("--label", default=None, help="A name for this run in the output (e.g. before/after).")
+    parser.add_argument("--commit", default=None, help="The code's commit (default: git rev-parse, where "
+                        "the checkout's .git is current).")
     parser.add_argument("--update-baseline", action="store_true")
     parser.add_argument("--server-flag", dest="server_flags", action="append", default=[],
                         help="Passed to every benchmark (repeat), e.g. --server-flag=--disable-cuda-graph")
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - {b.name for b in BENCHES}
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; have {[b.name for b in BENCHES]}")
-    card, commit = _card(), (args.label or "") + ("@" if args.label else "") + _commit(args.tree)
+    card, commit = _card(), (args.label or "") + ("@" if args.label else "") + (args.commit or _commit(args.tree))
     baselines = json.load(open(args.baseline)) if os.path.exists(args.baseline) else {}
     base = baselines.get(card, {}).get("figures", {})
     figures, errors, seconds, worse = [], {}, {}, []

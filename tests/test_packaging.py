@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -26,7 +27,12 @@ def expected_files() -> set[str]:
 
 
 def test_wheel_contains_every_module(tmp_path):
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), ROOT],
+    # Built from a clean copy: the repository's own build/ and sgl.egg-info (an editable install's)
+    # remember files from earlier builds and would hide a data file that package-data misses.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, symlinks=True,
+                    ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(src)],
                    check=True, capture_output=True)
     (wheel,) = [p for p in os.listdir(tmp_path) if p.endswith(".whl")]
     names = set(zipfile.ZipFile(tmp_path / wheel).namelist())
@@ -35,6 +41,7 @@ def test_wheel_contains_every_module(tmp_path):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"sgl"}, f"unexpected top-level entries: {top}"
     assert "sgl/runtime/configs/llama-3.1-8b-dummy/config.json" in names
+    assert "sgl/kernels/configs/gemv/nvidia-h200.json" in names  # the shipped GEMV table
     assert not any("__pycache__" in n for n in names)
 
 

@@ -140,7 +140,9 @@ def _openai_sampling(params: SglSamplingParams, is_official: bool) -> dict[str, 
     body: dict[str, Any] = {"max_tokens": params.max_new_tokens, "temperature": params.temperature,
                             "top_p": params.top_p, "frequency_penalty": params.frequency_penalty,
                             "presence_penalty": params.presence_penalty, "n": params.n}
-    stop = list(params.stop or [])
+    stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
+    if params.dtype in (int, "int", float, "float"):
+        stop += [" ", "\n"]  # a number ends at whitespace, as on the native backends
     body["stop"] = stop[:4] if stop else None  # the API takes at most 4
     regex = params.resolved_regex()
     if params.json_schema is not None:
@@ -154,5 +156,8 @@ def _openai_sampling(params: SglSamplingParams, is_official: bool) -> dict[str, 
         body["regex"] = regex
     if not is_official:  # SGLang-style extra sampling fields
         body.update(top_k=params.top_k, min_p=params.min_p, ignore_eos=params.ignore_eos,
-                    min_tokens=params.min_new_tokens)
+                    min_tokens=params.min_new_tokens, stop_regex=params.stop_regex or None)
+    elif params.stop_regex:
+        raise NotImplementedError("stop_regex is not supported by the OpenAI API; use a "
+                                  "self-hosted OpenAI-compatible server")
     return {k: v for k, v in body.items() if v is not None and not (k == "top_k" and v == -1)}

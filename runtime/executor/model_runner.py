@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from sgl.kernels.linear import configure_gemv
 from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TableWrites
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
@@ -67,12 +68,15 @@ class ModelRunner:
         self.shares_sampled_ids = self.tp_size > 1 and not server_args.disable_overlap_schedule
         if self.tp_size > 1:
             init_tensor_parallel(tp_rank, self.tp_size, server_args.dist_init_addr, self.device,
-                                 custom_all_reduce=server_args.enable_custom_all_reduce)
+                                 dist_timeout=server_args.dist_timeout,
+                                 custom_all_reduce=server_args.enable_custom_all_reduce,
+                                 custom_all_reduce_max_bytes=server_args.custom_all_reduce_max_bytes)
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", torch.cuda.current_device())
         self.graph_runner = self.verify_graph_runner = self.draft_graph_runner = None
         self.step_reserve: Any = None  # the profile step's measure (memory_profile.StepReserve), GPU only
         try:
+            configure_gemv(not server_args.disable_gemv, server_args.gemv_configs)
             self._init_model()
             self.attn_backend = get_attention_backend(self._attention_backend_name())()
             self.sampler = Sampler()

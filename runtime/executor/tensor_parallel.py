@@ -33,17 +33,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: torch.device,
-                         custom_all_reduce: bool = False) -> None:
+def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: torch.device, *,
+                         dist_timeout: int | None, custom_all_reduce: bool,
+                         custom_all_reduce_max_bytes: int) -> None:
     """Join the process group. `custom_all_reduce`: also set up the one-shot all-reduce over peer
-    memory (GPUs of one node; layers/custom_all_reduce.py)."""
+    memory for tensors up to `custom_all_reduce_max_bytes` (GPUs of one node;
+    layers/custom_all_reduce.py). `dist_timeout`: seconds (--dist-timeout; None: PyTorch's default)."""
     global _OBJECT_GROUP
     if device.type == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     backend = "nccl" if device.type == "cuda" else "gloo"
     # The rendezvous and the tensor collectives keep a finite timeout (a rank that died shows up);
     # the step broadcast does not: an idle server's followers wait in it for as long as it idles.
-    timeout = timedelta(seconds=float(os.environ.get("SGL_TP_TIMEOUT_S", "1800")))
+    timeout = timedelta(seconds=dist_timeout) if dist_timeout is not None else None
     dist.init_process_group(backend, init_method=f"tcp://{dist_init_addr}", rank=rank,
                             world_size=tp_size, timeout=timeout)
     _OBJECT_GROUP = dist.new_group(backend="gloo", timeout=_IDLE_FOREVER)
@@ -51,7 +53,7 @@ def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: t
         dist.all_reduce(torch.zeros(1, device=torch.device("cuda", torch.cuda.current_device())))
         torch.cuda.synchronize()
         if custom_all_reduce:
-            one_shot = install_one_shot(dist.group.WORLD)
+            one_shot = install_one_shot(dist.group.WORLD, custom_all_reduce_max_bytes)
             if one_shot is not None and rank == 0:
                 logger.info("custom all-reduce: one-shot over peer memory up to %d bytes, NCCL above",
                             one_shot.max_bytes)

@@ -24,8 +24,6 @@ import torch
 
 logger = logging.getLogger("sgl.tp")
 
-# Where one-shot won alone at both TP=2 and TP=4 (H100); SGL_CUSTOM_ALL_REDUCE_MAX_BYTES moves it.
-DEFAULT_MAX_BYTES = 128 << 10
 DTYPES = (torch.bfloat16, torch.float32)  # what PyTorch's one-shot kernel reduces
 
 _current: OneShotAllReduce | None = None
@@ -73,9 +71,10 @@ def current() -> OneShotAllReduce | None:
     return _current
 
 
-def install(group: Any, max_bytes: int | None = None) -> OneShotAllReduce | None:
+def install(group: Any, max_bytes: int) -> OneShotAllReduce | None:
     """Set up the one-shot all-reduce for `group` (a collective call: every rank of the group
-    makes it). Returns None, leaving NCCL in charge, where PyTorch lacks the kernels."""
+    makes it) for tensors of at most `max_bytes` (--custom-all-reduce-max-bytes). Returns None,
+    leaving NCCL in charge, where PyTorch lacks the kernels."""
     global _current
     if not (torch.cuda.is_available() and hasattr(torch.ops.symm_mem, "one_shot_all_reduce")):
         logger.info("custom all-reduce: PyTorch has no symmetric-memory one-shot kernel; using NCCL")
@@ -83,8 +82,6 @@ def install(group: Any, max_bytes: int | None = None) -> OneShotAllReduce | None
     # The one-shot kernel reads peers' buffers directly: keep PyTorch from also setting up NVLink
     # multicast objects for them (a caller's own setting stands).
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-    if max_bytes is None:
-        max_bytes = int(os.environ.get("SGL_CUSTOM_ALL_REDUCE_MAX_BYTES", DEFAULT_MAX_BYTES))
     _current = OneShotAllReduce(group, max_bytes)
     return _current
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from sgl.runtime.loader import dummy, hf
 from sgl.runtime.loader.bundled import bundled_model_path
+from sgl.runtime.loader.hub_cache import cached_snapshot, looks_like_hub_id
 from sgl.runtime.models.llama import get_head_dim
 from sgl.runtime.models.registry import DRAFT_ARCHITECTURES, get_model_class, resolve_architecture
 from torch import nn
@@ -100,6 +101,8 @@ def resolve_model_path(model_path: str) -> str:
         shipped = os.path.join(SHIPPED_CONFIGS_DIR, model_path)
         if os.path.isdir(shipped):
             return shipped
+        if looks_like_hub_id(model_path):
+            return cached_snapshot(model_path)
         raise FileNotFoundError(f"model path {model_path} does not exist (shipped configs: "
                                 f"{', '.join(sorted(os.listdir(SHIPPED_CONFIGS_DIR)))})")
     return model_path

@@ -11,12 +11,16 @@ import tempfile
 import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from sgl.runtime.loader.hub_cache import cached_snapshot, looks_like_hub_id
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def get_tokenizer(model_path: str, tokenizer_path: str | None = None,
                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     path = tokenizer_path or model_path
+    if looks_like_hub_id(path):
+        path = cached_snapshot(path)
     if path.endswith(".gguf"):
         return _load_gguf_tokenizer(os.path.abspath(path))
     if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
@@ -48,7 +52,10 @@ def _load_gguf_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
 
 def _cache_dir(path: str) -> str | None:
-    root = os.environ.get("SGL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sgl")
+    # Where a cache lives is the machine's business, not the server's: an environment variable,
+    # as HF_HOME and TRITON_CACHE_DIR are (read here, at the first GGUF tokenizer load).
+    root = os.environ.get("SGL_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sgl")
     st = os.stat(path)
     key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}".encode())
     return os.path.join(root, "gguf-tokenizers", key.hexdigest()[:24])

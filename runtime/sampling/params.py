@@ -3,6 +3,7 @@ raises ValueError naming the offending field; nothing invalid reaches the schedu
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -22,6 +23,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
+    stop_regex: list[str] = field(default_factory=list)  # stop once the output matches one
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
@@ -34,6 +36,8 @@ class SamplingParams:
     json_schema: Optional[str] = None
     ebnf: Optional[str] = None
     structural_tag: Optional[str] = None
+    stream_interval: Optional[int] = None  # this request's --stream-interval
+    custom_params: Optional[dict[str, Any]] = None  # stored for the caller; nothing reads it
 
     @classmethod
     def from_dict(cls, d: Optional[dict[str, Any]]) -> "SamplingParams":
@@ -46,6 +50,7 @@ class SamplingParams:
         d = dict(d)
         if "sampling_seed" in d:  # SGLang's newer spelling
             d.setdefault("seed", d.pop("sampling_seed"))
+        _drop_unsupported(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in d if k not in names)
         if unknown:
@@ -68,6 +73,8 @@ class SamplingParams:
         _require(-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]")
         _require(0 < self.repetition_penalty <= 2, "repetition_penalty", "must be in (0, 2]")
         _require(self.n >= 1, "n", "must be >= 1")
+        _require(self.stream_interval is None or self.stream_interval >= 1, "stream_interval",
+                 "must be >= 1")
         grammars = [k for k in ("regex", "json_schema", "ebnf", "structural_tag") if getattr(self, k)]
         _require(len(grammars) <= 1, grammars[-1] if grammars else "regex",
                  f"only one of regex, json_schema, ebnf, structural_tag may be set (got {grammars})")
@@ -88,7 +95,7 @@ class SamplingParams:
 
 
 _FLOATS = {"temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty"}
-_INTS = {"max_new_tokens", "min_new_tokens", "top_k", "seed", "n"}
+_INTS = {"max_new_tokens", "min_new_tokens", "top_k", "seed", "n", "stream_interval"}
 _BOOLS = {"ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"}
 _STRS = {"regex", "json_schema", "ebnf", "structural_tag"}
 
@@ -117,6 +124,11 @@ def _coerce(name: str, v: Any) -> Any:
         return v
     if name == "stop":
         return _str_list(v)
+    if name == "stop_regex":
+        return _regex_list(v)
+    if name == "custom_params":
+        _require(isinstance(v, dict), name, f"must be an object, got {type(v).__name__}")
+        return dict(v)
     if name == "stop_token_ids":
         v = [v] if isinstance(v, int) and not isinstance(v, bool) else v
         _require(isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v),
@@ -144,3 +156,42 @@ def _str_list(v: Union[str, list, None]) -> list[str]:
     _require(isinstance(v, list) and all(isinstance(s, str) for s in v), "stop", "must be a string or list of strings")
     _require(all(s for s in v), "stop", "must not contain empty strings")
     return list(v)
+
+
+# Most stop_regex patterns, and longest, a request may send (SGLang has limits of the same kind):
+# each is searched in the output's tail after every token.
+MAX_STOP_REGEX = 16
+MAX_STOP_REGEX_LEN = 1024
+
+
+def _regex_list(v: Union[str, list, None]) -> list[str]:
+    v = [v] if isinstance(v, str) else v
+    _require(isinstance(v, list) and all(isinstance(s, str) for s in v), "stop_regex",
+             "must be a string or list of strings")
+    _require(len(v) <= MAX_STOP_REGEX, "stop_regex", f"takes at most {MAX_STOP_REGEX} patterns")
+    for pattern in v:
+        _require(0 < len(pattern) <= MAX_STOP_REGEX_LEN, "stop_regex",
+                 f"patterns must be 1 to {MAX_STOP_REGEX_LEN} characters")
+        try:
+            compiled = re.compile(pattern)
+        except (re.error, RecursionError) as e:
+            raise ValueError(f"sampling_params.stop_regex {pattern!r} is not a valid regex: {e}") from None
+        _require(compiled.search("") is None, "stop_regex",
+                 f"{pattern!r} matches the empty string, so it would stop at once")
+    return list(v)
+
+
+# SGLang sampling parameters of features sgl lacks: their default is accepted (and dropped);
+# any other value is an error naming the feature.
+_UNSUPPORTED = {"beam_width": ("beam search", (None, 1)), "watermark": ("watermarking", (None,)),
+                "ebnf_full_assistant": ("ebnf over the whole assistant turn", (None, False))}
+
+
+def _drop_unsupported(d: dict[str, Any]) -> None:
+    for name, (feature, neutral) in _UNSUPPORTED.items():
+        if name not in d:
+            continue
+        value = d.pop(name)
+        _require(any(value is n or (value == n and type(value) is type(n)) for n in neutral), name,
+                 f"asks for {feature}, which sgl does not support; omit it or send "
+                 f"{' or '.join('null' if n is None else str(n).lower() for n in neutral)}")

@@ -2,7 +2,10 @@
 TokenOutput per request that has something to say."""
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable
+from re import _parser as re_parser  # the public sre_parse alias is deprecated since 3.11
 from typing import Any, Optional
 
 from sgl.runtime.io_struct import TokenOutput, abort_reason
@@ -35,6 +38,8 @@ class StopChecker:
             if token in req.stop_ids:
                 return req.finish({"type": "stop", "matched": token})
             matched = self._match_stop_str(req)
+            if matched is None:
+                matched = self._match_stop_regex(req)
             if matched is not None:
                 return req.finish({"type": "stop", "matched": matched})
         if n >= params.max_new_tokens:
@@ -48,6 +53,30 @@ class StopChecker:
         tail = req.output_ids[-(4 * max(map(len, stops)) + 2):]
         text = self.tokenizer.decode(tail, skip_special_tokens=False)
         return next((s for s in stops if s in text), None)
+
+    def _match_stop_regex(self, req: Req) -> Optional[str]:
+        """The first stop_regex pattern found in the output's tail (the finish reason's
+        `matched`, as in SGLang). The newest token completes any new match, so a tail as long
+        as the longest match suffices."""
+        patterns = req.sampling_params.stop_regex
+        if not patterns or self.tokenizer is None:
+            return None
+        tail = req.output_ids[-regex_tail_tokens(tuple(patterns)):]
+        text = self.tokenizer.decode(tail, skip_special_tokens=False)
+        return next((p for p in patterns if re.search(p, text)), None)
+
+
+# A match longer than this many characters (an unbounded pattern such as `a.*b`) is looked for
+# only within this many trailing characters' worth of tokens.
+MAX_REGEX_MATCH_CHARS = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def regex_tail_tokens(patterns: tuple[str, ...]) -> int:
+    """Trailing tokens that spell the longest match of any of `patterns`, even at one byte
+    (a quarter of a character) per token."""
+    widest = max(min(re_parser.parse(p).getwidth()[1], MAX_REGEX_MATCH_CHARS) for p in patterns)
+    return 4 * widest + 2
 
 
 class ResultProcessor:

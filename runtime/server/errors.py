@@ -9,12 +9,14 @@ from typing import Any, Optional
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from sgl.runtime.request_fields import KNOWN
 from sgl.runtime.sampling.params import SamplingParams
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 413: "invalid_request_error", 503: "service_unavailable"}
 _REQUEST_FIELDS = ("input_ids", "text", "sampling_params", "return_logprob", "logprob_start_len",
-                   "top_logprobs_num", "return_text_in_logprobs", "stream", "rid")
+                   "top_logprobs_num", "return_text_in_logprobs", "stream", "rid", "priority",
+                   *sorted(KNOWN))
 _SAMPLING_FIELDS = tuple(SamplingParams.__dataclass_fields__)
 
 

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sgl.runtime.config import ServerArgs
 from sgl.runtime.io_struct import RequestFailed
+from sgl.runtime.server.compat_routes import add_compat_routes
 from sgl.runtime.server.data_parallel import merge_states
 from sgl.runtime.server.errors import ApiError, error_body, from_value_error, read_json
 from sgl.runtime.server.openai_api import OpenAIServing
@@ -57,6 +58,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
     _add_native_routes(app, ctx)
     _add_control_routes(app, ctx)
     _add_openai_routes(app, ctx)
+    add_compat_routes(app, ctx)
     return app
 
 
@@ -168,11 +170,13 @@ def _add_native_routes(app: FastAPI, ctx: ServerContext) -> None:
         return JSONResponse(error_body("the model did not generate in time", 503), status_code=503)
 
     @app.get("/get_model_info")
+    @app.get("/model_info")
     async def get_model_info() -> dict[str, Any]:
         return {"model_path": ctx.model_path,
                 "tokenizer_path": ctx.args.tokenizer_path or ctx.model_path, "is_generation": True}
 
     @app.get("/get_server_info")
+    @app.get("/server_info")
     async def get_server_info() -> dict[str, Any]:
         """Flags, model info and scheduler state: summed over the data-parallel replicas at
         the top level, each replica's own (with its dp_rank) in `internal_states`."""

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from sgl.runtime.grammar import ANY_JSON_OBJECT, validate
+from sgl.runtime.reasoning_parser import prompt_opens_reasoning
 from sgl.runtime.server import openai_format as fmt
 from sgl.runtime.server import tools as tl
 from sgl.runtime.server.errors import ApiError, from_value_error, pydantic_error, read_json
@@ -29,8 +30,9 @@ _CHAT_ALIASES = {**_COMPLETION_ALIASES, "input_ids": "messages", "text": "messag
 class OpenAIServing:
     def __init__(self, front: Any, model_names: list[str], context_len: int,
                  chat_template: Optional[str] = None, tool_call_parser: Optional[str] = None,
-                 model_path: str = "") -> None:
+                 model_path: str = "", reasoning_parser: Optional[str] = None) -> None:
         self.front, self.model_names = front, model_names
+        self.reasoning_parser = reasoning_parser
         self.context_len, self.chat_template = context_len, chat_template
         self.created = int(time.time())
         name = tool_call_parser or tl.default_parser_name(model_path, self._template_text())
@@ -40,7 +42,7 @@ class OpenAIServing:
     def from_context(cls, ctx: Any) -> OpenAIServing:
         """From the HTTP server's ServerContext."""
         return cls(ctx.front, ctx.model_names, ctx.info["context_length"], ctx.chat_template,
-                   ctx.args.tool_call_parser, ctx.model_path)
+                   ctx.args.tool_call_parser, ctx.model_path, ctx.args.reasoning_parser)
 
     def models(self) -> dict[str, Any]:
         name = self.model_names[0]
@@ -84,7 +86,8 @@ class OpenAIServing:
         sampling = self._sampling(req, max_new)
         if plan is not None:
             plan.apply(sampling)
-        obj = {"input_ids": self._chat_ids(req, plan), "sampling_params": sampling,
+        prompt = self._chat_prompt(req, plan)
+        obj = {"input_ids": self.front.tokenize(prompt), "sampling_params": sampling,
                "rid": req.rid, "stream": req.stream}
         if req.logprobs:
             obj.update(return_logprob=True, top_logprobs_num=req.top_logprobs or 0,
@@ -93,13 +96,24 @@ class OpenAIServing:
             raise ApiError("top_logprobs requires logprobs=true", param="top_logprobs")
         parsed = self._parse(obj, _CHAT_ALIASES)
         view = fmt.ChatView(req, f"chatcmpl-{uuid.uuid4().hex}", self.model_names[0],
-                            plan.parser if plan is not None else None)
+                            plan.parser if plan is not None else None,
+                            self._reasoning(req, prompt))
         if req.stream:
             return sse_response(self._stream(view, obj, parsed))
         results = await collect(request, self.front, obj, parsed)
         return JSONResponse(view.response(results))
 
-    def _chat_ids(self, req: ChatCompletionRequest, plan: Optional[tl.ToolPlan]) -> list[int]:
+    def _reasoning(self, req: ChatCompletionRequest, prompt: str) -> Optional[fmt.Reasoning]:
+        """How to split reasoning from the answer: only with --reasoning-parser and when the
+        request wants it apart; the output starts inside the reasoning when the template
+        opened the think block at the end of the prompt."""
+        name = self.reasoning_parser
+        if name is None or not req.separate_reasoning:
+            return None
+        return fmt.Reasoning(name, prompt_opens_reasoning(prompt, name) or None,
+                             req.stream_reasoning)
+
+    def _chat_prompt(self, req: ChatCompletionRequest, plan: Optional[tl.ToolPlan]) -> str:
         tokenizer = self.front.tokenizer
         if tokenizer is None:
             raise ApiError("chat needs a tokenizer; the server runs with --skip-tokenizer-init",
@@ -109,7 +123,8 @@ class OpenAIServing:
             return tokenizer.apply_chat_template(
                 messages, tools=tools, tokenize=False,
                 add_generation_prompt=not req.continue_final_message,
-                continue_final_message=req.continue_final_message, chat_template=self.chat_template)
+                continue_final_message=req.continue_final_message, chat_template=self.chat_template,
+                **(req.chat_template_kwargs or {}))
         try:
             messages = self._messages(req, plan)
             if plan is None or not plan.offered:
@@ -119,7 +134,7 @@ class OpenAIServing:
         except Exception as e:  # template errors (jinja raise_exception, bad role order, ...)
             raise ApiError(f"messages: cannot apply the chat template: {e}",
                            param="messages") from None
-        return self.front.tokenize(text)
+        return text
 
     def _messages(self, req: ChatCompletionRequest, plan: Optional[tl.ToolPlan]) -> list[dict]:
         native = "tool_calls" in (self._template_text() or "")
@@ -158,7 +173,7 @@ class OpenAIServing:
               "min_p": req.min_p, "frequency_penalty": req.frequency_penalty,
               "presence_penalty": req.presence_penalty,
               "repetition_penalty": req.repetition_penalty,
-              "stop": req.stop, "stop_token_ids": req.stop_token_ids, "ignore_eos": req.ignore_eos,
+              "stop": req.stop, "stop_regex": req.stop_regex, "stop_token_ids": req.stop_token_ids, "ignore_eos": req.ignore_eos,
               "skip_special_tokens": req.skip_special_tokens, "no_stop_trim": req.no_stop_trim,
               "seed": req.seed, "n": req.n, "logit_bias": req.logit_bias, "regex": req.regex,
               "json_schema": json_schema, "ebnf": req.ebnf}

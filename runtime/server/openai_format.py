@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
+from sgl.runtime.reasoning_parser import ReasoningParser
 from sgl.runtime.server.tools import ToolCallParser, ToolStream
 
 Result = dict[str, Any]
@@ -21,6 +22,21 @@ class _Cursor:
     started: bool = False
     finished: bool = False
     tools: Optional[ToolStream] = None  # tool-call parsing state (chat with tools)
+    thinking: Optional[ReasoningParser] = None  # reasoning split state (--reasoning-parser)
+    raw: int = 0                   # characters of the raw text fed to `thinking`
+    answer: str = ""               # the answer text so far (the raw text less the reasoning)
+    held_reasoning: str = ""       # stream_reasoning=false: reasoning not yet sent
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """How a chat request splits reasoning from the answer."""
+    parser: str
+    in_reasoning: Optional[bool]   # the prompt opened the think block (None: the format's rule)
+    stream: bool = True            # stream reasoning_content as it comes, else in one piece
+
+    def new_parser(self) -> ReasoningParser:
+        return ReasoningParser(self.parser, self.in_reasoning)
 
 
 def finish_reason(r: Result) -> tuple[Optional[str], Any]:
@@ -129,20 +145,26 @@ class ChatView(_View):
     _chunk_suffix = ".chunk"
 
     def __init__(self, req: Any, rid: str, model: str,
-                 parser: Optional[ToolCallParser] = None) -> None:
+                 parser: Optional[ToolCallParser] = None,
+                 reasoning: Optional[Reasoning] = None) -> None:
         super().__init__(req, rid, model)
-        self.parser = parser
+        self.parser, self.reasoning = parser, reasoning
 
     def response(self, results: list[Result]) -> dict[str, Any]:
         choices = []
         for i, r in enumerate(results):
             reason, matched = finish_reason(r)
-            message: dict[str, Any] = {"role": "assistant", "content": r["text"]}
-            parsed = self.parser.parse(r["text"]) if self.parser is not None else None
+            thought, text = None, r["text"]
+            if self.reasoning is not None:
+                thought, text = self.reasoning.new_parser().parse_non_stream(text)
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            parsed = self.parser.parse(text) if self.parser is not None else None
             if parsed is not None and parsed.calls:
                 message = {"role": "assistant", "content": parsed.content or None,
                            "tool_calls": [c.to_openai() for c in parsed.calls]}
                 reason = _calls_reason(reason)
+            if self.reasoning is not None:
+                message["reasoning_content"] = thought or None
             choices.append({"index": i, "message": message,
                             "logprobs": self._logprobs(r, _Cursor()), "finish_reason": reason,
                             "matched_stop": matched})
@@ -157,9 +179,16 @@ class ChatView(_View):
                 cur.started = True
                 if self.parser is not None:
                     cur.tools = ToolStream(self.parser)
+                if self.reasoning is not None:
+                    cur.thinking = self.reasoning.new_parser()
                 yield self._chunk(i, {"role": "assistant", "content": ""}, None, None, None)
             reason, matched = finish_reason(r)
+            thought = self._split_reasoning(r, cur, reason is not None)
+            if cur.thinking is not None:
+                r = dict(r, text=cur.answer)
             delta = self._delta(r, cur, reason is not None)
+            if thought:
+                delta = {"reasoning_content": thought, **delta}
             logprobs = self._logprobs(r, cur)
             if not delta and reason is None and not (logprobs and logprobs["content"]):
                 continue
@@ -167,6 +196,25 @@ class ChatView(_View):
             if cur.tools is not None and cur.tools.num_calls:
                 reason = _calls_reason(reason)
             yield self._chunk(i, delta, logprobs, reason, matched)
+
+    def _split_reasoning(self, r: Result, cur: _Cursor, finished: bool) -> str:
+        """Feed the new raw text to the choice's reasoning parser: the reasoning to send now
+        (the answer part goes to `cur.answer`)."""
+        if cur.thinking is None:
+            return ""
+        new, cur.raw = r["text"][cur.raw:], max(cur.raw, len(r["text"]))
+        thought, answer = cur.thinking.parse_stream_chunk(new)
+        if finished:
+            more_thought, more_answer = cur.thinking.finish()
+            thought, answer = thought + more_thought, answer + more_answer
+        cur.answer += answer
+        if self.reasoning.stream:
+            return thought
+        cur.held_reasoning += thought
+        if finished or cur.thinking.mode == "answer":  # the reasoning is complete: all at once
+            thought, cur.held_reasoning = cur.held_reasoning, ""
+            return thought
+        return ""
 
     def _delta(self, r: Result, cur: _Cursor, finished: bool) -> dict[str, Any]:
         if cur.tools is None:

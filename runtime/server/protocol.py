@@ -41,6 +41,7 @@ class _Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=128)
     stop: Optional[Union[str, list[str]]] = None
+    stop_regex: Optional[Union[str, list[str]]] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     seed: Optional[int] = None
@@ -203,6 +204,13 @@ def check_json_schema(schema: Any) -> None:
         raise ValueError(f"invalid JSON schema: {e.message}") from None
 
 
+# apply_chat_template's own arguments, which chat_template_kwargs may not override
+_RENDER_ARGS = {"conversation", "messages", "tools", "documents", "chat_template", "tokenize",
+                "add_generation_prompt", "continue_final_message", "return_dict", "padding",
+                "truncation", "max_length", "return_tensors", "tokenizer_kwargs",
+                "return_assistant_tokens_mask"}
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=0)
@@ -212,6 +220,17 @@ class ChatCompletionRequest(_Sampling):
     tools: Optional[list[Tool]] = None
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
     parallel_tool_calls: bool = True
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+    separate_reasoning: bool = True   # with --reasoning-parser: reasoning_content apart
+    stream_reasoning: bool = True     # stream reasoning_content as it comes (else in one piece)
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, v: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        taken = sorted(set(v or {}) & _RENDER_ARGS)
+        if taken:
+            raise ValueError(f"{taken} are set by the server, not through chat_template_kwargs")
+        return v
 
     @field_validator("tools")
     @classmethod

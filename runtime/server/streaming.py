@@ -47,15 +47,16 @@ async def unless_disconnected(request: Request, work: Any) -> Any:
 
 async def stream_results(front: Any, obj: dict[str, Any], parsed: Any
                          ) -> AsyncIterator[list[dict]]:
-    """The front end's results, at most one update per `--stream-interval` new tokens of a
-    sequence (finishes always pass). Closing this closes the front end's generator at once,
-    which aborts unfinished requests."""
-    interval = getattr(front, "stream_interval", 1)
+    """The front end's results, at most one update per `--stream-interval` (or the request's
+    sampling_params.stream_interval) new tokens of a sequence (finishes always pass). Closing
+    this closes the front end's generator at once, which aborts unfinished requests."""
+    default = getattr(front, "stream_interval", 1)
+    intervals = [r.sampling_params.stream_interval or default for r in parsed.reqs]
     sent: list[int] = []
     async with contextlib.aclosing(front.generate(obj, parsed)) as results_iter:
         async for results in results_iter:
             counts = [len(r["output_ids"]) for r in results]
-            due = not sent or any(c - s >= interval for c, s in zip(counts, sent))
+            due = not sent or any(c - s >= k for c, s, k in zip(counts, sent, intervals))
             if due or any(r["meta_info"]["finish_reason"] is not None for r in results):
                 sent = counts
                 yield results

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from sgl.kernels import linear as linear_mod
+from sgl.kernels.gemv_tables import write_table
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -114,16 +115,21 @@ def test_gemv_replays_under_cuda_graph(config):
         assert _rel_err(y, x.float() @ w.float().T + b.float()) < 1e-2
 
 
+def _table_file(tmp_path, table: dict) -> str:
+    path = str(tmp_path / "gemv.json")
+    write_table(path, table, "test", "tests/kernels/test_gemv.py")
+    return path
+
+
 @pytest.mark.gpu
 @CUDA
-def test_linear_dispatch_takes_gemv_per_table(monkeypatch):
+def test_linear_dispatch_takes_gemv_per_table(monkeypatch, tmp_path, gemv_settings):
     calls = []
     from sgl.kernels.triton import gemv as gemv_mod
     real = gemv_mod.gemv
     monkeypatch.setattr(gemv_mod, "gemv",
                         lambda *a, **kw: calls.append(kw["config"]) or real(*a, **kw))
-    monkeypatch.setattr(linear_mod, "GEMV_CONFIGS", {(1024, 512): (2, 256, 4, 3, 2),
-                                                     (2048, 512): None})
+    gemv_settings(True, _table_file(tmp_path, {(1024, 512): (2, 256, 4, 3, 2), (2048, 512): None}))
     x = torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)
     big = torch.randn(linear_mod.GEMV_MIN_NUMEL // 512, 512, device="cuda", dtype=torch.bfloat16)
     tuned = torch.randn(1024, 512, device="cuda", dtype=torch.bfloat16) * 0.02
@@ -135,19 +141,18 @@ def test_linear_dispatch_takes_gemv_per_table(monkeypatch):
     for n in (2048, 512):  # tuned to cuBLAS; small and untuned
         linear_mod.linear(x, torch.randn(n, 512, device="cuda", dtype=torch.bfloat16))
     linear_mod.linear(torch.randn(2, 512, device="cuda", dtype=torch.bfloat16), tuned)  # batch 2
-    monkeypatch.setattr(linear_mod, "_GEMV", False)  # SGL_DISABLE_GEMV=1
-    linear_mod.linear(x, tuned)
+    gemv_settings(enabled=False)  # --disable-gemv
+    torch.testing.assert_close(linear_mod.linear(x, tuned), F.linear(x, tuned), rtol=0, atol=0)
     assert len(calls) == 2
 
 
-def test_gemv_config_lookup(monkeypatch):
-    monkeypatch.setattr(linear_mod, "GEMV_CONFIGS", {(1024, 512): (2, 512, 4, 3, 2),
-                                                     (linear_mod.GEMV_MIN_NUMEL, 1): None})
+def test_gemv_config_lookup():
+    table = {(1024, 512): (2, 512, 4, 3, 2), (linear_mod.GEMV_MIN_NUMEL, 1): None}
     from sgl.kernels.triton.gemv import DEFAULT_CONFIG
-    assert linear_mod.gemv_config(1024, 512) == (2, 512, 4, 3, 2)  # tuned, though small
-    assert linear_mod.gemv_config(linear_mod.GEMV_MIN_NUMEL, 1) is None  # tuned to cuBLAS
-    assert linear_mod.gemv_config(linear_mod.GEMV_MIN_NUMEL // 2, 2) == DEFAULT_CONFIG
-    assert linear_mod.gemv_config(2048, 512) is None  # small and untuned
+    assert linear_mod.gemv_config(1024, 512, table) == (2, 512, 4, 3, 2)  # tuned, though small
+    assert linear_mod.gemv_config(linear_mod.GEMV_MIN_NUMEL, 1, table) is None  # tuned to cuBLAS
+    assert linear_mod.gemv_config(linear_mod.GEMV_MIN_NUMEL // 2, 2, table) == DEFAULT_CONFIG
+    assert linear_mod.gemv_config(2048, 512, table) is None  # small and untuned
 
 
 def test_linear_on_cpu_is_f_linear():

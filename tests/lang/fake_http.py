@@ -11,6 +11,10 @@ from typing import Any
 Handler = Callable[[str, dict | None], Any]  # (route, body) -> JSON answer, or list of SSE events
 
 
+class NamedEvents(list):
+    """A stream in Anthropic's shape: (event name, JSON data) pairs, no `[DONE]`."""
+
+
 class FakeServer:
     def __init__(self, answer: Handler, api_key: str | None = None) -> None:
         self.answer = answer
@@ -63,6 +67,11 @@ class FakeServer:
         h.send_response(200)
         h.send_header("Content-Type", "text/event-stream")
         h.end_headers()
+        if isinstance(events, NamedEvents):
+            for name, data in events:
+                h.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+                h.wfile.flush()
+            return
         for event in events:
             h.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
             h.wfile.flush()

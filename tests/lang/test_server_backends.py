@@ -124,3 +124,23 @@ def test_openai_completion_speculative_execution_needs_fewer_requests(server_url
     plain_state = character(None).run(backend=backend, **GREEDY)
     assert len(routes) - num_spec_requests == 3 and num_spec_requests < 3
     assert spec_state["name"] == plain_state["name"]
+
+
+def test_openai_backend_constraints_match_runtime_endpoint(server_url):
+    """A constrained program switches from the native backend to the OpenAI one unchanged:
+    json_schema goes as response_format, regex/dtype/stop_regex as sgl serve's extra fields,
+    and the greedy results are the native backend's."""
+    @sgl.function
+    def prog(s):
+        s += "Three digits: " + sgl.gen("digits", regex=r"[0-9]{3}", max_tokens=6)
+        s += "\nAn integer: " + sgl.gen_int("n", max_tokens=6)
+        s += "\nJSON: " + sgl.gen("obj", json_schema={"type": "object", "properties": {
+            "a": {"type": "integer"}}, "required": ["a"]}, max_tokens=16)
+        s += "\nCount: 1, 2, 3," + sgl.gen("counted", stop_regex=r"[0-9]", max_tokens=8)
+
+    native = prog.run(backend=sgl.RuntimeEndpoint(server_url), **GREEDY)
+    oai = sgl.OpenAI("default", base_url=server_url + "/v1", is_chat_model=False)
+    state = prog.run(backend=oai, **GREEDY)
+    for name in ("digits", "n", "obj", "counted"):
+        assert state[name] == native[name], name
+    assert state.get_meta_info("counted")["finish_reason"] == "stop"

@@ -18,6 +18,7 @@ from sgl.runtime.server.tools.parsers import ALIASES, PARSERS
     ({"no_such_flag": 1}, "no_such_flag"),
     ({"enable_custom_all_reduce": True, "tp_size": 2, "nnodes": 2, "dist_init_addr": "10.0.0.1:5000"},
      "enable_custom_all_reduce"),
+    ({"dist_timeout": 0}, "dist_timeout"), ({"custom_all_reduce_max_bytes": 8}, "custom_all_reduce_max_bytes"),
 ])
 def test_bad_server_args_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -38,6 +39,21 @@ def test_cli_round_trip():
     assert (args.schedule_policy, args.tool_call_parser, args.port) == ("lpm", "qwen25", 30000)
     with pytest.raises(SystemExit):
         parser.parse_args(["--schedule-policy", "lifo"])
+
+
+def test_cli_flags_that_replaced_environment_variables(tmp_path):
+    table = tmp_path / "gemv.json"
+    table.write_text('{"configs": {"1024,512": [2, 512, 4, 3, 2]}}')
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    args = ServerArgs.from_cli_args(parser.parse_args(
+        ["--disable-gemv", "--gemv-configs", str(table), "--dist-timeout", "90",
+         "--custom-all-reduce-max-bytes", "65536"]))
+    assert (args.disable_gemv, args.gemv_configs, args.dist_timeout, args.custom_all_reduce_max_bytes) == \
+        (True, str(table), 90, 65536)
+    default = ServerArgs.from_cli_args(parser.parse_args([]))
+    assert (default.disable_gemv, default.gemv_configs, default.dist_timeout) == (False, None, None)
+    assert default.custom_all_reduce_max_bytes == ServerArgs().custom_all_reduce_max_bytes
 
 
 def test_default_static_fraction_leaves_float32_twice_the_headroom():

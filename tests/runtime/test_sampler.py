@@ -208,7 +208,9 @@ def test_min_new_tokens_masks_stop_ids_until_reached() -> None:
     logits[:, 2] = 10.0  # EOS is the model's clear favourite
     params = [SamplingParams(min_new_tokens=3, temperature=0)] * 3
     outputs = [[5], [5, 6], [5, 6, 7]]  # the last request has reached min_new_tokens
-    info = make_info(params, vocab, outputs=outputs, stops=[{2, 8}] * 3)
+    # steps count generated tokens (those in flight too): the scheduler's own count
+    info = make_info(params, vocab, steps=[len(o) for o in outputs], outputs=outputs,
+                     stops=[{2, 8}] * 3)
     x = process_logits(logits, info)
     assert x[:2, 2].eq(-math.inf).all() and x[:2, 8].eq(-math.inf).all()
     assert torch.equal(x[2], logits[2])

@@ -259,3 +259,21 @@ def test_prompt_chunks_count_as_prompt_tokens_in_the_hit_rate():
     cached = s.stats.total_cached_tokens
     assert cached == 40 and s.stats.total_prompt_tokens == 82
     assert s.stats.cache_hit_rate() == pytest.approx(40 / 82)
+
+
+
+def test_jump_forward_catch_up_is_its_own_step_and_not_prompt_tokens():
+    """Output tokens a request must catch up on after a jump-forward re-spelled them run in a
+    step of their own (the decoding requests keep their CUDA graph; measured faster on an H100),
+    and are not counted as prompt tokens (the cache hit rate's denominator)."""
+    s, _ = make()
+    submit(s, "a", list(range(10)), 20)
+    submit(s, "b", list(range(20, 30)), 20)
+    for _ in range(4):
+        s.step()
+    a, b = s.running
+    assert a.num_computed == a.seq_len - 1 and b.num_computed == b.seq_len - 1  # both decoding
+    a.replace_output(a.output_ids + [5, 6, 7], len(a.output_ids))  # what a jump-forward does
+    plan = s.planner.plan(s.running, s.waiting)
+    assert plan.reqs == [a] and plan.num_new == [4] and plan.num_prompt_tokens == 0
+    s.kv.free(plan.slots[0])  # this plan never runs

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -85,14 +86,19 @@ def test_tp2_over_nccl_with_cuda_graphs_matches_tp1(tmp_path, one_shot):
         greedy(path, PROMPTS, **kw)
 
 
-def test_followers_outlast_an_idle_spell_longer_than_the_collective_timeout(tmp_path, monkeypatch):
+def test_followers_outlast_an_idle_spell_longer_than_the_collective_timeout(tmp_path):
     # Ranks 1.. wait for the next step in a broadcast; an idle server must not time them out. The
-    # collective timeout is shortened to 2 s (inherited by the spawned ranks) and the engine idles 4 s.
-    monkeypatch.setenv("SGL_TP_TIMEOUT_S", "2")
+    # collective timeout is shortened (--dist-timeout, which the spawned ranks get with the other
+    # server arguments) and the engine idles longer. The timeout also bounds the rendezvous, which
+    # waits for rank 1 to start (importing torch takes ~4 s on a loaded 2-core machine).
+    timeout_s = 10
     path = tiny(tmp_path, transformers.LlamaConfig, num_attention_heads=4, num_key_value_heads=2)
-    with Engine(path, skip_tokenizer_init=True, tp_size=2) as e:
+    with Engine(path, skip_tokenizer_init=True, tp_size=2, dist_timeout=timeout_s) as e:
+        # rank 0 is this process: its default group (rendezvous, tensor collectives) took the flag
+        group = torch.distributed.distributed_c10d._get_default_group()
+        assert group._get_backend(torch.device("cpu")).options._timeout == timedelta(seconds=timeout_s)
         first = e.generate(input_ids=PROMPTS[:1], sampling_params=GREEDY)[0]["output_ids"]
-        time.sleep(4)
+        time.sleep(timeout_s + 1)
         assert e.generate(input_ids=PROMPTS[:1], sampling_params=GREEDY)[0]["output_ids"] == first
 
 

@@ -29,3 +29,13 @@ def test_cached_gguf_tokenizer_equals_fresh(tmp_path, monkeypatch):
     assert (cached.eos_token_id, cached.all_special_ids, len(cached)) == \
         (fresh.eos_token_id, fresh.all_special_ids, len(fresh))
     _load_gguf_tokenizer.cache_clear()
+
+
+def test_cache_folder_follows_sgl_cache_dir_then_xdg_cache_home(tmp_path, monkeypatch):
+    from sgl.runtime.loader.tokenizer import _cache_dir
+    gguf = bundled_model_path()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("SGL_CACHE_DIR", str(tmp_path / "sgl"))
+    assert _cache_dir(gguf).startswith(str(tmp_path / "sgl" / "gguf-tokenizers") + os.sep)
+    monkeypatch.delenv("SGL_CACHE_DIR")
+    assert _cache_dir(gguf).startswith(str(tmp_path / "xdg" / "sgl" / "gguf-tokenizers") + os.sep)
