@@ -5,8 +5,8 @@ smaller steps: half the prompt tokens per step while there are more than `MIN_CH
 the running requests (the others are retracted, their KV kept in the radix tree). A request
 that fails alone fails with the error: at once for an error other than out of memory, for out of
 memory once its prompt chunk is down to `MIN_CHUNK` tokens. Bisecting this way also isolates a
-request that breaks every step it is in. The limits double back after `RELAX_AFTER` good steps (more after each failure, so a load that
-keeps failing at one size settles below it)."""
+request that breaks every step it is in. The limits double back after `RELAX_AFTER` good steps
+(more after each failure, so a load that keeps failing at one size settles below it)."""
 from __future__ import annotations
 
 import logging

@@ -26,6 +26,7 @@ from sgl.runtime.speculative.decoder import SpecDecoder, optional_spec
 
 logger = logging.getLogger("sgl.scheduler")
 
+
 class StepHook(Protocol):
     """Watches every `Scheduler.step` (benchmarks time and profile steps this way)."""
 
