@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -99,7 +100,15 @@ class ServerArgs:
     # Server
     host: str = _f("127.0.0.1", "HTTP host.")
     port: int = _f(30000, "HTTP port.")
-    api_key: Optional[str] = _f(None, "Require 'Authorization: Bearer <key>'.")
+    api_key: Optional[str] = _f(None, "Require 'Authorization: Bearer <key>' (shows in `ps`: "
+                                "prefer --api-key-file or --api-key-env).")
+    api_key_file: Optional[str] = _f(None, "Read the API key from this file (first line).")
+    api_key_env: Optional[str] = _f(None, "Read the API key from the environment variable of this name.")
+    max_request_body_bytes: int = _f(32 << 20, "Largest request body accepted; larger is a 413.")
+    max_queued_requests: Optional[int] = _f(None, "Most requests waiting in a scheduler's queue; "
+                                            "more are refused with 503 and Retry-After.")
+    request_timeout: Optional[float] = _f(None, "Seconds a request may run before it is aborted "
+                                          "(504, or a final error event when streaming).")
     enable_metrics: bool = _f(False, "Serve Prometheus metrics on /metrics.")
     log_level: str = _f("info", "Logging level.")
     log_requests: bool = _f(False, "Log every request and its output.")
@@ -132,6 +141,7 @@ class ServerArgs:
         if self.dp_size > 1 and self.nnodes > 1:
             raise ValueError("dp_size > 1 runs every replica on node 0: use nnodes 1")
         self._check_speculative()
+        self._check_limits()
         self._check_kernels_and_parallelism()
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError("max_total_tokens must be at least 2")
@@ -139,6 +149,29 @@ class ServerArgs:
             raise ValueError(f"logits_chunk_size must be >= 1, got {self.logits_chunk_size}")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
             raise ValueError("mem_fraction_static must be in (0, 1)")
+
+    def _check_limits(self) -> None:
+        sources = [k for k in ("api_key", "api_key_file", "api_key_env") if getattr(self, k)]
+        if len(sources) > 1:
+            raise ValueError(f"give one of api_key, api_key_file, api_key_env (got {sources})")
+        for name in ("max_request_body_bytes", "max_queued_requests", "request_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+    def resolved_api_key(self) -> Optional[str]:
+        """The API key, from whichever of --api-key, --api-key-file, --api-key-env was given
+        (read now, at start-up: never at import)."""
+        if self.api_key_file:
+            with open(self.api_key_file, encoding="utf-8") as f:
+                key = f.readline().strip()
+        elif self.api_key_env:
+            key = os.environ.get(self.api_key_env, "").strip()
+        else:
+            return self.api_key
+        if not key:
+            raise ValueError(f"the API key from {self.api_key_file or '$' + self.api_key_env} is empty")
+        return key
 
     def _check_kernels_and_parallelism(self) -> None:
         if self.dist_timeout is not None and self.dist_timeout <= 0:

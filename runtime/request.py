@@ -14,6 +14,8 @@ from sgl.runtime.sampling.params import SamplingParams
 _FIELDS = {"text", "input_ids", "sampling_params", "return_logprob", "logprob_start_len",
            "top_logprobs_num", "return_text_in_logprobs", "stream", "rid", "priority"} | KNOWN
 
+MAX_TOP_LOGPROBS_NUM = 20  # OpenAI's limit for top_logprobs
+
 
 @dataclass
 class ParsedRequest:
@@ -48,8 +50,7 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
     reqs = []
     for i, (prompt, sp) in enumerate(zip(prompts, params)):
         _clip_max_new_tokens(sp, len(prompt), context_len)
-        if top[i] < 0:
-            raise ValueError("top_logprobs_num must be >= 0")
+        _check_logprob_fields(top[i], start[i], len(prompt))
         lp_start = start[i] if return_logprob[i] else -1
         if return_logprob[i] and lp_start < 0:
             lp_start = len(prompt)  # SGLang: -1/None means output logprobs only
@@ -60,6 +61,9 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
             rid = rids[i] if sp.n == 1 else f"{rids[i]}-{k}"
             reqs.append(TokenizedGenerateReq(rid, prompt, one, return_logprob[i], lp_start, top[i],
                                              stream, priority))
+    if len({r.rid for r in reqs}) != len(reqs):  # e.g. rid "a" with n=2 beside a rid "a-0"
+        raise ValueError("rid: the ids of one batch (with their n copies, rid-0, rid-1, ...) "
+                         "must be distinct")
     return ParsedRequest(reqs, is_batch or any(sp.n > 1 for sp in params), stream, text_lp, prompts)
 
 
@@ -95,6 +99,15 @@ def _check_prompt(ids: list[int], i: int, vocab_size: int, context_len: int) -> 
     if len(ids) >= context_len:
         raise ValueError(f"prompt is {len(ids)} tokens, the model's context length is {context_len}; "
                          "shorten the input (text/input_ids)")
+
+
+def _check_logprob_fields(top: int, start: int, prompt_len: int) -> None:
+    # top logprobs cost a (tokens x top) table in the response: capped as the OpenAI routes are
+    if not 0 <= top <= MAX_TOP_LOGPROBS_NUM:
+        raise ValueError(f"top_logprobs_num must be in [0, {MAX_TOP_LOGPROBS_NUM}], got {top}")
+    if not -1 <= start <= prompt_len:
+        raise ValueError(f"logprob_start_len must be -1 (output only) or in [0, {prompt_len}] "
+                         f"(the prompt's length), got {start}")
 
 
 def _sampling_params(raw: Any, n: int, vocab_size: int) -> list[SamplingParams]:

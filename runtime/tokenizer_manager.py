@@ -4,11 +4,16 @@ SGLang-shaped result dicts. Runs on one asyncio loop; outputs arrive from anothe
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Optional
 
 from sgl.runtime.detokenizer import IncrementalDetokenizer, visible_text
 from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput, failure_of
 from sgl.runtime.request import ParsedRequest, parse_generate
+
+
+class RequestTimedOut(TimeoutError):
+    """A request ran past --request-timeout; it has been aborted."""
 
 
 class ReqStream:
@@ -115,6 +120,8 @@ class TokenizerManager:
         self.send = send
         self.states: dict[str, ReqStream] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self._worker: Optional[ThreadPoolExecutor] = None
+        self.request_timeout: Optional[float] = None  # seconds a request may run (server flag)
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if self.tokenizer else None
@@ -122,6 +129,18 @@ class TokenizerManager:
     def parse(self, obj: dict[str, Any]) -> ParsedRequest:
         tok = self.tokenize if self.tokenizer is not None else None
         return parse_generate(obj, tok, self.vocab_size, self.context_len, self.grammar_backend)
+
+    async def parse_async(self, obj: dict[str, Any]) -> ParsedRequest:
+        """`parse` off the event loop: a long prompt takes seconds to tokenize, and every other
+        request (and /health) would wait for it."""
+        return await self.off_loop(self.parse, obj)
+
+    async def off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # One thread: a fast tokenizer must not be entered by two threads at once (it sets its
+        # truncation state per call); the tokenizer releases the GIL while it encodes.
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="sgl-tokenize")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     # -- scheduler outputs (any thread) -------------------------------------------------------
     def on_outputs(self, outputs: list[TokenOutput]) -> None:
@@ -143,14 +162,19 @@ class TokenizerManager:
         `RequestFailed` (`BadRequest` for a 400) as soon as a sequence fails; the request's
         other sequences are aborted."""
         self.loop = asyncio.get_running_loop()
-        parsed = parsed or self.parse(obj)
+        parsed = parsed or await self.parse_async(obj)
+        self._check_rids(parsed)
         if len(parsed.reqs) > len(parsed.prompts):  # n > 1
             await self._warm_prefixes(parsed)
+        self._check_rids(parsed)  # again: another request may have taken one while we warmed
         event = asyncio.Event()  # one wake-up per step for the whole batch, however large
-        states = [self._submit(r, parsed.return_text_in_logprobs, event) for r in parsed.reqs]
+        states: list[ReqStream] = []
+        deadline = None if self.request_timeout is None else self.loop.time() + self.request_timeout
         try:
+            for r in parsed.reqs:
+                states.append(self._submit(r, parsed.return_text_in_logprobs, event))
             while True:
-                await event.wait()
+                await self._wait(event, deadline)
                 event.clear()
                 for s in states:
                     s.raise_if_failed()
@@ -164,6 +188,23 @@ class TokenizerManager:
                 if not s.finished:
                     self.send(AbortReq(s.req.rid))
                 self.states.pop(s.req.rid, None)
+
+    async def _wait(self, event: asyncio.Event, deadline: Optional[float]) -> None:
+        if deadline is None:
+            await event.wait()
+            return
+        try:
+            await asyncio.wait_for(event.wait(), max(deadline - self.loop.time(), 0.0))
+        except asyncio.TimeoutError:  # the caller's finally aborts what is unfinished
+            raise RequestTimedOut(f"the request ran past the server's --request-timeout "
+                                  f"({self.request_timeout:g} s) and was aborted") from None
+
+    def _check_rids(self, parsed: ParsedRequest) -> None:
+        """Refuse a request whose rid is taken before any of its sequences is sent (a batch sent
+        in part would leave its first sequences running for nobody)."""
+        taken = [r.rid for r in parsed.reqs if r.rid in self.states]
+        if taken:
+            raise ValueError(f"rid {taken[0]!r} is already running; rids must be unique")
 
     async def _warm_prefixes(self, parsed: ParsedRequest) -> None:
         """n>1: prefill each prompt once so the n copies hit the cache."""
@@ -179,6 +220,8 @@ class TokenizerManager:
                 event.clear()
         finally:
             for s in states:
+                if not s.finished:  # the client left while warming: nobody waits for these
+                    self.send(AbortReq(s.req.rid))
                 self.states.pop(s.req.rid, None)
 
     def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool,

@@ -51,9 +51,10 @@ def _prompt_logprobs(logits: torch.Tensor, lo: int, step: StepInputs, li: int, l
     targets = _on(step.lp_targets[li:lj], logits.device)
     logprobs = torch.log_softmax(logits[rows].float(), dim=-1)  # (rows, vocab)
     chosen = logprobs.gather(1, targets[:, None]).squeeze(1)
-    if not step.top_logprobs_num:
+    k = min(step.top_logprobs_num, logprobs.shape[-1])  # never more than the vocabulary
+    if not k:
         return chosen, None
-    top = logprobs.topk(step.top_logprobs_num, dim=-1)
+    top = logprobs.topk(k, dim=-1)
     return chosen, (top.values, top.indices)
 
 

@@ -174,7 +174,10 @@ def validate(kind: str, text: str, backend: str = "xgrammar") -> None:
         check_kind(kind, GRAMMAR_KINDS, backend)
     if not isinstance(text, str) or not text:
         raise ValueError(f"the {kind} grammar must be a non-empty string")
-    _VALIDATORS[kind](text)
+    try:
+        _VALIDATORS[kind](text)
+    except RecursionError:  # a schema or regex nested deeper than the checkers' stacks
+        raise ValueError(f"the {kind} grammar is nested too deeply") from None
 
 
 def _validate_json_schema(text: str) -> None:

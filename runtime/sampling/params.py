@@ -100,6 +100,9 @@ _BOOLS = {"ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", 
 _STRS = {"regex", "json_schema", "ebnf", "structural_tag"}
 
 
+MAX_LOGIT_BIAS = 100
+
+
 def _require(ok: bool, name: str, why: str) -> None:
     if not ok:
         raise ValueError(f"sampling_params.{name} {why}")
@@ -143,6 +146,9 @@ def _coerce(name: str, v: Any) -> Any:
             except (TypeError, ValueError):
                 raise ValueError(f"sampling_params.logit_bias key {k!r} is not a token id") from None
             _require(isinstance(b, _NUM) and not isinstance(b, bool), name, f"bias for {k!r} must be a number")
+            # OpenAI's range: a larger bias overflows the logits (inf/NaN) instead of banning a token
+            _require(-MAX_LOGIT_BIAS <= b <= MAX_LOGIT_BIAS, name,
+                     f"bias for {k!r} must be in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}], got {b!r}")
             out[tid] = float(b)
         return out
     return v

@@ -2,6 +2,7 @@
 runner does the device work. One step: admit -> build batch -> forward + sample -> update."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -101,7 +102,7 @@ class Scheduler:
         return None
 
     def add_request(self, msg: TokenizedGenerateReq) -> None:
-        params = msg.sampling_params
+        params = self._fit_pool(msg)
         seed = params.seed if params.seed is not None else self.rng.getrandbits(31)
         req = Req(msg.rid, msg.input_ids, params, seed, self.stop_checker.stop_ids(params),
                   msg.return_logprob, msg.logprob_start_len, msg.top_logprobs_num, msg.stream,
@@ -115,6 +116,22 @@ class Scheduler:
             self._early_outputs.append(make_output(req))
             return
         self.waiting.append(req)
+
+    def _fit_pool(self, msg: TokenizedGenerateReq) -> Any:
+        """A request may never hold more KV than the pool: it would stall at the pool's edge
+        with nothing left to evict (SGLang clips max_new_tokens the same way). It finishes with
+        `length` where the pool ends; a prompt that fills the pool alone is refused when it
+        reaches the queue's head (`_fail_unschedulable`)."""
+        params = msg.sampling_params
+        num_draft = self.args.speculative_settings()[2] if self.args.speculative_algorithm else 0
+        room = self.allocator.size - len(msg.input_ids) - 1 - num_draft  # drafts need slots too
+        if 0 <= room < params.max_new_tokens:
+            logger.warning("request %s: max_new_tokens %d clipped to %d, the room its %d-token "
+                           "prompt leaves in the %d-token KV pool", msg.rid, params.max_new_tokens,
+                           room, len(msg.input_ids), self.allocator.size)
+            params = dataclasses.replace(params, max_new_tokens=room,
+                                         min_new_tokens=min(params.min_new_tokens, room))
+        return params
 
     def abort(self, rid: str) -> list[TokenOutput]:
         self.drain()  # a request in the step in flight holds KV the host has not accounted yet

@@ -13,7 +13,8 @@ from sgl.runtime.request_fields import KNOWN
 from sgl.runtime.sampling.params import SamplingParams
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 503: "service_unavailable"}
+          405: "invalid_request_error", 413: "invalid_request_error", 503: "service_unavailable",
+          504: "timeout_error"}
 _REQUEST_FIELDS = ("input_ids", "text", "sampling_params", "return_logprob", "logprob_start_len",
                    "top_logprobs_num", "return_text_in_logprobs", "stream", "rid", "priority",
                    *sorted(KNOWN))
@@ -22,14 +23,15 @@ _SAMPLING_FIELDS = tuple(SamplingParams.__dataclass_fields__)
 
 class ApiError(Exception):
     def __init__(self, message: str, status: int = 400, param: Optional[str] = None,
-                 code: Optional[str] = None) -> None:
+                 code: Optional[str] = None, headers: Optional[dict[str, str]] = None) -> None:
         super().__init__(message)
         self.message, self.status, self.param = message, status, param
         self.code = code if code is not None else status
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         return JSONResponse(error_body(self.message, self.status, self.param, self.code),
-                            status_code=self.status)
+                            status_code=self.status, headers=self.headers)
 
 
 def error_body(message: str, status: int = 400, param: Optional[str] = None,
@@ -67,10 +69,35 @@ async def read_json(request: Request) -> dict[str, Any]:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(f"malformed JSON in request body: {e}", param="body") from None
+    except RecursionError:
+        raise ApiError("request body is nested too deeply", param="body") from None
+    _check_surrogates(obj)
     if not isinstance(obj, dict):
         raise ApiError(f"request body must be a JSON object, got {type(obj).__name__}",
                        param="body")
     return obj
+
+
+_SCALARS = (int, float, bool, type(None))
+
+
+def _check_surrogates(obj: Any, path: str = "body") -> None:
+    """JSON may escape a lone UTF-16 surrogate (`"\\ud800"`), which no tokenizer, encoder or
+    grammar can take: refuse it here, naming the field, rather than fail deep in a route."""
+    stack = [(obj, path)]
+    while stack:  # iterative: the depth is the client's to choose
+        value, where = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(f"{where}: a string holds a lone UTF-16 surrogate, which is not "
+                               "valid Unicode", param=where) from None
+        elif isinstance(value, dict):
+            stack += [(k, where) for k in value]
+            stack += [(v, f"{where}.{k}" if where != "body" else str(k)) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{where}[{i}]") for i, v in enumerate(value) if not isinstance(v, _SCALARS)]
 
 
 def pydantic_error(e: Any) -> ApiError:

@@ -16,6 +16,7 @@ import zmq.asyncio
 from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput
 from sgl.runtime.request import ParsedRequest
 from sgl.runtime.server.data_parallel import ReplicaDispatcher
+from sgl.runtime.server.errors import ApiError
 from sgl.runtime.server.ipc import (
     Endpoints,
     OutputBatch,
@@ -28,6 +29,7 @@ from sgl.runtime.server.metrics import ServerMetrics
 from sgl.runtime.tokenizer_manager import ReqStream, TokenizerManager
 
 logger = logging.getLogger("sgl.server")
+RETRY_AFTER_S = 1  # what a shed request is told to wait: queues move in about a step
 
 
 class ServerTokenizerManager(TokenizerManager):
@@ -45,6 +47,7 @@ class ServerTokenizerManager(TokenizerManager):
         self._rpc_waiters: dict[int, asyncio.Future] = {}
         self._recv_task: Optional[asyncio.Task] = None
         self._timings: dict[str, _Timing] = {}
+        self.max_queued_requests: Optional[int] = None  # server flag; None: no limit
 
     # -- life cycle (on the server's event loop) -----------------------------------------------
     def start(self) -> None:
@@ -56,6 +59,8 @@ class ServerTokenizerManager(TokenizerManager):
     def close(self) -> None:
         if self._recv_task is not None:
             self._recv_task.cancel()
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
         for ctx in (self._sync_ctx, getattr(self, "_async_ctx", None)):
             if ctx is not None:
                 ctx.destroy(linger=0)
@@ -106,7 +111,8 @@ class ServerTokenizerManager(TokenizerManager):
     # -- hooks on the shared front end ---------------------------------------------------------
     async def generate(self, obj: dict[str, Any], parsed: Optional[ParsedRequest] = None
                        ) -> AsyncIterator[list[dict[str, Any]]]:
-        parsed = parsed or self.parse(obj)
+        parsed = parsed or await self.parse_async(obj)
+        self._check_queue(len(parsed.reqs))
         if len(parsed.reqs) <= len(parsed.prompts):
             async for results in super().generate(obj, parsed):
                 yield results
@@ -114,6 +120,17 @@ class ServerTokenizerManager(TokenizerManager):
         with self.dispatcher.pinned(parsed.prompts):  # n>1: warm-up and copies on one replica
             async for results in super().generate(obj, parsed):
                 yield results
+
+    def _check_queue(self, num_new: int) -> None:
+        """--max-queued-requests: shed load before it reaches a scheduler. Queued: sent and
+        not yet given a first token (waiting, or in prefill)."""
+        if self.max_queued_requests is None:
+            return
+        num_queued = sum(1 for s in self.states.values() if not s.output_ids and not s.finished)
+        if num_queued + num_new > self.max_queued_requests:
+            raise ApiError(f"the server is busy: {num_queued} requests are queued "
+                           f"(--max-queued-requests {self.max_queued_requests}); retry later",
+                           503, None, "server_busy", {"Retry-After": str(RETRY_AFTER_S)})
 
     def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool,
                 event: Optional[asyncio.Event] = None) -> ReqStream:

@@ -22,8 +22,11 @@ from sgl.runtime.io_struct import RequestFailed
 from sgl.runtime.server.compat_routes import add_compat_routes
 from sgl.runtime.server.data_parallel import merge_states
 from sgl.runtime.server.errors import ApiError, error_body, from_value_error, read_json
+from sgl.runtime.server.limits import BodyLimitMiddleware, BodyTooLarge, too_large
+from sgl.runtime.server.openapi import install_openapi
 from sgl.runtime.server.openai_api import OpenAIServing
 from sgl.runtime.server.streaming import ClientGone, collect, native_stream, sse_response
+from sgl.runtime.tokenizer_manager import RequestTimedOut
 
 logger = logging.getLogger("sgl.server")
 _HEALTH_TIMEOUT_S = 20.0
@@ -52,13 +55,16 @@ class ServerContext:
 def build_app(ctx: ServerContext) -> FastAPI:
     app = FastAPI(title="sgl", lifespan=_lifespan(ctx))
     app.state.ctx = ctx
-    if ctx.args.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=ctx.args.api_key)
+    api_key = ctx.args.resolved_api_key()
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=ctx.args.max_request_body_bytes)
     _add_error_handlers(app)
     _add_native_routes(app, ctx)
     _add_control_routes(app, ctx)
     _add_openai_routes(app, ctx)
     add_compat_routes(app, ctx)
+    install_openapi(app)
     return app
 
 
@@ -138,6 +144,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def request_failed(_: Request, e: RequestFailed) -> JSONResponse:
         return JSONResponse(error_body(e.message, e.status_code), status_code=e.status_code)
 
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, e: BodyTooLarge) -> JSONResponse:
+        return too_large(request.app.state.ctx.args.max_request_body_bytes).response()
+
+    @app.exception_handler(RequestTimedOut)
+    async def timed_out(_: Request, e: RequestTimedOut) -> JSONResponse:
+        return ApiError(str(e), 504, None, "request_timeout").response()
+
     @app.exception_handler(ClientGone)
     async def client_gone(_: Request, e: ClientGone) -> Response:
         return Response(status_code=499)
@@ -148,7 +162,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(e.detail), e.status_code), status_code=e.status_code)
+        # e.headers: a 405's Allow, which a client needs to correct itself
+        return JSONResponse(error_body(str(e.detail), e.status_code), status_code=e.status_code,
+                            headers=e.headers)
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, e: Exception) -> JSONResponse:
@@ -159,7 +175,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _add_native_routes(app: FastAPI, ctx: ServerContext) -> None:
     front = ctx.front
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> Response:
         return Response(status_code=200)
 
@@ -182,7 +198,8 @@ def _add_native_routes(app: FastAPI, ctx: ServerContext) -> None:
         the top level, each replica's own (with its dp_rank) in `internal_states`."""
         states = await front.rpc_all("internal_state")
         info = dataclasses.asdict(ctx.args)
-        info["api_key"] = None if ctx.args.api_key is None else "<hidden>"
+        keyed = ctx.args.api_key or ctx.args.api_key_file or ctx.args.api_key_env
+        info["api_key"] = "<hidden>" if keyed else None
         info.update(ctx.info, **merge_states(states), internal_states=states, version=_version())
         return info
 
@@ -218,16 +235,16 @@ def _add_control_routes(app: FastAPI, ctx: ServerContext) -> None:
     @app.post("/generate")
     async def generate(request: Request) -> Response:
         obj = await read_json(request)
-        parsed = _parse_native(front, obj)
+        parsed = await _parse_native(front, obj)
         if parsed.stream:
             return sse_response(native_stream(front, obj, parsed))
         results = await collect(request, front, obj, parsed)
         return JSONResponse(results if parsed.is_batch else results[0])
 
 
-def _parse_native(front: Any, obj: dict[str, Any]) -> Any:
+async def _parse_native(front: Any, obj: dict[str, Any]) -> Any:
     try:
-        return front.parse(obj)
+        return await front.parse_async(obj)
     except ValueError as e:
         err = from_value_error(e)
         if err.param in ("text", "input_ids"):  # name the prompt field the client sent

@@ -78,6 +78,7 @@ def _serve(args: ServerArgs, procs: Any) -> None:
                                    procs.endpoints, ServerMetrics(name), args.log_requests,
                                    args.stream_interval, args.grammar_backend,
                                    args.load_balance_method)
+    front.request_timeout, front.max_queued_requests = args.request_timeout, args.max_queued_requests
     app = build_app(ServerContext(args, front, info, procs, chat_template))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
                             timeout_graceful_shutdown=3, timeout_keep_alive=5)

@@ -62,7 +62,7 @@ class OpenAIServing:
         if req.logprobs is not None:
             obj.update(return_logprob=True, top_logprobs_num=req.logprobs,
                        return_text_in_logprobs=True, logprob_start_len=0 if req.echo else -1)
-        parsed = self._parse(obj, _COMPLETION_ALIASES)
+        parsed = await self._parse(obj, _COMPLETION_ALIASES)
         echoes = self._echo_texts(req, parsed) if req.echo else None
         view = fmt.CompletionView(req, f"cmpl-{uuid.uuid4().hex}", self.model_names[0], echoes)
         if req.stream:
@@ -87,14 +87,14 @@ class OpenAIServing:
         if plan is not None:
             plan.apply(sampling)
         prompt = self._chat_prompt(req, plan)
-        obj = {"input_ids": self.front.tokenize(prompt), "sampling_params": sampling,
+        obj = {"input_ids": await self.front.off_loop(self.front.tokenize, prompt), "sampling_params": sampling,
                "rid": req.rid, "stream": req.stream}
         if req.logprobs:
             obj.update(return_logprob=True, top_logprobs_num=req.top_logprobs or 0,
                        return_text_in_logprobs=True)
         elif req.top_logprobs:
             raise ApiError("top_logprobs requires logprobs=true", param="top_logprobs")
-        parsed = self._parse(obj, _CHAT_ALIASES)
+        parsed = await self._parse(obj, _CHAT_ALIASES)
         view = fmt.ChatView(req, f"chatcmpl-{uuid.uuid4().hex}", self.model_names[0],
                             plan.parser if plan is not None else None,
                             self._reasoning(req, prompt))
@@ -156,9 +156,9 @@ class OpenAIServing:
                            f"{self.model_names[0]!r}", param="model", code="model_not_found")
         return req
 
-    def _parse(self, obj: dict[str, Any], aliases: dict[str, str]) -> Any:
+    async def _parse(self, obj: dict[str, Any], aliases: dict[str, str]) -> Any:
         try:
-            return self.front.parse({k: v for k, v in obj.items() if v is not None})
+            return await self.front.parse_async({k: v for k, v in obj.items() if v is not None})
         except ValueError as e:
             raise from_value_error(e, aliases) from None
 

@@ -71,7 +71,7 @@ class Runtime:
         return f"; see {self.log_file}" if self.log_file else ""
 
     def _headers(self) -> dict[str, str]:
-        key = self.server_args.api_key
+        key = self.server_args.resolved_api_key()
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def generate(self, prompt: Union[str, list[str]], sampling_params: Optional[dict] = None,

@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from sgl.runtime.io_struct import RequestFailed
 from sgl.runtime.server.errors import ApiError, error_body
+from sgl.runtime.tokenizer_manager import RequestTimedOut
 
 _DISCONNECT_POLL_S = 0.5
 
@@ -68,7 +69,12 @@ def sse(obj: Any) -> str:
 
 def error_event(e: Exception) -> str:
     """The final event of a stream that failed (headers are sent: the status is in-band)."""
-    status = e.status if isinstance(e, ApiError) else e.status_code if isinstance(e, RequestFailed) else 500
+    if isinstance(e, ApiError):
+        status = e.status
+    elif isinstance(e, RequestFailed):
+        status = e.status_code
+    else:
+        status = 504 if isinstance(e, RequestTimedOut) else 500
     return sse(error_body(str(e), status))
 
 

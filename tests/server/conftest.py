@@ -44,9 +44,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def start_tiny(model_dir: str, log_dir: Any, **kwargs: Any) -> Runtime:
     """A server with random weights from a 2-layer config: starts in seconds."""
+    kwargs.setdefault("max_total_tokens", 2048)
     return Runtime(model_path=model_dir, load_format="dummy", skip_tokenizer_init=True,
-                   max_total_tokens=2048, log_file=os.path.join(str(log_dir), "tiny.log"),
-                   log_level="info", **kwargs)
+                   log_file=os.path.join(str(log_dir), "tiny.log"), log_level="info", **kwargs)
 
 
 def generate(url: str, body: dict, **kw: Any) -> Any:

@@ -9,6 +9,7 @@ from tests.server.conftest import generate
 
 MODEL = "<model>"  # replaced by the served model name
 LONG = list(range(100, 9100))  # 9000 tokens: past the 8192-token context
+DEEP_SCHEMA = '{"type": "object", "properties": {"a": ' * 150 + '{"type": "string"}' + "}}" * 150
 
 # (route, body, expected param, a word the message must contain)
 CASES = [
@@ -35,6 +36,25 @@ CASES = [
     ("/generate", {"text": "hi", "return_logprob": True, "top_logprobs_num": -1},
      "top_logprobs_num", "top_logprobs_num"),
     ("/generate", {"text": "hi", "temperature": 0}, None, "temperature"),
+    ("/generate", {"text": "hi", "return_logprob": True, "logprob_start_len": 0,
+                   "top_logprobs_num": 50000}, "top_logprobs_num", "20"),
+    ("/generate", {"text": "hi", "return_logprob": True, "logprob_start_len": 999},
+     "logprob_start_len", "logprob_start_len"),
+    ("/generate", {"text": "hi", "return_logprob": True, "logprob_start_len": -5},
+     "logprob_start_len", "logprob_start_len"),
+    ("/generate", {"text": "hi", "sampling_params": {"logit_bias": {"5": 1e308}}},
+     "sampling_params.logit_bias", "100"),
+    ("/generate", b'{"text": "\\ud800x"}', "text", "surrogate"),
+    ("/generate", b'{"text": "hi", "sampling_params": {"stop": ["a", "\\udfff"]}}',
+     "sampling_params.stop[1]", "surrogate"),
+    ("/generate", b"[" * 100_000 + b"]" * 100_000, "body", "deep"),
+    ("/generate", {"text": "hi", "sampling_params": {"json_schema": DEEP_SCHEMA}},
+     "sampling_params.json_schema", "nested"),
+    ("/generate", {"text": "hi", "sampling_params": {"regex": "(" * 5000 + "a" + ")" * 5000}},
+     "sampling_params.regex", "nested"),
+    ("/generate", {"text": ["a", "b"], "rid": ["same", "same"]}, "rid", "distinct"),
+    ("/generate", {"text": ["a", "b"], "rid": ["x", "x-0"], "sampling_params": [
+        {"n": 2, "max_new_tokens": 1}, {"max_new_tokens": 1}]}, "rid", "distinct"),
     ("/v1/completions", {"model": "gpt-nope", "prompt": "hi"}, "model", "gpt-nope"),
     ("/v1/completions", {"model": MODEL}, "prompt", "prompt"),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": -5},
@@ -60,6 +80,8 @@ CASES = [
                               "top_logprobs": 2}, "top_logprobs", "logprobs"),
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
                               "top_p": 1.5}, "top_p", "top_p"),
+    ("/v1/chat/completions", b'{"model": "default", "messages": [{"role": "user", '
+     b'"content": "\\ud800"}]}', "messages[0].content", "surrogate"),
     ("/abort_request", {"rid": 5}, "rid", "rid"),
 ]
 
