@@ -237,7 +237,7 @@ def _add_control_routes(app: FastAPI, ctx: ServerContext) -> None:
         obj = await read_json(request)
         parsed = await _parse_native(front, obj)
         if parsed.stream:
-            return sse_response(native_stream(front, obj, parsed))
+            return await sse_response(request, native_stream(front, obj, parsed))
         results = await collect(request, front, obj, parsed)
         return JSONResponse(results if parsed.is_batch else results[0])
 

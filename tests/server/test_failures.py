@@ -1,7 +1,7 @@
 """A request the runtime gives up on is an error on every route and in every frontend backend
 (issue #26), never a cut result: on a server whose KV pool (32 tokens) is smaller than a
-request's prompt, that request fails with a 400 and an OpenAI-style body (or, on a stream, a final
-error event and no result event), and the requests beside it finish normally. (A request whose
+request's prompt, that request fails with a 400 and an OpenAI-style body (a stream too: nothing
+was streamed yet), and the requests beside it finish normally. (A request whose
 prompt fits but whose max_new_tokens does not is clipped at admission, as in SGLang: issue #23.)"""
 from __future__ import annotations
 
@@ -41,14 +41,24 @@ def test_native_request_fails_with_an_error_status(small):
     wait_idle(small.url)
 
 
-def test_native_stream_ends_with_an_error_event(small):
+def test_native_stream_failing_before_its_first_event_gets_an_error_status(small):
     body = {"text": PROMPT, "sampling_params": SHORT, "stream": True}
+    res = requests.post(small.url + "/generate", json=body, stream=True, timeout=300)
+    assert res.status_code == 400  # the headers go out with the first event: none was sent
+    _is_pool_error(res.json())
+
+
+def test_native_stream_failing_after_its_first_events_ends_with_an_error_event(small):
+    """A batch: the short prompt streams (and finishes) first, then the long one fails."""
+    body = {"text": ["Hello", PROMPT], "sampling_params": SHORT, "stream": True}
     with requests.post(small.url + "/generate", json=body, stream=True, timeout=300) as res:
-        assert res.status_code == 200  # a stream's headers go out at once (as in SGLang)
+        assert res.status_code == 200
         events = sse_events(res)
     assert events[-1] == "[DONE]"
     _is_pool_error(events[-2])
-    assert all(e["meta_info"]["finish_reason"] is None for e in events[:-2])  # no cut "result"
+    assert any(e["index"] == 0 for e in events[:-2])  # the short one streamed first
+    assert all(e["meta_info"]["finish_reason"] is None for e in events[:-2] if e["index"] == 1)
+    wait_idle(small.url)
 
 
 def test_openai_routes_fail_the_same_way(small):
@@ -57,10 +67,9 @@ def test_openai_routes_fail_the_same_way(small):
     res = requests.post(small.url + "/v1/completions", json=body, timeout=300)
     assert res.status_code == 400
     _is_pool_error(res.json())
-    with requests.post(small.url + "/v1/completions", json={**body, "stream": True}, stream=True,
-                       timeout=300) as res:
-        events = sse_events(res)
-    _is_pool_error(events[-1] if events[-1] != "[DONE]" else events[-2])
+    res = requests.post(small.url + "/v1/completions", json={**body, "stream": True}, timeout=300)
+    assert res.status_code == 400
+    _is_pool_error(res.json())
 
 
 def test_the_request_beside_it_finishes(small):
