@@ -1,5 +1,6 @@
 """Which path the kernels take. Each Triton kernel (`sgl.kernels.triton.*`) sits beside the pure-torch
-reference it is tested against; the public functions of `norm`, `activation`, `rotary` and `kv_store` dispatch:
+reference it is tested against; the public functions of `norm`, `activation`, `rotary`, `kv_store`
+and `moe` dispatch:
 Triton when the tensor lives on a CUDA device and Triton is usable, the reference otherwise.
 
 `SGL_DISABLE_TRITON=1` in the environment (or `set_triton_enabled(False)`) forces the references

@@ -17,6 +17,12 @@ from sgl.kernels.gemv_tables import GemvConfig, GemvTable, read_table, shipped_t
 
 # Below this many weight elements an untuned shape stays with cuBLAS.
 GEMV_MIN_NUMEL = 48 * 1024 * 1024
+# FP8 weights (N, K) -> the GEMV's config at M = 1 (float8_e4m3fn rows, half the bytes of a bf16
+# row), or None for torch._scaled_mm. Empty until probed on an H100 (`sgl/bench_gemv.py --fp8`
+# prints entries to paste here): every FP8 shape takes FP8_DEFAULT_GEMV_CONFIG, wide K blocks so
+# that a thread loads 16 bytes. --gemv-configs tables are for 16-bit weights and do not apply.
+FP8_GEMV_CONFIGS: GemvTable = {}
+FP8_DEFAULT_GEMV_CONFIG = (4, 2048, 8, 3, 1)
 
 # Process-wide settings: defaults until a runner calls configure_gemv.
 _enabled = True
@@ -60,6 +66,12 @@ def gemv_config(n: int, k: int, table: GemvTable) -> GemvConfig:
         return None
     from sgl.kernels.triton.gemv import DEFAULT_CONFIG
     return DEFAULT_CONFIG
+
+
+def fp8_gemv_config(n: int, k: int) -> GemvConfig:
+    """The GEMV's config for an FP8 weight (n, k) at M = 1 (every size), or None for
+    torch._scaled_mm: always None under --disable-gemv."""
+    return FP8_GEMV_CONFIGS.get((n, k), FP8_DEFAULT_GEMV_CONFIG) if _enabled else None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -16,6 +16,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 SPECULATIVE_ALGORITHMS = ("NGRAM", "EAGLE", "EAGLE3", "STANDALONE")
 LOAD_BALANCE_METHODS = ("round_robin", "shortest_queue")
 TOOL_CALL_PARSERS = ("smollm2", "qwen25", "llama3", "qwen", "hermes")  # see runtime/server/tools
+QUANTIZATION_METHODS = ("fp8",)
+KV_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -35,7 +37,17 @@ class ServerArgs:
     skip_tokenizer_init: bool = _f(False, "Take and return token ids only.")
     served_model_name: Optional[str] = _f(None, "Model name reported by the OpenAI routes.")
     chat_template: Optional[str] = _f(None, "Chat template name or Jinja file; default: the tokenizer's.")
+    is_embedding: bool = _f(False, "Serve an embedding model: /encode, /v1/embeddings and Engine.encode pool "
+                            "the prompt's final hidden states as its sentence-transformers files say "
+                            "(default: last token, normalized); generation is refused.")
     random_seed: int = _f(0, "Seed for weights of dummy models and for unseeded sampling.")
+    quantization: Optional[str] = _f(None, "fp8: quantize a 16/32-bit checkpoint's linear layers to FP8 "
+                                     "e4m3 at load (a scale per output channel, activations per "
+                                     "token). A checkpoint published in FP8 loads as such without it.",
+                                     choices=QUANTIZATION_METHODS)
+    kv_cache_dtype: str = _f("auto", "KV cache storage: auto (the model's dtype), fp8_e4m3 or fp8_e5m2 "
+                             "(one byte an element; per-layer scales from the checkpoint, else 1.0).",
+                             choices=KV_CACHE_DTYPES)
     # Memory and scheduling
     mem_fraction_static: Optional[float] = _f(None, "Share of GPU memory for weights and KV pool (auto when unset).")
     max_total_tokens: Optional[int] = _f(None, "KV pool size in tokens (overrides mem_fraction_static).")
@@ -64,6 +76,8 @@ class ServerArgs:
     # Structured output
     grammar_backend: str = _f("xgrammar", "Grammar backend.", choices=("xgrammar", "outlines", "none"))
     disable_jump_forward: bool = _f(False, "Sample forced grammar spans token by token.")
+    grammar_compile_timeout: float = _f(30.0, "Seconds a grammar may compile before its request "
+                                        "fails (the grammar is then refused at once).")
     tool_call_parser: Optional[str] = _f(None, "Tool-call format (default: picked from the model).",
                                          choices=TOOL_CALL_PARSERS)
     reasoning_parser: Optional[str] = _f(None, "Split <think> reasoning from the answer in chat "
@@ -109,6 +123,9 @@ class ServerArgs:
                                             "more are refused with 503 and Retry-After.")
     request_timeout: Optional[float] = _f(None, "Seconds a request may run before it is aborted "
                                           "(504, or a final error event when streaming).")
+    watchdog_timeout: float = _f(300.0, "Seconds a scheduler may go without stepping (a hung "
+                                 "step, a stopped process) before /health says 503 and the "
+                                 "requests on it fail with 503.")
     enable_metrics: bool = _f(False, "Serve Prometheus metrics on /metrics.")
     log_level: str = _f("info", "Logging level.")
     log_requests: bool = _f(False, "Log every request and its output.")
@@ -121,6 +138,10 @@ class ServerArgs:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.quantization is not None and self.quantization not in QUANTIZATION_METHODS:
+            raise ValueError(f"quantization must be one of {QUANTIZATION_METHODS}, got {self.quantization!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
         if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise ValueError(f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {self.tool_call_parser!r}")
         if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
@@ -132,6 +153,8 @@ class ServerArgs:
             raise ValueError("dist_init_addr (host:port of node 0) is required when nnodes > 1")
         if self.dp_size < 1:
             raise ValueError(f"dp_size must be >= 1, got {self.dp_size}")
+        if self.is_embedding and self.speculative_algorithm:
+            raise ValueError("is_embedding does not go with speculative_algorithm (nothing is decoded)")
         if self.load_balance_method not in LOAD_BALANCE_METHODS:
             raise ValueError(f"load_balance_method must be one of {LOAD_BALANCE_METHODS}, "
                              f"got {self.load_balance_method!r}")
@@ -154,7 +177,8 @@ class ServerArgs:
         sources = [k for k in ("api_key", "api_key_file", "api_key_env") if getattr(self, k)]
         if len(sources) > 1:
             raise ValueError(f"give one of api_key, api_key_file, api_key_env (got {sources})")
-        for name in ("max_request_body_bytes", "max_queued_requests", "request_timeout"):
+        for name in ("max_request_body_bytes", "max_queued_requests", "request_timeout",
+                     "grammar_compile_timeout", "watchdog_timeout"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")

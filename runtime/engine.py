@@ -60,7 +60,8 @@ class Engine:
 
     def _init_front(self) -> None:
         self.tm = TokenizerManager(self.tokenizer, self.runner.vocab_size, self.runner.context_len,
-                                   self._inbox.put, self.server_args.grammar_backend)
+                                   self._inbox.put, self.server_args.grammar_backend,
+                                   self.server_args.is_embedding)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="sgl-front", daemon=True)
         self._loop_thread.start()
@@ -125,6 +126,16 @@ class Engine:
                     yield chunk
         finally:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(agen.aclose(), self._loop))
+
+    # -- embeddings (is_embedding=True) --------------------------------------------------------
+    def encode(self, prompt: Prompt = None, input_ids: Optional[list] = None,
+               rid: Union[str, list, None] = None) -> Union[dict, list]:
+        """{"embedding": [...], "meta_info": {...}} per prompt (a list for a batch), as SGLang's
+        Engine.encode; pooled and normalized as the model's sentence-transformers files say."""
+        obj = {k: v for k, v in {"text": prompt, "input_ids": input_ids, "rid": rid}.items() if v is not None}
+        parsed = self.tm.parse_encode(obj)  # raise ValueError here, in the caller's thread
+        fut = asyncio.run_coroutine_threadsafe(_collect(self.tm, obj, parsed), self._loop)
+        return fut.result()
 
     # -- control ----------------------------------------------------------------------------
     def call_in_scheduler(self, fn: Any, timeout: Optional[float] = 60) -> Any:

@@ -49,6 +49,7 @@ class TokenizedGenerateReq:
     top_logprobs_num: int = 0
     stream: bool = False
     priority: Optional[int] = None  # SGLang's request priority; stored, not yet scheduled by
+    is_embedding: bool = False  # pool the prompt's hidden states (max_new_tokens 0) instead of generating
 
 
 @dataclass
@@ -81,3 +82,4 @@ class TokenOutput:
     meta: dict[str, Any] = field(default_factory=dict)
     num_rewritten: int = 0  # drop this many already-sent output tokens before appending (jump-forward)
     text_delta: Optional[str] = None  # set by the server's detokenizer process: new decoded text
+    embedding: Optional[list[float]] = None  # an embedding request's vector, with its final output

@@ -1,5 +1,5 @@
-"""Parsing and validating a generate request (SGLang's /generate shape) into per-sequence
-scheduler messages. Every error is a ValueError naming the field."""
+"""Parsing and validating a generate request (SGLang's /generate shape) or an embedding request
+(/encode) into per-sequence scheduler messages. Every error is a ValueError naming the field."""
 from __future__ import annotations
 
 import dataclasses
@@ -65,6 +65,24 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
         raise ValueError("rid: the ids of one batch (with their n copies, rid-0, rid-1, ...) "
                          "must be distinct")
     return ParsedRequest(reqs, is_batch or any(sp.n > 1 for sp in params), stream, text_lp, prompts)
+
+
+_ENCODE_FIELDS = {"text", "input_ids", "rid"}
+
+
+def parse_encode(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_len: int) -> ParsedRequest:
+    """An embedding request (SGLang's /encode shape: text or input_ids, one or a batch; rid)."""
+    unknown = sorted(set(obj) - _ENCODE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field(s) for an embedding request: {', '.join(unknown)}")
+    texts, ids, is_batch = _prompts(obj)
+    prompts = ids if ids is not None else [_tokenize(tokenize, t) for t in texts]
+    for i, p in enumerate(prompts):
+        _check_prompt(p, i, vocab_size, context_len)
+    rids = _rids(obj.get("rid"), len(prompts))
+    reqs = [TokenizedGenerateReq(rid, prompt, SamplingParams(max_new_tokens=0), is_embedding=True)
+            for rid, prompt in zip(rids, prompts)]
+    return ParsedRequest(reqs, is_batch, False, False, prompts)
 
 
 def _prompts(obj: dict[str, Any]) -> tuple[Optional[list[str]], Optional[list[list[int]]], bool]:

@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 
 from sgl.runtime.detokenizer import IncrementalDetokenizer, visible_text
 from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput, failure_of
-from sgl.runtime.request import ParsedRequest, parse_generate
+from sgl.runtime.request import ParsedRequest, parse_encode, parse_generate
 
 
 class RequestTimedOut(TimeoutError):
@@ -33,8 +33,13 @@ class ReqStream:
         self.out_top: list = []
         self.in_lp: Optional[list] = None
         self.in_top: Optional[list] = None
+        self.embedding: Optional[list[float]] = None  # an embedding request's vector, once finished
         self.remote_text: Optional[str] = None  # decoded by a detokenizer process, when there is one
         self.event = event or asyncio.Event()  # shared by the sequences of one request
+        # The error the request ends with, raised to its caller instead of a result: set by
+        # `TokenizerManager.fail` (a stalled scheduler, shutdown), or by a finish reason with a
+        # status code (the runtime gave up on it: `failure_of`).
+        self.error: Optional[Exception] = None
 
     def update(self, out: TokenOutput) -> None:
         if out.num_rewritten:
@@ -59,6 +64,10 @@ class ReqStream:
             self.in_lp = list(zip(out.input_logprobs, out.input_token_ids))
             self.in_top = out.input_top_logprobs
         self.finished_reason = out.finished_reason
+        if self.error is None:
+            self.error = failure_of(out.finished_reason)
+        if out.embedding is not None:
+            self.embedding = out.embedding
         self.event.set()
 
     def _rewind(self, n: int) -> None:
@@ -75,12 +84,6 @@ class ReqStream:
     def finished(self) -> bool:
         return self.finished_reason is not None
 
-    def raise_if_failed(self) -> None:
-        """A request the runtime gave up on is an error, never a (cut) result."""
-        error = failure_of(self.finished_reason)
-        if error is not None:
-            raise error
-
     def text(self) -> str:
         if self.detok is None and self.remote_text is None:
             return ""
@@ -93,6 +96,8 @@ class ReqStream:
 
     def result(self) -> dict[str, Any]:
         meta = dict(self.meta, finish_reason=self.finished_reason)
+        if self.req.is_embedding:
+            return {"embedding": self.embedding, "meta_info": meta}
         if self.req.return_logprob:
             meta["output_token_logprobs"] = [self._triple(lp, t) for lp, t in self.out_lp]
             meta["output_top_logprobs"] = [self._tops(x) for x in self.out_top] or [None] * len(self.out_lp)
@@ -114,9 +119,10 @@ class ReqStream:
 
 class TokenizerManager:
     def __init__(self, tokenizer: Any, vocab_size: int, context_len: int,
-                 send: Callable[[Any], None], grammar_backend: str = "xgrammar") -> None:
+                 send: Callable[[Any], None], grammar_backend: str = "xgrammar",
+                 is_embedding: bool = False) -> None:
         self.tokenizer, self.vocab_size, self.context_len = tokenizer, vocab_size, context_len
-        self.grammar_backend = grammar_backend
+        self.grammar_backend, self.is_embedding = grammar_backend, is_embedding
         self.send = send
         self.states: dict[str, ReqStream] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -127,8 +133,20 @@ class TokenizerManager:
         return self.tokenizer.encode(text, add_special_tokens=False) if self.tokenizer else None
 
     def parse(self, obj: dict[str, Any]) -> ParsedRequest:
+        if self.is_embedding:
+            raise ValueError("this server runs an embedding model (--is-embedding): use /encode, "
+                             "/v1/embeddings or Engine.encode, not generation")
         tok = self.tokenize if self.tokenizer is not None else None
         return parse_generate(obj, tok, self.vocab_size, self.context_len, self.grammar_backend)
+
+    def parse_encode(self, obj: dict[str, Any]) -> ParsedRequest:
+        if not self.is_embedding:
+            raise ValueError("embeddings need an embedding model: start the server (or Engine) "
+                             "with --is-embedding / is_embedding=True")
+        # The tokenizer's own special tokens (Qwen3-Embedding appends <|endoftext|>, whose hidden
+        # state it pools), as sentence-transformers tokenizes.
+        tok = self.tokenizer.encode if self.tokenizer is not None else None
+        return parse_encode(obj, tok, self.vocab_size, self.context_len)
 
     async def parse_async(self, obj: dict[str, Any]) -> ParsedRequest:
         """`parse` off the event loop: a long prompt takes seconds to tokenize, and every other
@@ -176,8 +194,9 @@ class TokenizerManager:
             while True:
                 await self._wait(event, deadline)
                 event.clear()
-                for s in states:
-                    s.raise_if_failed()
+                failed = next((s.error for s in states if s.error is not None), None)
+                if failed is not None:
+                    raise failed
                 done = all(s.finished for s in states)
                 if parsed.stream or done:
                     yield [s.result() for s in states]
@@ -215,7 +234,7 @@ class TokenizerManager:
         event = asyncio.Event()
         states = [self._submit(r, False, event) for r in warm]
         try:
-            while not all(s.finished for s in states):
+            while not all(s.finished or s.error is not None for s in states):
                 await event.wait()
                 event.clear()
         finally:
@@ -232,6 +251,15 @@ class TokenizerManager:
         self.states[req.rid] = state
         self.send(req)
         return state
+
+    def fail(self, rids: list[str], error: Exception) -> None:
+        """End these requests with `error` (raised to their callers) without waiting for the
+        scheduler, which may be gone or stuck; their abort is sent all the same."""
+        for rid in rids:
+            state = self.states.get(rid)
+            if state is not None and not state.finished:
+                state.error = error
+                state.event.set()
 
     def abort(self, rid: str) -> None:
         self.send(AbortReq(rid))

@@ -45,6 +45,12 @@ for stage in "$@"; do
     bench1_nogemv) python3 -m sgl.bench_one_batch --model-path llama-3.1-8b-dummy --load-format dummy --disable-gemv \
         --batch-size 1 --input-len 128 --output-len 256 2>&1 | grep -E "Prefill|Decode|Total|Error|error" ;;
     gemv_probe) python3 -m sgl.bench_gemv --quick --fused --out "$OUT/gemv_probe.json" --table-out "$OUT/gemv_table.json" ;;
+    # issue #19: program workloads vs their baselines (BACKEND=engine for the in-process table)
+    workloads1|workloads2) [ $stage = workloads1 ] && W="mmlu hellaswag react generative_agents tree_of_thought no_sharing" \
+                               || W="skeleton_of_thought multi_turn_short multi_turn_long json_extraction rag_pipeline"
+        timeout 570 python3 -m sgl.bench_programs --model-path llama-3.1-8b-dummy --load-format dummy --tokenizer-path .tok/llama3 \
+               --workload $W --num-programs 64 --parallel 64 --num-sequential-programs 4 --backend ${BACKEND:-http} \
+               --result-file "$OUT/${stage}_${BACKEND:-http}.json" 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -40 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

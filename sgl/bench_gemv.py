@@ -13,7 +13,12 @@ or ship it as kernels/configs/gemv/<device>.json.
 
 --fused also times one decoder layer's linears (qkv, o, gate_up, down) back to back in one graph,
 through kernels/linear.py with cuBLAS, with this device's shipped table and with the probed table
-over it."""
+over it.
+
+--fp8 probes FP8 weights (float8_e4m3fn, a scale per row) instead: the Triton GEMV with
+weight_scale against torch._scaled_mm behind a per-token activation quantization (the path
+kernels/fp8.py takes for more rows), and prints entries for FP8_GEMV_CONFIGS in kernels/linear.py
+(None: _scaled_mm). FP8 tables are code, not --gemv-configs files (those are for 16-bit weights)."""
 from __future__ import annotations
 
 import argparse
@@ -97,22 +102,45 @@ def _weights(n: int, k: int, copies: int) -> list[torch.Tensor]:
     return [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
 
 
-def probe_shape(n: int, k: int, stages: tuple[int, ...], quick: bool = False) -> dict:
-    nbytes = n * k * 2
+class _Fp8Weight:
+    """An FP8 weight and its per-row scale, passed around the ring as one item."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        from sgl.kernels.fp8 import quantize_rows_ref
+        q, s = quantize_rows_ref(w)
+        self.weight, self.scale = q, s.view(-1)
+
+
+def _calls(fp8: bool, x: torch.Tensor) -> tuple[Callable, Callable]:
+    """(baseline call(w), Triton call(w, cfg)) for bf16 or FP8 weights."""
+    if not fp8:
+        return (lambda w: F.linear(x, w)), (lambda w, cfg: gemv(x, w, config=cfg))
+    from sgl.kernels.fp8 import fp8_scaled_mm
+    return ((lambda w: fp8_scaled_mm(x, w.weight, w.scale, None, None)),
+            (lambda w, cfg: gemv(x, w.weight, config=cfg, weight_scale=w.scale)))
+
+
+def probe_shape(n: int, k: int, stages: tuple[int, ...], quick: bool = False,
+                fp8: bool = False) -> dict:
+    nbytes = n * k * (1 if fp8 else 2)
     weights = _weights(n, k, max(2, int(RING_BYTES // nbytes)))
+    if fp8:
+        weights = [_Fp8Weight(w) for w in weights]
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-    ref = x.float() @ weights[0].float().T
+    w0 = weights[0].weight.float() * weights[0].scale[:, None] if fp8 else weights[0].float()
+    ref = x.float() @ w0.T
+    baseline, triton_call = _calls(fp8, x)
     row = {"n": n, "k": k, "ideal_us": nbytes / HBM_BYTES_PER_S * 1e6,
-           "f_linear_us": graph_us(lambda w: F.linear(x, w), weights, nbytes),
+           "f_linear_us": graph_us(baseline, weights, nbytes),
            "triton": [], "rejected": {}}
     for cfg in configs(n, k, stages, quick):
         try:
-            got = gemv(x, weights[0], config=cfg).float()
+            got = triton_call(weights[0], cfg).float()
             err = float((got - ref).norm() / ref.norm())
             if not err < 1e-2:
                 row["rejected"][str(cfg)] = f"rel err {err:.3g}"
                 continue
-            us = graph_us(lambda w, cfg=cfg: gemv(x, w, config=cfg), weights, nbytes)
+            us = graph_us(lambda w, cfg=cfg: triton_call(w, cfg), weights, nbytes)
             row["triton"].append((cfg, us))
         except Exception as e:  # noqa: BLE001 - a config the compiler refuses (registers, smem)
             row["rejected"][str(cfg)] = f"{type(e).__name__}: {str(e)[:200]}"
@@ -140,14 +168,16 @@ def print_rows(report: dict) -> None:
               f"{tuple(best) if best else None}; {nxt}")
 
 
-def print_table(report: dict, device: str) -> None:
-    print(f"\n# sgl/bench_gemv.py on {device} (--table-out FILE writes it as JSON); shipped "
-          f"table for this device: {find_table(device)}")
+def print_table(report: dict, device: str, fp8: bool = False) -> None:
+    where = ("entries for FP8_GEMV_CONFIGS in kernels/linear.py (F.linear: torch._scaled_mm)" if fp8
+             else f"--table-out FILE writes it as JSON; shipped table for this device: {find_table(device)}")
+    print(f"\n# sgl/bench_gemv.py{' --fp8' if fp8 else ''} on {device} ({where})")
     for name, row in report.items():
         entry, f_us = table_entry(row), row["f_linear_us"]
         best_us = row["triton"][0][1] if row["triton"] else math.nan
-        key = f"\"{row['n']},{row['k']}\":"
-        print(f"    {key:<15} {str(list(entry) if entry else None):<22} # {name}: Triton {best_us:.1f} us, "
+        key = f"({row['n']}, {row['k']}):" if fp8 else f"\"{row['n']},{row['k']}\":"
+        value = f"{entry}," if fp8 else str(list(entry) if entry else None)
+        print(f"    {key:<15} {value:<22} # {name}: Triton {best_us:.1f} us, "
               f"F.linear {f_us:.1f} us, ideal {row['ideal_us']:.1f} us")
 
 
@@ -185,23 +215,28 @@ def main() -> None:
     p.add_argument("--stages", default="3", help="num_stages values to try, comma-separated")
     p.add_argument("--quick", action="store_true", help="a small grid (QUICK_BLOCKS)")
     p.add_argument("--fused", action="store_true", help="also time a layer's linears back to back")
+    p.add_argument("--fp8", action="store_true",
+                   help="FP8 weights: the GEMV with weight_scale against torch._scaled_mm")
     p.add_argument("--table-out", default=None,
                    help="write the probed table as JSON, for --gemv-configs FILE or kernels/configs/gemv/")
     args = p.parse_args()
+    if args.fp8 and args.table_out:
+        p.error("--table-out writes a 16-bit --gemv-configs table; --fp8 entries go into "
+                "FP8_GEMV_CONFIGS in kernels/linear.py")
     torch.manual_seed(0)
     device = torch.cuda.get_device_name()
     stages = tuple(int(s) for s in args.stages.split(","))
     report, t0 = {}, time.time()
     for name in filter(None, args.shapes.split(",")):
-        report[name] = probe_shape(*SHAPES[name], stages, args.quick)
+        report[name] = probe_shape(*SHAPES[name], stages, args.quick, args.fp8)
         row = report[name]
         print(f"{name}: {len(row['triton'])} configs timed, {len(row['rejected'])} rejected, "
               f"{time.time() - t0:.0f} s so far", flush=True)
     result = {"device": device, "shapes": report}
     if report:
         print_rows(report)
-        print_table(report, device)
-    if args.fused:
+        print_table(report, device, args.fp8)
+    if args.fused and not args.fp8:
         probed = {(r["n"], r["k"]): table_entry(r) for r in report.values()}
         tables = {"cuBLAS": None, "shipped table": {}}
         if probed:

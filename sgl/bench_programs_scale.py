@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from sgl.bench_utils import append_jsonl
+from sgl.runtime.scheduler.prefix_trie import PrefixTrie
 
 WORDS = ("the a man woman dog cat child runs walks jumps holds opens closes kitchen garden street "
          "table chair window door slowly quickly then after before water ball book phone car bike "
@@ -171,17 +172,11 @@ def part_extraction(engine: Any, num_docs: int, per_doc: int, suffix: str = "") 
 
 def trie_optimum(prompts: list[list[int]]) -> float:
     """The best hit rate for prompts sent together: every distinct prefix token computed once."""
-    seen: dict = {}
-    distinct = 0
+    trie = PrefixTrie()
     for p in prompts:
-        node = seen
-        for t in p:
-            if t not in node:
-                node[t] = {}
-                distinct += 1
-            node = node[t]
+        trie.insert(p)
     total = sum(map(len, prompts))
-    return (total - distinct) / total
+    return (total - trie.num_tokens) / total
 
 
 def run_part(part: str, args: argparse.Namespace, server: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ figures as the card's baseline.
 | offline    | 500 prompts, input U[1,4096], output U[1,2048]           | output tok/s                       |
 | structured | batch 64 JSON schema; jump-forward on/off (Llama 3 vocab) | constrained fraction, jump speedup |
 | ngram      | NGRAM speculation, batch 1, copy prompts                  | speedup over no speculation        |
+| *_fp8      | decode_bs1, prefill, offline with FP8 weights + FP8 KV cache (`--quantization fp8 --kv-cache-dtype fp8_e4m3`) | as their bf16 rows |
 | programs   | 128/512 HellaSwag-shaped select programs, 8k prompt logprobs, shared-document extraction (bench_programs_scale) | speedups vs cache off, answers vs 8 at a time, failed steps, hit rate of optimum |
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Callable
 
 MODEL = "llama-3.1-8b-dummy"
 SWEEP = [1, 8, 32, 64, 128, 256]
+FP8 = ("--quantization", "fp8", "--kv-cache-dtype", "fp8_e4m3")
 
 
 @dataclass
@@ -58,10 +60,12 @@ def _one_batch(*extra: str) -> Callable[[argparse.Namespace], list[str]]:
                       *extra, *a.server_flags]
 
 
-def _decode_bs1(rows: list[dict]) -> list[Figure]:
-    r = rows[-1]
-    return [Figure("decode_bs1.median_step_tok_s", r["median_decode_throughput"], "tok/s", True),
-            Figure("decode_bs1.end_to_end_tok_s", r["output_throughput"], "tok/s", True)]
+def _decode_bs1(name: str) -> Callable[[list[dict]], list[Figure]]:
+    def figures(rows: list[dict]) -> list[Figure]:
+        r = rows[-1]
+        return [Figure(f"{name}.median_step_tok_s", r["median_decode_throughput"], "tok/s", True),
+                Figure(f"{name}.end_to_end_tok_s", r["output_throughput"], "tok/s", True)]
+    return figures
 
 
 def _sweep(rows: list[dict]) -> list[Figure]:
@@ -69,13 +73,19 @@ def _sweep(rows: list[dict]) -> list[Figure]:
             for r in rows]
 
 
-def _prefill(rows: list[dict]) -> list[Figure]:
-    r = rows[-1]
-    return [Figure("prefill_8x4096.seconds", r["prefill_latency"], "s", False)]
+def _prefill(name: str) -> Callable[[list[dict]], list[Figure]]:
+    return lambda rows: [Figure(f"{name}.seconds", rows[-1]["prefill_latency"], "s", False)]
 
 
-def _offline(rows: list[dict]) -> list[Figure]:
-    return [Figure("offline_500.output_tok_s", rows[-1]["output_throughput"], "tok/s", True)]
+def _offline(name: str) -> Callable[[list[dict]], list[Figure]]:
+    return lambda rows: [Figure(f"{name}.output_tok_s", rows[-1]["output_throughput"], "tok/s", True)]
+
+
+def _offline_args(*extra: str) -> Callable[[argparse.Namespace], list[str]]:
+    return lambda a: ["sgl.bench_offline_throughput", "--model-path", a.model_path, "--load-format",
+                      "dummy", "--skip-tokenizer-init", "--num-prompts", "500", "--random-input-len",
+                      "4096", "--random-output-len", "2048", "--random-range-ratio", "0", *extra,
+                      *a.server_flags]
 
 
 def _structured(rows: list[dict]) -> list[Figure]:
@@ -107,17 +117,15 @@ def _tok(a: argparse.Namespace) -> list[str]:
     return ["--tokenizer-path", a.tokenizer_path]
 
 
+DECODE_BS1 = ("--batch-size", "1", "--input-len", "128", "--output-len", "256")
+PREFILL = ("--batch-size", "8", "--input-len", "4096", "--output-len", "1")
+
 BENCHES = [
-    Bench("decode_bs1", _one_batch("--batch-size", "1", "--input-len", "128", "--output-len", "256"),
-          _decode_bs1, 300),
+    Bench("decode_bs1", _one_batch(*DECODE_BS1), _decode_bs1("decode_bs1"), 300),
     Bench("sweep", _one_batch("--batch-size", *map(str, SWEEP), "--input-len", "128", "--output-len", "32"),
           _sweep, 400),
-    Bench("prefill", _one_batch("--batch-size", "8", "--input-len", "4096", "--output-len", "1"),
-          _prefill, 300),
-    Bench("offline", lambda a: ["sgl.bench_offline_throughput", "--model-path", a.model_path, "--load-format",
-                                "dummy", "--skip-tokenizer-init", "--num-prompts", "500", "--random-input-len",
-                                "4096", "--random-output-len", "2048", "--random-range-ratio", "0",
-                                *a.server_flags], _offline, 600),
+    Bench("prefill", _one_batch(*PREFILL), _prefill("prefill_8x4096"), 300),
+    Bench("offline", _offline_args(), _offline("offline_500"), 600),
     Bench("structured", lambda a: ["sgl.bench_structured", "--model-path", a.model_path, "--load-format",
                                    "dummy", *_tok(a), "--batch-size", "64", "--max-new-tokens", "128",
                                    *a.server_flags], _structured, 400),
@@ -125,6 +133,10 @@ BENCHES = [
                               *_tok(a), "--speculative-algorithm", "NGRAM", "--dataset", "copy",
                               "--batch-sizes", "1", "--num-draft-tokens", "8", "16", "--max-new-tokens", "256",
                               *a.server_flags], _ngram, 400),
+    # FP8 weights and FP8 KV cache (issue 18): the same workloads, each beside its bf16 row
+    Bench("decode_bs1_fp8", _one_batch(*DECODE_BS1, *FP8), _decode_bs1("decode_bs1_fp8"), 300),
+    Bench("prefill_fp8", _one_batch(*PREFILL, *FP8), _prefill("prefill_8x4096_fp8"), 300),
+    Bench("offline_fp8", _offline_args(*FP8), _offline("offline_500_fp8"), 600),
     Bench("programs", lambda a: ["sgl.bench_programs_scale", "--model-path", a.model_path, "--load-format",
                                  "dummy", *_tok(a), "--sizes", "128,512", *a.server_flags], _programs, 1500),
 ]

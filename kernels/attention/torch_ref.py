@@ -9,6 +9,8 @@ from itertools import accumulate, pairwise
 import torch
 import torch.nn.functional as F
 
+from sgl.kernels.kv_store import from_pool
+
 Lengths = torch.Tensor | Sequence[int]
 
 
@@ -17,7 +19,10 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
                          prefix_lens: Lengths, extend_lens: Lengths, scaling: float, *,
                          custom_mask: torch.Tensor | None = None,
                          mask_indptr: Lengths | None = None,
-                         tree_mask: torch.Tensor | None = None) -> torch.Tensor:
+                         tree_mask: torch.Tensor | None = None,
+                         sliding_window: int | None = None,
+                         logit_cap: float = 0.0, k_scale: float = 1.0,
+                         v_scale: float = 1.0) -> torch.Tensor:
     """Causal (or custom-masked) attention of a ragged batch of new tokens over their requests'
     whole sequences.
 
@@ -36,6 +41,10 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
     token c iff tree_mask[i, j, c] (c < extend_lens[i]; entries past that are ignored) and always
     its whole cached prefix. It equals the custom_mask block whose prefix columns are all True.
     A row that sees no key gives zeros (SDPA's safe softmax).
+    sliding_window: W > 0 limits new token j (position p = prefix_len + j) to the keys at positions
+    > p - W (itself and the W - 1 before it; transformers' convention), on top of any mask.
+    logit_cap: c > 0 soft-caps the scaled scores to c * tanh(s / c) before masking (Gemma 2).
+    An FP8 pool is read as stored * k_scale (K) and stored * v_scale (V).
     Returns (num_tokens, Hq, Dv) in q's dtype.
     """
     rows, prefixes, extends = _as_list(req_pool_indices), _as_list(prefix_lens), _as_list(extend_lens)
@@ -53,20 +62,25 @@ def extend_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torc
         seq_len = prefix_len + extend_len
         slots = req_to_token[row, :seq_len].long()
         q_req = q[start:start + extend_len]  # (extend_len, Hq, D)
-        out[start:start + extend_len] = _attend(q_req, k_buffer[slots], v_buffer[slots],
-                                                prefix_len, scaling, mask).to(q.dtype)
+        mask = _visible(mask, prefix_len, extend_len, sliding_window, q.device)
+        k, v = from_pool(k_buffer[slots], k_scale), from_pool(v_buffer[slots], v_scale)
+        out[start:start + extend_len] = _attend(q_req, k, v, scaling, mask, logit_cap).to(q.dtype)
         start += extend_len
     return out
 
 
 def decode_attention_ref(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                          req_to_token: torch.Tensor, req_pool_indices: Lengths,
-                         seq_lens: Lengths, scaling: float) -> torch.Tensor:
+                         seq_lens: Lengths, scaling: float, *, sliding_window: int | None = None,
+                         logit_cap: float = 0.0, k_scale: float = 1.0,
+                         v_scale: float = 1.0) -> torch.Tensor:
     """One new token per request: q (bs, Hq, D), its K/V already at position seq_lens[i] - 1.
     Returns (bs, Hq, Dv)."""
     seqs = _as_list(seq_lens)
     return extend_attention_ref(q, k_buffer, v_buffer, req_to_token, req_pool_indices,
-                                [s - 1 for s in seqs], [1] * len(seqs), scaling)
+                                [s - 1 for s in seqs], [1] * len(seqs), scaling,
+                                sliding_window=sliding_window, logit_cap=logit_cap,
+                                k_scale=k_scale, v_scale=v_scale)
 
 
 def _mask_blocks(custom_mask: torch.Tensor | None, mask_indptr: Lengths | None,
@@ -99,19 +113,33 @@ def _tree_mask_blocks(tree_mask: torch.Tensor, prefixes: list[int],
     return blocks
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int,
-            scaling: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    # q: (E, Hq, D)  k: (S, Hkv, D)  v: (S, Hkv, Dv)  with S = prefix_len + E
-    # mask: (E, S) bool, True = may attend; None = causal
+def _visible(mask: torch.Tensor | None, prefix_len: int, extend_len: int,
+             sliding_window: int | None, device: torch.device) -> torch.Tensor:
+    """(E, S) bool, True = may attend: the given mask (None = causal), within the window."""
+    query_pos = torch.arange(extend_len, device=device).unsqueeze(1) + prefix_len  # (E, 1)
+    key_pos = torch.arange(prefix_len + extend_len, device=device).unsqueeze(0)  # (1, S)
     if mask is None:
-        extend_len, seq_len = q.shape[0], k.shape[0]
-        query_pos = torch.arange(extend_len, device=q.device).unsqueeze(1) + prefix_len  # (E, 1)
-        key_pos = torch.arange(seq_len, device=q.device).unsqueeze(0)  # (1, S)
         mask = key_pos <= query_pos
-    out = F.scaled_dot_product_attention(
-        q.float().transpose(0, 1), k.float().transpose(0, 1), v.float().transpose(0, 1),
-        attn_mask=mask, scale=scaling, enable_gqa=True)  # (Hq, E, Dv)
-    return out.transpose(0, 1)
+    if sliding_window:
+        mask = mask & (key_pos > query_pos - sliding_window)
+    return mask
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
+            mask: torch.Tensor, logit_cap: float = 0.0) -> torch.Tensor:
+    # q: (E, Hq, D)  k: (S, Hkv, D)  v: (S, Hkv, Dv)  mask: (E, S) bool, True = may attend
+    q, k, v = (t.float().transpose(0, 1) for t in (q, k, v))  # (H, len, D)
+    if not logit_cap:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
+                                             enable_gqa=True)  # (Hq, E, Dv)
+        return out.transpose(0, 1)
+    group = q.shape[0] // k.shape[0]
+    k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)  # (Hq, S, D)
+    scores = torch.matmul(q, k.transpose(1, 2)) * scaling  # (Hq, E, S)
+    scores = logit_cap * torch.tanh(scores / logit_cap)
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    probs = torch.nan_to_num(probs, nan=0.0)  # a row that sees no key: zeros, as SDPA gives
+    return torch.matmul(probs, v).transpose(0, 1)  # (E, Hq, Dv)
 
 
 def _as_list(x: Lengths) -> list[int]:

@@ -6,6 +6,7 @@ import os
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def require_cuda(**tensors: torch.Tensor) -> None:
@@ -22,6 +23,14 @@ def require_cuda(**tensors: torch.Tensor) -> None:
 def require_dtype(name: str, t: torch.Tensor, allowed: tuple[torch.dtype, ...]) -> None:
     if t.dtype not in allowed:
         raise ValueError(f"{name}: dtype {t.dtype} not in {allowed}")
+
+
+def require_pool_dtypes(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor) -> None:
+    """The attention kernels' pools: q's dtype (16 or 32-bit float), or one FP8 format for both."""
+    require_dtype("q", q, FLOAT_DTYPES)
+    if k_buffer.dtype != v_buffer.dtype or k_buffer.dtype not in (q.dtype, *FP8_DTYPES):
+        raise ValueError(f"q {q.dtype}, k_buffer {k_buffer.dtype}, v_buffer {v_buffer.dtype}: "
+                         "the pool holds q's dtype or FP8 (cast q to a 16/32-bit pool's dtype)")
 
 
 def require_last_dim_contiguous(name: str, t: torch.Tensor) -> None:

@@ -15,8 +15,16 @@ With a compact tree mask (MASK_LAYOUT 2: (bs, N, N) over the new tokens alone, t
 visible; verify batches and their CUDA graphs) the first sweep covers exactly the prefix,
 unmasked, and the second the request's new tokens under its (N x N) block.
 
+A sliding window W (a per-layer constant; WINDOWED is a separate compilation) starts both sweeps
+at the first key the block's first query sees (p - W + 1) and masks, per query, the keys at
+positions <= p - W, on top of the layout's mask. Soft-capping (SOFTCAP, Gemma 2) maps each scaled
+score s to cap * tanh(s / cap) before the mask.
+
 FLOPs (the floor, matrix units): 4 * Hq * D * sum over new tokens of the keys each one sees
 (prefix_len + j + 1 for new token j), with D = Dv.
+
+FP8 pools: K and V tiles are widened to q's dtype as they are loaded; the per-tensor scales
+(stored = value / scale) fold into the softmax scale (K) and the output (V).
 """
 from __future__ import annotations
 
@@ -24,7 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl.kernels.triton._common import dot_precision, dot_width, require_cuda, require_dtype
+from sgl.kernels.triton._common import (dot_precision, dot_width, require_cuda, require_dtype,
+                                         require_pool_dtypes)
 
 _LOG2E = 1.4426950408889634
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) forced for every head size; None = `_block_config`.
@@ -33,16 +42,25 @@ CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None
 
 
 @triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
 def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows, mask_m, n0, key_mask_end,
-                 q_pos, stride_kt, stride_vt, scale_log2, offs_d, offs_dv, mask_d, mask_dv,
-                 CAUSAL: tl.constexpr, USE_CUSTOM_MASK: tl.constexpr, BLOCK_N: tl.constexpr,
+                 q_pos, stride_kt, stride_vt, scale_log2, window, cap_log2, offs_d, offs_dv,
+                 mask_d, mask_dv, CAUSAL: tl.constexpr, USE_CUSTOM_MASK: tl.constexpr,
+                 WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_N: tl.constexpr,
                  DOT_PRECISION: tl.constexpr):
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_n = offs_n < key_mask_end
     slots = tl.load(slot_row + offs_n, mask=mask_n, other=0).to(tl.int64)
     k = tl.load(k_head + slots[None, :] * stride_kt + offs_d[:, None],
                 mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # (BLOCK_D, BLOCK_N)
+    k = k.to(q.dtype)  # an FP8 pool's tile widened (a no-op otherwise)
     s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2  # (BLOCK_M, BLOCK_N) f32, log2
+    if SOFTCAP:  # cap * tanh(s / cap) in natural units is this in log2 units (cap_log2 = cap * log2 e)
+        s = cap_log2 * _tanh(s / cap_log2)
     if USE_CUSTOM_MASK:  # mask_rows: (BLOCK_M,) pointers to each query's row of the mask
         tile_mask = mask_m[:, None] & mask_n[None, :]
         visible = tl.load(mask_rows[:, None] + offs_n[None, :], mask=tile_mask, other=0) != 0
@@ -50,9 +68,11 @@ def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows, mask_m, 
         visible = mask_n[None, :] & (offs_n[None, :] <= q_pos[:, None])
     else:
         visible = mask_n[None, :]
+    if WINDOWED:
+        visible = visible & (offs_n[None, :] > q_pos[:, None] - window)
     s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    if USE_CUSTOM_MASK:
+    if USE_CUSTOM_MASK or WINDOWED:
         # A row may have seen no key yet (m_new = -inf): subtract 0 there, not -inf (NaN).
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
@@ -60,7 +80,7 @@ def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows, mask_m, 
     p = tl.exp2(s - m_shift[:, None])
     alpha = tl.exp2(m_i - m_shift)
     v = tl.load(v_head + slots[:, None] * stride_vt + offs_dv[None, :],
-                mask=mask_n[:, None] & mask_dv[None, :], other=0.0)  # (BLOCK_N, BLOCK_DV)
+                mask=mask_n[:, None] & mask_dv[None, :], other=0.0).to(q.dtype)  # (BLOCK_N, DV)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
@@ -69,10 +89,12 @@ def _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows, mask_m, 
 def _extend_kernel(
         Q, KBuf, VBuf, Out, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, QStart, CustomMask,
         MaskIndptr, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot,
-        stride_oh, stride_r2t, mask_width, scale_log2, HEAD_DIM: tl.constexpr,
+        stride_oh, stride_r2t, mask_width, scale_log2, v_scale, window, cap_log2,
+        HEAD_DIM: tl.constexpr,
         V_HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        MASK_LAYOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        MASK_LAYOUT: tl.constexpr, WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr,
+        DOT_PRECISION: tl.constexpr):
     # MASK_LAYOUT 0: causal; 1: custom_mask (extend_len x seq_len blocks at MaskIndptr);
     # 2: tree mask (bs, mask_width, mask_width) over the new tokens, the prefix always visible.
     m_block = tl.program_id(0)
@@ -118,19 +140,24 @@ def _extend_kernel(
         else:
             mask_rows = CustomMask  # unused
             causal_end = prefix_len + tl.minimum(m_start + BLOCK_M, extend_len)
-        for n0 in range(0, full_end, BLOCK_N):
+        first_key = 0
+        if WINDOWED:  # the first key the block's first query (position prefix_len + m_start) sees
+            first_key = tl.maximum(prefix_len + m_start - window + 1, 0)
+        for n0 in range(first_key, full_end, BLOCK_N):
             acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows,
                                          mask_m, n0, full_end, q_pos, stride_kt, stride_vt,
-                                         scale_log2, offs_d, offs_dv, mask_d, mask_dv, False,
-                                         MASK_LAYOUT == 1, BLOCK_N, DOT_PRECISION)
-        for n0 in range(full_end, causal_end, BLOCK_N):
+                                         scale_log2, window, cap_log2, offs_d, offs_dv, mask_d,
+                                         mask_dv, False, MASK_LAYOUT == 1, WINDOWED, SOFTCAP,
+                                         BLOCK_N, DOT_PRECISION)
+        for n0 in range(tl.maximum(full_end, first_key), causal_end, BLOCK_N):
             acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows,
                                          mask_m, n0, causal_end, q_pos, stride_kt, stride_vt,
-                                         scale_log2, offs_d, offs_dv, mask_d, mask_dv, True,
-                                         MASK_LAYOUT != 0, BLOCK_N, DOT_PRECISION)
-        if MASK_LAYOUT != 0:  # a row that sees no key: acc = 0, l_i = 0; give zeros, not NaN
+                                         scale_log2, window, cap_log2, offs_d, offs_dv, mask_d,
+                                         mask_dv, True, MASK_LAYOUT != 0, WINDOWED, SOFTCAP,
+                                         BLOCK_N, DOT_PRECISION)
+        if MASK_LAYOUT != 0 or WINDOWED:  # a row that sees no key (acc = 0, l_i = 0): zeros
             l_i = tl.where(l_i > 0, l_i, 1.0)
-        out = acc / l_i[:, None]  # causal: every query sees at least itself, l_i > 0
+        out = acc * (v_scale / l_i)[:, None]  # causal: every query sees itself, l_i > 0
         tl.store(Out + q_tok[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
                  out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :])
 
@@ -148,10 +175,7 @@ def _check(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
            req_to_token: torch.Tensor, index_tensors: dict[str, torch.Tensor]) -> None:
     require_cuda(q=q, k_buffer=k_buffer, v_buffer=v_buffer, req_to_token=req_to_token,
                  **index_tensors)
-    require_dtype("q", q, (torch.float16, torch.bfloat16, torch.float32))
-    if k_buffer.dtype != q.dtype or v_buffer.dtype != q.dtype:
-        raise ValueError(f"q {q.dtype}, k_buffer {k_buffer.dtype}, v_buffer {v_buffer.dtype}: "
-                         "one dtype expected (cast q to the pool dtype)")
+    require_pool_dtypes(q, k_buffer, v_buffer)
     for name, t in [("req_to_token", req_to_token), *index_tensors.items()]:
         require_dtype(name, t, (torch.int32, torch.int64))
     if q.dim() != 3 or k_buffer.dim() != 3 or v_buffer.dim() != 3:
@@ -206,7 +230,9 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
                      q_start: torch.Tensor | None = None, max_extend_len: int | None = None,
                      out: torch.Tensor | None = None, custom_mask: torch.Tensor | None = None,
                      mask_indptr: torch.Tensor | None = None,
-                     tree_mask: torch.Tensor | None = None) -> torch.Tensor:
+                     tree_mask: torch.Tensor | None = None, sliding_window: int = 0,
+                     logit_cap: float = 0.0, k_scale: float = 1.0,
+                     v_scale: float = 1.0) -> torch.Tensor:
     """Causal (or custom-masked) attention of the new tokens q (T, Hq, D) (requests
     concatenated) over their requests' whole sequences, read from k_buffer (slots, Hkv, D) /
     v_buffer (slots, Hkv, Dv) at req_to_token[req_pool_indices[i], :prefix_lens[i] +
@@ -223,8 +249,11 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     tree_mask: the compact alternative to custom_mask, (bs, N, N) bool over the new tokens only
     (N >= max_extend_len): new token j of request i sees new token c iff tree_mask[i, j, c], and
     always the whole cached prefix. q_start need not be packed (a padded layout, e.g. i * N).
+    sliding_window: W > 0 limits a query at position p to the keys at positions > p - W.
+    logit_cap: c > 0 soft-caps the scaled scores to c * tanh(s / c).
     A row that sees no key gives zeros. Returns out (T, Hq, Dv) in q's dtype. Indices are not
-    bounds-checked on the device."""
+    bounds-checked on the device. The pool holds q's dtype, or FP8 with per-tensor scales
+    k_scale, v_scale (a stored element is value / scale)."""
     _check(q, k_buffer, v_buffer, req_to_token,
            {"req_pool_indices": req_pool_indices, "prefix_lens": prefix_lens,
             "extend_lens": extend_lens, **({"q_start": q_start} if q_start is not None else {})})
@@ -260,9 +289,10 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         q, k_buffer, v_buffer, out, req_to_token, req_pool_indices, prefix_lens, extend_lens,
         q_start, *mask_args, q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1),
         v_buffer.stride(0), v_buffer.stride(1), out.stride(0), out.stride(1),
-        req_to_token.stride(0), mask_width, scaling * _LOG2E, HEAD_DIM=head_dim,
+        req_to_token.stride(0), mask_width, scaling * k_scale * _LOG2E, v_scale,
+        int(sliding_window), float(logit_cap) * _LOG2E, HEAD_DIM=head_dim,
         V_HEAD_DIM=v_head_dim, GROUP=num_q_heads // num_kv_heads, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_D=dot_width(head_dim), BLOCK_DV=dot_width(v_head_dim),
-        MASK_LAYOUT=mask_layout, DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps,
-        num_stages=num_stages)
+        MASK_LAYOUT=mask_layout, WINDOWED=sliding_window > 0, SOFTCAP=logit_cap > 0,
+        DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages)
     return out

@@ -1,5 +1,7 @@
 """Matrix-vector product for one-token decode: y = x W^T (+ b) with x of shape (1, K) and W
-(N, K) row-major, the layout of every linear layer's weight. At batch 1 a decode step is a
+(N, K) row-major, the layout of every linear layer's weight. W may be FP8 (float8_e4m3fn) with a
+float32 scale per row (y = (x W_fp8^T) * w_scale + b): the loop is the same, the rows are half
+the bytes, and the scale is applied to each row's sum. At batch 1 a decode step is a
 stream of weight bytes; this kernel reads each weight row once with wide contiguous loads and
 keeps (BLOCK_N, BLOCK_K) float32 partial products in registers, summing them once at the end.
 
@@ -48,10 +50,10 @@ def _sum_partials(part_ptr, b_ptr, y_ptr, offs_n, mask_n, N, num_splits, HAS_BIA
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, N, K, stride_wn, k_split,
-                 num_splits, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-                 SPLIT: tl.constexpr, LAST_REDUCES: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr):
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, part_ptr, count_ptr, N, K, stride_wn,
+                 k_split, num_splits, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
+                 LAST_REDUCES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = pid_k * k_split + tl.arange(0, BLOCK_K)  # this program's K slice: k_split wide
@@ -74,6 +76,8 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, N, K, stride_w
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
     y = tl.sum(acc, axis=1)  # (BLOCK_N,)
+    if HAS_SCALE:  # per-row weight scale; linear, so each split-K partial takes it
+        y *= tl.load(s_ptr + offs_n, mask=mask_n, other=0.0)
     if SPLIT:
         tl.store(part_ptr + pid_k * N + offs_n, y, mask=mask_n)
         if LAST_REDUCES:
@@ -120,12 +124,28 @@ def _unpack(config: GemvConfig | None) -> tuple[int, int, int, int, int]:
     return config
 
 
+def _check_weight(x: torch.Tensor, weight: torch.Tensor,
+                  weight_scale: torch.Tensor | None) -> None:
+    if weight_scale is None:
+        require_dtype("weight", weight, (x.dtype,))
+        return
+    require_cuda(x=x, weight_scale=weight_scale)
+    require_dtype("weight", weight, (torch.float8_e4m3fn, torch.float8_e5m2))
+    require_dtype("weight_scale", weight_scale, (torch.float32,))
+    if weight_scale.shape != (weight.shape[0],) or not weight_scale.is_contiguous():
+        raise ValueError(f"gemv: weight_scale must be contiguous ({weight.shape[0]},), "
+                         f"got {tuple(weight_scale.shape)}")
+
+
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         out: torch.Tensor | None = None, config: GemvConfig | None = None) -> torch.Tensor:
+         out: torch.Tensor | None = None, config: GemvConfig | None = None,
+         weight_scale: torch.Tensor | None = None) -> torch.Tensor:
     """x (1, K), weight (N, K) with contiguous rows, bias (N,) or None -> (1, N) in x's dtype.
+    weight is x's dtype, or FP8 with weight_scale (N,) float32 (a scale per row).
     config: (BLOCK_N, BLOCK_K, num_warps, num_stages[, SPLIT_K]), DEFAULT_CONFIG if None."""
     require_cuda(x=x, weight=weight)
     require_dtype("x", x, FLOAT_DTYPES)
+    _check_weight(x, weight, weight_scale)
     if x.dim() != 2 or x.shape[0] != 1 or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
         raise ValueError(f"gemv: x (1, K) and weight (N, K), got {tuple(x.shape)} and "
                          f"{tuple(weight.shape)}")
@@ -146,8 +166,10 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         counters = _counter_buffer(x.device, num_blocks)
     b = bias if bias is not None else weight  # a valid pointer, never read
     _gemv_kernel[(num_blocks, split_k)](
-        x, weight, b, y, part if part is not None else y, counters if counters is not None else y,
-        N, K, weight.stride(0), k_split, split_k, HAS_BIAS=bias is not None,
+        x, weight, weight_scale if weight_scale is not None else y, b, y,
+        part if part is not None else y, counters if counters is not None else y,
+        N, K, weight.stride(0), k_split, split_k, HAS_SCALE=weight_scale is not None,
+        HAS_BIAS=bias is not None,
         EVEN_N=N % block_n == 0, EVEN_K=k_split * split_k == K and k_split % block_k == 0,
         SPLIT=split_k > 1, LAST_REDUCES=counters is not None, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=num_warps, num_stages=num_stages)

@@ -2,15 +2,24 @@
 request -> token table that maps each request's positions to pool slots."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
 import torch
 
+from sgl.kernels.fp8 import is_fp8
+from sgl.kernels.kv_store import store_kv_ref
+
 
 class MHATokenToKVPool:
     """K and V for every layer, one row per token slot. Slot 0 is a padding slot that is never
-    handed out: padded batch entries write there harmlessly."""
+    handed out: padded batch entries write there harmlessly.
+
+    `dtype` is what the buffers hold: the model's dtype, or an FP8 format (--kv-cache-dtype),
+    half of bfloat16's bytes per token. An FP8 pool stores value / scale with one scale for K and
+    one for V per layer (host floats, 1.0 unless the checkpoint gives them: `set_scales`);
+    writers (`store_kv`) divide, readers (the attention kernels) multiply."""
 
     def __init__(self, size: int, num_kv_heads: int, head_dim: int, num_layers: int,
                  dtype: torch.dtype, device: torch.device | str) -> None:
@@ -20,14 +29,32 @@ class MHATokenToKVPool:
         shape = (size + 1, num_kv_heads, head_dim)  # (slots, kv_heads, head_dim)
         self.k_buffer = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v_buffer = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.k_scales, self.v_scales = [1.0] * num_layers, [1.0] * num_layers
+
+    @property
+    def is_fp8(self) -> bool:
+        return is_fp8(self.dtype)
+
+    def set_scales(self, k_scales: Sequence[float], v_scales: Sequence[float]) -> None:
+        """Per-layer K and V scales of an FP8 pool (set before anything is stored)."""
+        if len(k_scales) != self.num_layers or len(v_scales) != self.num_layers:
+            raise ValueError(f"{self.num_layers} layers need as many K and V scales, got "
+                             f"{len(k_scales)} and {len(v_scales)}")
+        if min(*k_scales, *v_scales) <= 0:
+            raise ValueError("KV cache scales must be positive")
+        self.k_scales, self.v_scales = [float(s) for s in k_scales], [float(s) for s in v_scales]
 
     def get_kv(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k_buffer[layer_id], self.v_buffer[layer_id]
 
+    def get_scales(self, layer_id: int) -> tuple[float, float]:
+        """(k_scale, v_scale) of the layer: stored values times these are K and V."""
+        return self.k_scales[layer_id], self.v_scales[layer_id]
+
     def set_kv(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         # loc: (num_tokens,)  k, v: (num_tokens, kv_heads, head_dim)
-        self.k_buffer[layer_id][loc] = k.to(self.dtype)
-        self.v_buffer[layer_id][loc] = v.to(self.dtype)
+        store_kv_ref(self.k_buffer[layer_id], self.v_buffer[layer_id], loc, k, v,
+                     *self.get_scales(layer_id))
 
     def bytes_per_token(self) -> int:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.itemsize

@@ -3,7 +3,9 @@ pool, measured once at start-up with a profile step (as vLLM's profile run does)
 automatically sized pool leaves room for it: a prefill of `--chunked-prefill-size` tokens whose
 every row scores a prompt logprob with the top 20, sampling with every logit processor on, and
 an eager decode batch of `--max-running-requests` rows. Both run on a scratch pool (not counted)
-before the real pool exists. On CPU nothing is measured (the pool has a fixed CPU budget)."""
+before the real pool exists, of the pool's dtype (--kv-cache-dtype: FP8 runs its own kernels).
+An embedding model (--is-embedding) profiles its pooled prefill alone: it has no logit rows
+and no decode. On CPU nothing is measured (the pool has a fixed CPU budget)."""
 from __future__ import annotations
 
 import gc
@@ -52,12 +54,15 @@ def profile_steps(runner: Any, num_tokens: int, num_rows: int) -> StepReserve:
     before = torch.cuda.memory_allocated(device) if measure else 0
     pools = getattr(runner, "kv_pool", None), getattr(runner, "req_to_token_pool", None)
     runner.kv_pool = MHATokenToKVPool(num_tokens + num_rows, L.num_kv_heads, L.head_dim,
-                                      L.num_layers, runner.dtype, device)
+                                      L.num_layers, runner.kv_cache_dtype, device)
     runner.req_to_token_pool = ReqToTokenPool(num_rows + 2, num_tokens + 8, device)
     scratch = torch.cuda.memory_allocated(device) - before if measure else 0
     try:
-        prefill = _peak(runner, _prefill_step(runner, num_tokens), before + scratch)
-        decode = _peak(runner, _decode_step(runner, num_tokens, num_rows), before + scratch)
+        if runner.pooling is not None:
+            prefill, decode = _peak(runner, _pool_step(num_tokens), before + scratch), 0
+        else:
+            prefill = _peak(runner, _prefill_step(runner, num_tokens), before + scratch)
+            decode = _peak(runner, _decode_step(runner, num_tokens, num_rows), before + scratch)
     finally:
         runner.kv_pool, runner.req_to_token_pool = pools
         gc.collect()
@@ -71,7 +76,7 @@ def _peak(runner: Any, step: StepInputs, base: int) -> int:
     if measure:
         torch.cuda.reset_peak_memory_stats(runner.device)
     runner.req_to_token_pool.apply(step.table_writes)
-    rows = runner.forward_rows(step.batch)
+    rows = runner.forward_rows(step.batch, pool_spans=step.pool_spans)
     out = step_outputs(rows, step, runner.sampler, runner.vocab_size, runner.device)
     del rows, out
     if not measure:
@@ -92,6 +97,13 @@ def _prefill_step(runner: Any, n: int) -> StepInputs:
     step.table_writes = _table_writes([0], [list(range(1, n + 1))])
     step.vocab_mask = _full_mask(num_sampled, runner.vocab_size)
     return step
+
+
+def _pool_step(n: int) -> StepInputs:
+    """One embedding request of n tokens, every row pooled, none through the LM head."""
+    batch = ForwardBatch.build([0] * n, list(range(n)), list(range(1, n + 1)), [0], [0], [n], [])
+    return StepInputs(batch=batch, pool_spans=[(0, n)],
+                      table_writes=_table_writes([0], [list(range(1, n + 1))]))
 
 
 def _decode_step(runner: Any, num_tokens: int, num_rows: int) -> StepInputs:

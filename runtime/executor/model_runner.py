@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -16,10 +17,12 @@ from sgl.kernels.linear import configure_gemv
 from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TableWrites
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
+from sgl.runtime.executor.logit_rows import LogitRows, auto_logit_rows
+from sgl.runtime.executor.pooling import PoolingConfig, read_pooling_config
+from sgl.runtime.executor.step_results import PendingResult, step_outputs
 from sgl.runtime.executor.tensor_parallel import (agree_min, broadcast_step, init_tensor_parallel,
                                                    leave_tensor_parallel, share_sampled_ids)
-from sgl.runtime.executor.logit_rows import LogitRows, auto_logit_rows
-from sgl.runtime.executor.step_results import PendingResult, step_outputs
+from sgl.runtime.layers.attention import kv_cache_scales
 from sgl.runtime.layers.custom_all_reduce import uninstall as uninstall_one_shot
 from sgl.runtime.loader import kv_layout, load_model
 from sgl.runtime.loader.bundled import bundled_model_path
@@ -53,6 +56,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+_KV_CACHE_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def resolve_kv_cache_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The KV pool's storage dtype for --kv-cache-dtype (auto: the model's dtype)."""
+    return dtype if name == "auto" else _KV_CACHE_DTYPES[name]
+
+
 class ModelRunner:
     """The executor behind the scheduler's `Runner` protocol (runtime/scheduler/contract.py)."""
 
@@ -60,6 +71,7 @@ class ModelRunner:
         self.args = server_args
         self.device = resolve_device(server_args.device)
         self.dtype = resolve_dtype(server_args.dtype, self.device)
+        self.kv_cache_dtype = resolve_kv_cache_dtype(server_args.kv_cache_dtype, self.dtype)
         self.tp_size, self.tp_rank = server_args.tp_size, tp_rank
         # Overlap scheduling under tensor parallelism: rank 0 broadcasts each step's sampled ids,
         # which the next step's future_src names (TP=2 decode 7.9 -> 4.1 ms per step on H200s).
@@ -92,12 +104,13 @@ class ModelRunner:
             vocab_size=self.vocab_size, context_len=self.context_len,
             max_total_tokens=self.max_total_tokens, max_running_requests=self.max_running_requests,
             max_req_rows=self.req_to_token_pool.max_reqs, table_width=self.req_to_token_pool.max_context_len,
-            chunked_prefill_size=self.chunked_prefill_size,
+            chunked_prefill_size=self.chunked_prefill_size, pooling=self.pooling,
             can_overlap=self.device.type == "cuda" and (self.tp_size == 1 or self.shares_sampled_ids),
             can_retry_steps=self.tp_size == 1)
         self.used_cuda_graph = False
         self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's sampled ids
         self.captured_hidden: Optional[torch.Tensor] = None  # the last step's, kept for the drafter (EAGLE)
+        self.pooled: Optional[torch.Tensor] = None  # the last step's (num_pool_spans, hidden) sums
         # Table writes rank 0 applied for its drafter, owed to the other ranks' tables.
         self._writes_for_followers: list[TableWrites] = []
 
@@ -107,11 +120,17 @@ class ModelRunner:
         self.loaded = load_model(self.model_path, self.args.load_format, dtype=self.dtype,
                                  device=self.device, seed=self.args.random_seed,
                                  context_length=self.args.context_length, tp_rank=self.tp_rank,
-                                 tp_size=self.tp_size)
+                                 tp_size=self.tp_size, quantization=self.args.quantization)
         self.model = self.loaded.model
         self.vocab_size = self.loaded.vocab_size
         self.context_len = self.loaded.context_len
         self.max_logit_rows = self.args.logits_chunk_size or auto_logit_rows(self.vocab_size)
+        self.pooling: Optional[PoolingConfig] = None
+        if not self.args.is_embedding:
+            self.model.head()  # a checkpoint without an LM head cannot generate: say so now
+        else:  # a GGUF file or shipped config has no sentence-transformers files
+            path = self.loaded.model_path
+            self.pooling = read_pooling_config(path) if os.path.isdir(path) else PoolingConfig()
 
     def _init_memory(self) -> None:
         L = self.loaded
@@ -121,7 +140,8 @@ class ModelRunner:
         if chunk is None:
             chunk = 2048 if self.device.type == "cpu" else 8192
         self.chunked_prefill_size = chunk if chunk > 0 else max(self.args.max_prefill_tokens, self.context_len)
-        probe = MHATokenToKVPool(1, L.num_kv_heads, L.head_dim, L.num_layers, self.dtype, "meta")
+        # An FP8 pool holds one byte an element: twice bfloat16's tokens in the same memory.
+        probe = MHATokenToKVPool(1, L.num_kv_heads, L.head_dim, L.num_layers, self.kv_cache_dtype, "meta")
         self.max_total_tokens = self.args.max_total_tokens or self._auto_pool_tokens(
             probe.bytes_per_token() + self._draft_bytes_per_token())
         if self.tp_size > 1:  # every rank must hold the same slots
@@ -130,9 +150,12 @@ class ModelRunner:
         width = min(self.context_len, self.max_total_tokens) + 8
         self.req_to_token_pool = ReqToTokenPool(max_reqs, width, self.device)
         self.kv_pool = MHATokenToKVPool(self.max_total_tokens, L.num_kv_heads, L.head_dim,
-                                        L.num_layers, self.dtype, self.device)
-        logger.info("KV pool: %d tokens (%.2f GB), max running requests %d", self.max_total_tokens,
-                    self.max_total_tokens * probe.bytes_per_token() / 1e9, self.max_running_requests)
+                                        L.num_layers, self.kv_cache_dtype, self.device)
+        if self.kv_pool.is_fp8:  # the checkpoint's scales (kv_cache_scheme), else 1.0
+            self.kv_pool.set_scales(*kv_cache_scales(self.model))
+        logger.info("KV pool: %d tokens (%.2f GB, %s), max running requests %d",
+                    self.max_total_tokens, self.max_total_tokens * probe.bytes_per_token() / 1e9,
+                    str(self.kv_cache_dtype).removeprefix("torch."), self.max_running_requests)
 
     def _draft_bytes_per_token(self) -> int:
         """A draft model keeps a KV pool of as many tokens as the target's (speculative/
@@ -321,19 +344,22 @@ class ModelRunner:
 
     # -- the step -------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward_logits(self, batch: ForwardBatch, keep_hidden: bool = False) -> torch.Tensor:
+    def forward_logits(self, batch: ForwardBatch, keep_hidden: bool = False,
+                       pool_spans: Optional[list[tuple[int, int]]] = None) -> torch.Tensor:
         """(num_logit_rows, vocab) float32 logits for batch.logits_indices, all at once (see
         `forward_rows`)."""
-        return self.forward_rows(batch, keep_hidden).all()
+        return self.forward_rows(batch, keep_hidden, pool_spans).all()
 
     @torch.inference_mode()
-    def forward_rows(self, batch: ForwardBatch, keep_hidden: bool = False) -> LogitRows:
+    def forward_rows(self, batch: ForwardBatch, keep_hidden: bool = False,
+                     pool_spans: Optional[list[tuple[int, int]]] = None) -> LogitRows:
         """The forward, and the logits of batch.logits_indices: computed with it when they fit
         in one chunk of `max_logit_rows`, else chunk by chunk as they are read (a prefill whose
         every row scores a prompt logprob). With keep_hidden, the step's hidden states (the
         final ones, or the captured layers' for an EAGLE-3 drafter) are kept for the drafter.
-        Decode batches replay the decode graphs, verify batches (tree masks) the verify
-        graphs, when their sizes were captured."""
+        With pool_spans (embeddings), the float32 sums of the final hidden states over each
+        span's rows go to `self.pooled`. Decode batches replay the decode graphs, verify
+        batches (tree masks) the verify graphs, when their sizes were captured."""
         verify_plan = None
         if self.verify_graph_runner is not None:  # on the host, before the batch moves
             verify_plan = self.verify_graph_runner.plan(batch)
@@ -348,7 +374,7 @@ class ModelRunner:
             logits, hidden = self.verify_graph_runner.replay(batch, verify_plan, keep_hidden)
             self.captured_hidden = hidden if keep_hidden else None
             return self._rows(logits)
-        self.used_cuda_graph = (not keep_hidden and self.graph_runner is not None
+        self.used_cuda_graph = (not keep_hidden and not pool_spans and self.graph_runner is not None
                                 and self.graph_runner.can_run(batch))
         if self.used_cuda_graph:
             return self._rows(self.graph_runner.replay(batch))
@@ -356,6 +382,10 @@ class ModelRunner:
         hidden = self.model(batch.input_ids, batch.positions, batch)  # (num_tokens, hidden)
         if keep_hidden:
             self.captured_hidden = hidden if batch.aux_hidden_states is None else batch.aux_hidden_states
+        if pool_spans:
+            self.pooled = torch.stack([hidden[lo:hi].float().sum(0) for lo, hi in pool_spans])
+        if batch.logits_indices.numel() == 0:  # embedding steps sample nothing (and may have no LM head)
+            return self._rows(hidden.new_empty((0, self.vocab_size), dtype=torch.float32))
         rows = hidden[batch.logits_indices]  # (num_logit_rows, hidden)
         if rows.shape[0] <= self.max_logit_rows:
             return self._rows(self.model.compute_logits(rows))
@@ -392,7 +422,8 @@ class ModelRunner:
             broadcast_step((dataclasses.replace(step.batch), writes, num_sampled))
         self.req_to_token_pool.apply(step.table_writes)
         with self._out_of_memory_as_step_error():
-            return self.forward_rows(step.batch, keep_hidden=step.capture_hidden)
+            return self.forward_rows(step.batch, keep_hidden=step.capture_hidden,
+                                     pool_spans=step.pool_spans)
 
     @torch.inference_mode()
     def launch_sampling(self, step: StepInputs, rows: LogitRows) -> PendingResult:
@@ -406,6 +437,8 @@ class ModelRunner:
             self._last_tokens = pending.sampled.next_token_ids
             if self.shares_sampled_ids:  # the other ranks keep them too, for the next future_src
                 share_sampled_ids(self._last_tokens)
+        if step.pool_spans:
+            pending.pooled = self.pooled
         pending.copy_to_host()
         return pending
 

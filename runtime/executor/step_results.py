@@ -82,6 +82,7 @@ class PendingResult:
         self.step, self.used_cuda_graph = step, used_cuda_graph
         self.sampled: Optional[SampleOutput] = None
         self.prompt_lp: Optional[PromptLogprobs] = None
+        self.pooled: Optional[torch.Tensor] = None  # (num_pool_spans, hidden) float32 sums
         self._host: dict[str, torch.Tensor] = {}
         self._event: Any = None
 
@@ -98,6 +99,8 @@ class PendingResult:
             tensors["in_lp"] = self.prompt_lp[0]
             if self.prompt_lp[1] is not None:
                 tensors["in_top_vals"], tensors["in_top_ids"] = self.prompt_lp[1]
+        if self.pooled is not None:
+            tensors["pooled"] = self.pooled
         for name, t in tensors.items():
             if t.device.type == "cuda":
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
@@ -122,6 +125,8 @@ class PendingResult:
             result.input_logprobs = h["in_lp"].tolist()
         if "in_top_vals" in h:
             result.input_top_logprobs = _pairs(h["in_top_vals"], h["in_top_ids"])
+        if "pooled" in h:
+            result.pooled = list(h["pooled"].unbind(0))
         return result
 
 

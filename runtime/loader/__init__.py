@@ -3,6 +3,7 @@ the target dtype/device, stream the weights in."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -13,14 +14,19 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import torch
-from sgl.runtime.loader import dummy, hf
-from sgl.runtime.loader.bundled import bundled_model_path
-from sgl.runtime.loader.hub_cache import cached_snapshot, looks_like_hub_id
-from sgl.runtime.models.llama import get_head_dim
-from sgl.runtime.models.registry import DRAFT_ARCHITECTURES, get_model_class, resolve_architecture
+
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PretrainedConfig
+
+from sgl.runtime.layers.fp8 import Fp8Config
+from sgl.runtime.layers.rotary import TRAINED_MAX_POSITIONS_ATTR
+from sgl.runtime.loader import dummy, hf
+from sgl.runtime.loader.bundled import bundled_model_path
+from sgl.runtime.loader.hub_cache import cached_snapshot, looks_like_hub_id
+from sgl.runtime.loader.quantization import resolve_quantization, unquantize_ignored
+from sgl.runtime.models.llama import get_head_dim
+from sgl.runtime.models.registry import DRAFT_ARCHITECTURES, get_model_class, resolve_architecture
 
 if TYPE_CHECKING:  # imported on use: the gguf package is only needed for .gguf files
     from sgl.runtime.loader.gguf_loader import GGUFCheckpoint
@@ -48,14 +54,17 @@ class LoadedModel:
     head_dim: int
     dtype: torch.dtype
     eos_token_ids: list[int]
+    quant_config: Fp8Config | None = None  # FP8 linears: how they were loaded
 
 
 def load_model(model_path: str, load_format: str = "auto",
                dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
                seed: int = 0, context_length: int | None = None, tp_rank: int = 0,
-               tp_size: int = 1) -> LoadedModel:
+               tp_size: int = 1, quantization: str | None = None) -> LoadedModel:
     """Load a .gguf file, a HF safetensors folder, or (load_format="dummy") random weights for a
-    config.json. `model_path` may also name a config shipped in runtime/configs."""
+    config.json. `model_path` may also name a config shipped in runtime/configs.
+    quantization="fp8" quantizes a 16/32-bit checkpoint's linears to FP8 as they load; a
+    checkpoint published in FP8 loads as such either way (runtime/loader/quantization.py)."""
     model_path = resolve_model_path(model_path)
     load_format = _resolve_format(model_path, load_format)
     config, checkpoint = _load_config(model_path, load_format)
@@ -66,8 +75,15 @@ def load_model(model_path: str, load_format: str = "auto",
         raise ValueError(f"{model_path} is a {architecture} draft head: load it beside its target "
                          "with sgl.runtime.loader.draft.load_draft_model")
     model_cls = get_model_class(architecture)
+    quant = resolve_quantization(config, quantization)
+    if quant is not None and load_format == "dummy":  # random 16/32-bit weights, quantized
+        quant = dataclasses.replace(quant, checkpoint_is_fp8=False, static_activations=False)
     with _default_dtype(dtype), torch.device(device):
-        model = model_cls(config, tp_rank=tp_rank, tp_size=tp_size)
+        model = model_cls(config, tp_rank=tp_rank, tp_size=tp_size, quant_config=quant)
+    if quant is not None:
+        kept = unquantize_ignored(model, quant)
+        logger.info("FP8 weights (%s)%s", "as published" if quant.checkpoint_is_fp8 else
+                    "quantized at load", f"; unquantized: {', '.join(kept)}" if kept else "")
     if load_format == "dummy":
         start = time.perf_counter()
         dummy.init_dummy_weights(model, config, seed)
@@ -80,7 +96,8 @@ def load_model(model_path: str, load_format: str = "auto",
         model=model, hf_config=config, model_path=model_path, architecture=architecture,
         context_len=context_len, vocab_size=config.vocab_size, num_layers=config.num_hidden_layers,
         num_kv_heads=attn.num_kv_heads, head_dim=attn.head_dim, dtype=dtype,
-        eos_token_ids=_eos_token_ids(model_path, load_format, config, checkpoint))
+        eos_token_ids=_eos_token_ids(model_path, load_format, config, checkpoint),
+        quant_config=quant)
 
 
 def kv_layout(model_path: str) -> tuple[int, int, int]:
@@ -146,7 +163,10 @@ def _fit_context(config: PretrainedConfig, context_length: int | None) -> int:
     if context_length > max_positions:
         logger.warning("context_length %d exceeds the model's max_position_embeddings %d",
                        context_length, max_positions)
-        config.max_position_embeddings = context_length  # so the rotary table covers it
+        # The rotary table must cover it; dynamic rope scaling still measures against the
+        # checkpoint's own length.
+        setattr(config, TRAINED_MAX_POSITIONS_ATTR, max_positions)
+        config.max_position_embeddings = context_length
     return context_length
 
 

@@ -42,6 +42,9 @@ def load_draft_model(path: str, target_model: nn.Module, dtype: torch.dtype | st
     target's. Does not touch the target: set `target_model.model.layers_to_capture =
     info.target_layers_to_capture` for EAGLE-3."""
     config = _load_draft_config(path)
+    if getattr(config, "quantization_config", None):
+        raise ValueError(f"{path}: quantized draft heads are not supported "
+                         f"(quantization_config {config.quantization_config})")
     architecture = _draft_architecture(path, config)
     target_config = target_model.config
     _check_fits_target(path, config, target_config)

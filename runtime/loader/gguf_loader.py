@@ -1,7 +1,9 @@
-"""Single-file GGUF checkpoints (llama.cpp): metadata -> transformers config, tensors dequantized
-to float32 and renamed to HF names. Only the llama-family tensors are un-permuted: llama.cpp's
-converter interleaves the rotary halves of Q and K rows for its "normal" rope, and Qwen uses the
-neox rope, which needs no permutation."""
+"""Single-file GGUF checkpoints (llama.cpp): metadata -> transformers config (gguf_config.py),
+tensors dequantized to float32 and renamed to HF names. llama.cpp's converter changed some
+tensors, which are changed back: Q and K rows of the llama architecture (Llama, Mixtral) have
+their rotary halves interleaved for its "normal" rope (the other architectures use the neox rope,
+no permutation); Gemma's norm weights hold 1 + w. Experts arrive stacked, (E, I, H) per
+projection, and the fused q|k|v and gate|up of Phi-3 as they are in its HF checkpoint."""
 from __future__ import annotations
 
 import re
@@ -12,7 +14,8 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
-from transformers import AutoConfig, PretrainedConfig
+from sgl.runtime.loader.gguf_config import GGUF_ARCHITECTURES, build_config
+from transformers import PretrainedConfig
 
 Q = GGMLQuantizationType
 SUPPORTED_QUANT_TYPES = frozenset({
@@ -20,23 +23,31 @@ SUPPORTED_QUANT_TYPES = frozenset({
     Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K,
 })
 
-# general.architecture -> (HF model_type, HF architecture)
-GGUF_ARCHITECTURES = {
-    "llama": ("llama", "LlamaForCausalLM"),
-    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
-    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
-}
-
 # GGUF tensor name (after "blk.N.") -> HF name (after "model.layers.N.")
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
+    "ffn_down": "mlp.down_proj", "attn_qkv": "self_attn.qkv_proj",
+    # MoE: the router, every expert stacked per projection, the shared expert and its gate
+    "ffn_gate_inp": "mlp.gate", "ffn_gate_exps": "mlp.experts.gate_proj",
+    "ffn_up_exps": "mlp.experts.up_proj", "ffn_down_exps": "mlp.experts.down_proj",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj", "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj", "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
+    # Gemma's norms around the sublayers
+    "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
+}
+# Where an architecture names a piece differently.
+_ARCH_LAYER_NAMES = {
+    "gemma2": {"ffn_norm": "pre_feedforward_layernorm"},
+    "gemma3": {"ffn_norm": "pre_feedforward_layernorm"},
+    "phi3": {"ffn_up": "mlp.gate_up_proj"},  # gate|up fused, as in the HF checkpoint
 }
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
                  "output": "lm_head", "rope_freqs": "rope_freqs"}
+# Read into the config (LongRoPE factors), not loaded as weights.
+_CONFIG_TENSORS = ("rope_factors_long.weight", "rope_factors_short.weight")
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 
 
@@ -63,45 +74,32 @@ class GGUFCheckpoint:
     def iterate_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, float32 CPU tensor) per GGUF tensor, dequantized one at a time."""
         for tensor in self.reader.tensors:
-            name = gguf_to_hf_name(tensor.name)
+            if tensor.name in _CONFIG_TENSORS:
+                continue
+            name = gguf_to_hf_name(tensor.name, self.arch)
             weight = dequantize_tensor(tensor.name, tensor.data, tensor.tensor_type)
-            if self.arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
-                weight = unpermute_rotary(weight, self.config.num_attention_heads)
-            elif self.arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
-                weight = unpermute_rotary(weight, self.config.num_key_value_heads)
-            yield name, weight
+            yield name, self._undo_conversion(name, weight)
+
+    def _undo_conversion(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if self.arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
+            return unpermute_rotary(weight, self.config.num_attention_heads)
+        if self.arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
+            return unpermute_rotary(weight, self.config.num_key_value_heads)
+        if self.arch.startswith("gemma") and name.endswith("norm.weight"):
+            return weight - 1.0  # llama.cpp stores Gemma's (1 + w)
+        if name.endswith("shared_expert_gate.weight"):
+            return weight.reshape(1, -1)  # llama.cpp's is a vector; HF's a (1, hidden) linear
+        return weight
 
     def _meta(self, key: str, default: Any = None) -> Any:
         field = self.reader.fields.get(key)
         return default if field is None else field.contents()
 
     def _build_config(self) -> PretrainedConfig:
-        arch = self.arch
-        model_type, architecture = GGUF_ARCHITECTURES[arch]
-        heads = int(self._meta(f"{arch}.attention.head_count"))
-        hidden = int(self._meta(f"{arch}.embedding_length"))
-        tensor_names = {t.name for t in self.reader.tensors}
-        kwargs = {
-            "architectures": [architecture],
-            "hidden_size": hidden,
-            "intermediate_size": int(self._meta(f"{arch}.feed_forward_length")),
-            "num_hidden_layers": int(self._meta(f"{arch}.block_count")),
-            "num_attention_heads": heads,
-            "num_key_value_heads": int(self._meta(f"{arch}.attention.head_count_kv", heads)),
-            "head_dim": int(self._meta(f"{arch}.attention.key_length", hidden // heads)),
-            "max_position_embeddings": int(self._meta(f"{arch}.context_length")),
-            "rms_norm_eps": float(self._meta(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
-            "vocab_size": self._vocab_size(),
-            "tie_word_embeddings": "output.weight" not in tensor_names,
-            "rope_theta": float(self._meta(f"{arch}.rope.freq_base", 10000.0)),
-            "bos_token_id": self._meta("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": self._meta("tokenizer.ggml.eos_token_id"),
-            "pad_token_id": self._meta("tokenizer.ggml.padding_token_id"),
-        }
-        rope_scaling = self._rope_scaling()
-        if rope_scaling:
-            kwargs["rope_scaling"] = rope_scaling
-        return AutoConfig.for_model(model_type, **kwargs)
+        small = {t.name: np.asarray(t.data) for t in self.reader.tensors if t.name in _CONFIG_TENSORS}
+        shapes = {t.name: None for t in self.reader.tensors} | small
+        return build_config(self.arch, lambda key, default: self._meta(f"{self.arch}.{key}", default),
+                            shapes, self._vocab_size(), self._meta)
 
     def _vocab_size(self) -> int:
         vocab_size = self._meta(f"{self.arch}.vocab_size")
@@ -110,24 +108,14 @@ class GGUFCheckpoint:
         embed = next(t for t in self.reader.tensors if t.name == "token_embd.weight")
         return int(embed.shape[-1])  # GGUF shapes list the fastest-varying dim first
 
-    def _rope_scaling(self) -> dict | None:
-        # Llama 3 scaling is not described here: it arrives as the `rope_freqs` tensor.
-        rope_type = self._meta(f"{self.arch}.rope.scaling.type")
-        if rope_type in (None, "none"):
-            return None
-        scaling = {"rope_type": str(rope_type), "factor": float(self._meta(f"{self.arch}.rope.scaling.factor"))}
-        original = self._meta(f"{self.arch}.rope.scaling.original_context_length")
-        if original is not None:
-            scaling["original_max_position_embeddings"] = int(original)
-        return scaling
 
-
-def gguf_to_hf_name(name: str) -> str:
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str:
     match = _LAYER_RE.match(name)
     if match:
         layer, kind, suffix = match.groups()
-        if kind in _LAYER_NAMES:
-            return f"model.layers.{layer}.{_LAYER_NAMES[kind]}.{suffix}"
+        names = {**_LAYER_NAMES, **_ARCH_LAYER_NAMES.get(arch, {})}
+        if kind in names:
+            return f"model.layers.{layer}.{names[kind]}.{suffix}"
     else:
         base, _, suffix = name.rpartition(".")
         if base in _GLOBAL_NAMES:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import torch
 from sgl.runtime.layers.embedding import VocabParallelEmbedding
-from sgl.runtime.models.llama import load_params
+from sgl.runtime.models.weights import load_params
 from torch import nn
 from transformers import PretrainedConfig
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.layers.linear import ColumnParallelLinear
-from sgl.runtime.layers.rotary import RotaryEmbedding, rope_params_from_config
+from sgl.runtime.layers.rotary import RotaryEmbedding, get_rope
 from sgl.runtime.models.eagle_base import LM_HEAD_NAME, EagleHead
 from sgl.runtime.models.llama import LlamaDecoderLayer, LlamaForCausalLM, get_head_dim
 from torch import nn
@@ -21,10 +21,7 @@ from transformers import PretrainedConfig
 
 
 def draft_rotary(config: PretrainedConfig) -> RotaryEmbedding:
-    theta, rope_scaling = rope_params_from_config(config)
-    head_dim = get_head_dim(config)
-    rotary_dim = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
-    return RotaryEmbedding(head_dim, rotary_dim, config.max_position_embeddings, theta, rope_scaling)
+    return get_rope(config, get_head_dim(config))
 
 
 class LlamaForCausalLMEagle(EagleHead):

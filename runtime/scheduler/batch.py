@@ -28,6 +28,7 @@ class StepBook:
     """The scheduler's side of a step: the owners of the rows the runner sees as numbers."""
     sample_reqs: list[Req] = field(default_factory=list)   # the request of each sample row
     lp_owners: list[Req] = field(default_factory=list)     # ... of each prompt-logprob row
+    pool_owners: list[Req] = field(default_factory=list)   # ... of each pool span (embeddings)
     prefill_done: list[Req] = field(default_factory=list)  # max_new_tokens=0 requests now complete
     # Speculative decoding: a verified request owns 1 + len(draft) consecutive sample rows.
     verify: dict[int, VerifyRows] = field(default_factory=dict)  # id(req) -> its rows
@@ -81,6 +82,12 @@ class _Builder:
         self.ids.extend(req.all_ids[start:start + n])
         self.pos.extend(range(start, start + n))
         self._add_prompt_logprob_rows(req, start, n, offset)
+        span = req.pooling.chunk_span(start, n, req.seq_len) if req.pooling is not None else None
+        if span is not None:
+            if start == 0:  # a retracted prompt runs again from its start: forget the old sums
+                req.pooled_sum = None
+            self.step.pool_spans.append((offset + span[0], offset + span[1]))
+            self.book.pool_owners.append(req)
         if start + n == req.seq_len:
             if req.is_prefill_only:
                 self.book.prefill_done.append(req)

@@ -12,6 +12,7 @@ import torch
 
 from sgl.runtime.cache.memory_pool import TableWrites
 from sgl.runtime.executor.forward_batch import ForwardBatch
+from sgl.runtime.executor.pooling import PoolingConfig
 from sgl.runtime.sampling.params import SamplingParams
 from sgl.runtime.speculative.tree import DraftTree
 
@@ -30,6 +31,7 @@ class RunnerInfo:
                                  # name this step's sampled ids (`ForwardBatch.future_src`)
     can_retry_steps: bool = True  # a step that raised may be run again in parts (not under tensor
                                   # parallelism: the other ranks may be inside its collectives)
+    pooling: Optional[PoolingConfig] = None  # an embedding model (--is-embedding): how it pools
 
 
 @dataclass
@@ -58,6 +60,8 @@ class StepInputs:
     table_writes: Optional[TableWrites] = None  # request -> token entries to set before the forward
     vocab_mask: Optional[torch.Tensor] = None   # packed (num_samples, ceil(vocab/32)) int32 grammar bitmask
     capture_hidden: bool = False  # keep the forward's hidden states for the runner's drafter (EAGLE)
+    pool_spans: list[tuple[int, int]] = field(default_factory=list)  # token rows [lo, hi) whose final
+                                                                      # hidden states are summed (embeddings)
 
 
 @dataclass
@@ -72,6 +76,7 @@ class RunResult:
     input_logprobs: list[float] = field(default_factory=list)                 # per prompt-logprob row
     input_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
     used_cuda_graph: bool = False  # for the step log
+    pooled: list[torch.Tensor] = field(default_factory=list)  # per pool span: (hidden,) float32 CPU sum
     failed_reqs: dict[int, str] = field(default_factory=dict)
 
 

@@ -35,7 +35,9 @@ class GrammarCoordinator:
         if tokenizer is not None and args.grammar_backend != "none":
             backend = create_grammar_backend(args.grammar_backend, tokenizer, vocab_size,
                                              stop_token_ids=eos_ids or None)
-        self.manager = GrammarManager(backend) if backend is not None else None
+        self.manager = None
+        if backend is not None:
+            self.manager = GrammarManager(backend, timeout_s=args.grammar_compile_timeout)
         self.jump_forward = not args.disable_jump_forward
         self.waiting: list[Req] = []  # requests whose grammar is still compiling
 

@@ -96,6 +96,9 @@ class ResultProcessor:
                                                             plan.num_new)}
         failed = self._fail_rows(plan, step, book, result)
         _store_prompt_logprobs(book, result, failed)
+        for req, rows_sum in zip(book.pool_owners, result.pooled):
+            if id(req) not in failed:
+                req.add_pooled(rows_sum)
         dropped = {id(r) for r in book.sample_reqs if is_stale(r, book)}
         sampled = {id(r) for r in book.sample_reqs}
         for req in plan.reqs:
@@ -227,7 +230,8 @@ def make_output(req: Req) -> TokenOutput:
         rid=req.rid, new_token_ids=req.output_ids[start:], finished_reason=req.finished_reason,
         prompt_tokens=req.prompt_len, cached_tokens=req.cached_tokens,
         completion_tokens=len(req.output_ids), output_logprobs=lps, output_top_logprobs=tops,
-        num_rewritten=req.num_emitted - start, meta=dict(req.meta))
+        num_rewritten=req.num_emitted - start, meta=dict(req.meta),
+        embedding=req.embedding() if (req.finished_reason or {}).get("type") == "length" else None)
     req.num_emitted, req.first_changed = len(req.output_ids), 1 << 62
     if req.input_logprob_from >= 0 and not req.input_logprobs_sent:
         if req.input_logprob_from == 0 and not req.input_logprobs:  # one-token prompt

@@ -1,5 +1,6 @@
 """A radix tree over token ids with no KV behind it: the prompts a step is about to compute, so
-that admission can tell which waiting requests share a prefix with them (planner.py)."""
+that admission can tell which waiting requests share a prefix with them (planner.py); also the
+optimal hit rate of a benchmark run's requests (sgl/bench_programs/optimal.py)."""
 from __future__ import annotations
 
 from sgl.runtime.cache.radix_cache import common_len
@@ -16,6 +17,7 @@ class _Node:
 class PrefixTrie:
     def __init__(self) -> None:
         self.root = _Node([])
+        self.num_tokens = 0  # distinct (prefix) tokens held: the sum of the edges' lengths
 
     def insert(self, tokens: list[int]) -> None:
         node, pos = self.root, 0
@@ -23,6 +25,7 @@ class PrefixTrie:
             child = node.children.get(tokens[pos])
             if child is None:
                 node.children[tokens[pos]] = _Node(tokens[pos:])
+                self.num_tokens += len(tokens) - pos
                 return
             n = common_len(child.key, tokens, pos)
             if n < len(child.key):  # split the edge after n tokens

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import torch
 
+from sgl.runtime.executor.pooling import PoolingConfig
 from sgl.runtime.sampling.params import SamplingParams
 
 
@@ -51,6 +52,9 @@ class Req:
         self.min_tokens_ids: set[int] = set()
         self.draft: Any = None          # speculative decoding: this step's DraftTree, if any
         self.version = 0                # bumped when output tokens are rewritten (jump-forward)
+        # Embedding requests (max_new_tokens 0): the pooled rows' hidden states, summed over chunks.
+        self.pooling: Optional[PoolingConfig] = None
+        self.pooled_sum: Optional[torch.Tensor] = None
 
     @property
     def seq_len(self) -> int:
@@ -95,6 +99,8 @@ class Req:
         """How much of all_ids the cache may supply: at least one token must run to get logits,
         and prompt positions whose logprobs were asked must be recomputed."""
         cap = self.seq_len - 1
+        if self.pooling is not None:
+            cap = self.pooling.max_prefix_len(self.seq_len)
         start = self.input_logprob_from
         if start >= 0 and not self.input_logprobs_sent:
             cap = min(cap, max(start - 1, 0))
@@ -115,6 +121,14 @@ class Req:
         self.output_top_logprobs = self.output_top_logprobs[:keep] + [None] * (len(new_ids) - keep)
         self.first_changed = min(self.first_changed, keep)
         self.version += 1
+
+    def add_pooled(self, rows_sum: torch.Tensor) -> None:
+        self.pooled_sum = rows_sum if self.pooled_sum is None else self.pooled_sum + rows_sum
+
+    def embedding(self) -> Optional[list[float]]:
+        if self.pooling is None or self.pooled_sum is None:
+            return None
+        return self.pooling.finish(self.pooled_sum, self.prompt_len)
 
     def remaining_new_tokens(self) -> int:
         return max(self.sampling_params.max_new_tokens - len(self.output_ids), 0)

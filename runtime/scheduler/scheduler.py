@@ -109,6 +109,8 @@ class Scheduler:
                   arrival=self._arrivals)
         self._arrivals += 1
         req.min_tokens_ids = self.stop_checker.min_tokens_ids(params)
+        if msg.is_embedding:
+            req.pooling = self.info.pooling
         req.arrival_time = time.monotonic()
         if self.grammar.submit(req):
             return  # waits in the grammar queue until compiled

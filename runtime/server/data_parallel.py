@@ -114,13 +114,16 @@ class ReplicaDispatcher:
         return replica
 
 
+_PER_REPLICA = ("dp_rank", "pid")  # in `internal_states` only: no server-wide value
+
+
 def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The server-wide view of the replicas' internal states (scheduler_process.internal_state):
     counts and sizes summed, KV usage and cache hit rate recomputed over the sums."""
     if len(states) == 1:
-        return {k: v for k, v in states[0].items() if k != "dp_rank"}
+        return {k: v for k, v in states[0].items() if k not in _PER_REPLICA}
     merged = {k: sum(s[k] for s in states) for k, v in states[0].items()
-              if k != "dp_rank" and k not in _RATIOS and isinstance(v, (int, float))}
+              if k not in _PER_REPLICA and k not in _RATIOS and isinstance(v, (int, float))}
     total = max(merged.get("max_total_tokens", 0), 1)
     merged["token_usage"] = sum(s["token_usage"] * s["max_total_tokens"] for s in states) / total
     merged["cache_hit_rate"] = merged["total_cached_tokens"] / max(merged["total_prompt_tokens"], 1)

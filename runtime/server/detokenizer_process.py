@@ -15,6 +15,7 @@ from sgl.runtime.server.ipc import (
     DetokParams,
     Endpoints,
     OutputBatch,
+    arm_graceful_stop,
     child_signals,
     configure_logging,
     pull_socket,
@@ -67,7 +68,7 @@ class Detokenizer:
 
 def run_detokenizer_process(log_level: str, endpoints: Endpoints, parent_pid: int,
                             conn: Connection) -> None:
-    watch_parent(parent_pid)
+    watch_parent(parent_pid, cleanup_dir=endpoints.folder)  # the one child that cleans up
     stop = child_signals()
     configure_logging(log_level, "DETOK")
     try:
@@ -80,6 +81,7 @@ def run_detokenizer_process(log_level: str, endpoints: Endpoints, parent_pid: in
     out = push_socket(ctx, endpoints.to_tokenizer)
     detok = Detokenizer(tokenizer)
     conn.send({"ready": {}})
+    arm_graceful_stop(stop)
     while not stop.is_set():
         if not inbox.poll(100):
             continue

@@ -19,6 +19,7 @@ from sgl.runtime.server.data_parallel import ReplicaDispatcher
 from sgl.runtime.server.errors import ApiError
 from sgl.runtime.server.ipc import (
     Endpoints,
+    Heartbeat,
     OutputBatch,
     RpcReq,
     RpcResult,
@@ -26,6 +27,7 @@ from sgl.runtime.server.ipc import (
     push_socket,
 )
 from sgl.runtime.server.metrics import ServerMetrics
+from sgl.runtime.server.watchdog import Watchdog
 from sgl.runtime.tokenizer_manager import ReqStream, TokenizerManager
 
 logger = logging.getLogger("sgl.server")
@@ -36,11 +38,12 @@ class ServerTokenizerManager(TokenizerManager):
     def __init__(self, tokenizer: Any, vocab_size: int, context_len: int, endpoints: Endpoints,
                  metrics: ServerMetrics, log_requests: bool = False,
                  stream_interval: int = 1, grammar_backend: str = "xgrammar",
-                 load_balance_method: str = "round_robin") -> None:
+                 load_balance_method: str = "round_robin", is_embedding: bool = False) -> None:
         self._sync_ctx = zmq.Context()
         socks = [push_socket(self._sync_ctx, addr) for addr in endpoints.to_schedulers]
         self.dispatcher = ReplicaDispatcher([s.send_pyobj for s in socks], load_balance_method)
-        super().__init__(tokenizer, vocab_size, context_len, self.dispatcher.send, grammar_backend)
+        super().__init__(tokenizer, vocab_size, context_len, self.dispatcher.send, grammar_backend,
+                         is_embedding)
         self.endpoints, self.metrics, self.log_requests = endpoints, metrics, log_requests
         self.stream_interval = max(stream_interval, 1)
         self._rpc_ids = itertools.count()
@@ -48,6 +51,9 @@ class ServerTokenizerManager(TokenizerManager):
         self._recv_task: Optional[asyncio.Task] = None
         self._timings: dict[str, _Timing] = {}
         self.max_queued_requests: Optional[int] = None  # server flag; None: no limit
+        self.watchdog = Watchdog(self.dispatcher.dp_size, timeout_s=300.0)
+        self.closing: Optional[ApiError] = None  # set when the server starts shutting down
+        self._watch_task: Optional[asyncio.Task] = None
 
     # -- life cycle (on the server's event loop) -----------------------------------------------
     def start(self) -> None:
@@ -55,10 +61,26 @@ class ServerTokenizerManager(TokenizerManager):
         self._async_ctx = zmq.asyncio.Context()
         self._recv_sock = pull_socket(self._async_ctx, self.endpoints.to_tokenizer)
         self._recv_task = asyncio.create_task(self._recv_loop(), name="sgl-recv")
+        self._watch_task = asyncio.create_task(self.watchdog.run(self), name="sgl-watchdog")
+
+    def refuse_new(self, message: str) -> None:
+        """Shutting down: new requests are refused with a 503 (and /health says it); running
+        ones go on (they drain)."""
+        self.closing = ApiError(message, 503, None, "server_shutting_down")
+
+    def refuse_all(self, message: str) -> None:
+        """The drain is over: requests still running end with a 503 too (a final event when
+        streaming)."""
+        self.refuse_new(message)
+        self.fail(list(self.states), self.closing)
+
+    def health_error(self) -> Optional[ApiError]:
+        return self.closing or self.watchdog.error()
 
     def close(self) -> None:
-        if self._recv_task is not None:
-            self._recv_task.cancel()
+        for task in (self._recv_task, self._watch_task):
+            if task is not None:
+                task.cancel()
         if self._worker is not None:
             self._worker.shutdown(wait=False, cancel_futures=True)
         for ctx in (self._sync_ctx, getattr(self, "_async_ctx", None)):
@@ -71,6 +93,8 @@ class ServerTokenizerManager(TokenizerManager):
             try:
                 if isinstance(msg, OutputBatch):
                     self._dispatch(msg.outputs)
+                elif isinstance(msg, Heartbeat):
+                    self.watchdog.beat(msg.dp_rank)
                 elif isinstance(msg, RpcResult):
                     self._resolve(msg)
             except Exception:  # one bad message must not stop every other request
@@ -111,6 +135,9 @@ class ServerTokenizerManager(TokenizerManager):
     # -- hooks on the shared front end ---------------------------------------------------------
     async def generate(self, obj: dict[str, Any], parsed: Optional[ParsedRequest] = None
                        ) -> AsyncIterator[list[dict[str, Any]]]:
+        refusal = self.health_error()  # shutting down, or a scheduler is stuck
+        if refusal is not None:
+            raise refusal
         parsed = parsed or await self.parse_async(obj)
         self._check_queue(len(parsed.reqs))
         if len(parsed.reqs) <= len(parsed.prompts):

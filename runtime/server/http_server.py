@@ -21,6 +21,7 @@ from sgl.runtime.config import ServerArgs
 from sgl.runtime.io_struct import RequestFailed
 from sgl.runtime.server.compat_routes import add_compat_routes
 from sgl.runtime.server.data_parallel import merge_states
+from sgl.runtime.server.embedding_routes import add_embedding_routes
 from sgl.runtime.server.errors import ApiError, error_body, from_value_error, read_json
 from sgl.runtime.server.limits import BodyLimitMiddleware, BodyTooLarge, too_large
 from sgl.runtime.server.openapi import install_openapi
@@ -64,7 +65,8 @@ def build_app(ctx: ServerContext) -> FastAPI:
     _add_control_routes(app, ctx)
     _add_openai_routes(app, ctx)
     add_compat_routes(app, ctx)
-    install_openapi(app)
+    add_embedding_routes(app, ctx)
+    install_openapi(app)  # last: it describes the routes added above
     return app
 
 
@@ -90,10 +92,15 @@ async def _warmup(ctx: ServerContext) -> None:
 
 
 async def _generate_one(ctx: ServerContext) -> bool:
-    obj = {"input_ids": [0], "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
+    if ctx.args.is_embedding:
+        obj: dict[str, Any] = {"input_ids": [0]}
+        parsed = ctx.front.parse_encode(obj)
+    else:
+        obj = {"input_ids": [0], "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
+        parsed = ctx.front.parse(obj)
 
     async def run() -> None:
-        async for _ in ctx.front.generate(obj):
+        async for _ in ctx.front.generate(obj, parsed):
             pass
     try:
         await asyncio.wait_for(run(), _HEALTH_TIMEOUT_S)
@@ -177,7 +184,10 @@ def _add_native_routes(app: FastAPI, ctx: ServerContext) -> None:
 
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> Response:
-        return Response(status_code=200)
+        """200 while every scheduler steps; 503 when one has not stepped for
+        --watchdog-timeout, or while the server shuts down."""
+        problem = front.health_error()
+        return Response(status_code=200) if problem is None else problem.response()
 
     @app.get("/health_generate")
     async def health_generate() -> Response:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -44,6 +45,14 @@ class RpcResult:
 
 
 @dataclass
+class Heartbeat:
+    """A scheduler -> (detokenizer) -> HTTP process: "my loop still turns". Sent between steps,
+    so a step that hangs (or a stopped process) stops them; the HTTP process's watchdog
+    (--watchdog-timeout) notices."""
+    dp_rank: int
+
+
+@dataclass
 class OutputBatch:
     """Scheduler -> detokenizer -> HTTP process: one step's outputs. `detok_params` holds the
     decoding options of requests the detokenizer has not seen yet."""
@@ -58,12 +67,14 @@ class Endpoints:
     to_schedulers: tuple[str, ...]
     to_detokenizer: str
     to_tokenizer: str
+    folder: Optional[str] = None  # where the ipc sockets live
 
     @classmethod
     def in_dir(cls, folder: str, dp_size: int = 1) -> Endpoints:
         def addr(name: str) -> str:
             return f"ipc://{os.path.join(folder, name)}"
-        return cls(tuple(addr(f"sched{i}") for i in range(dp_size)), addr("detok"), addr("tok"))
+        return cls(tuple(addr(f"sched{i}") for i in range(dp_size)), addr("detok"), addr("tok"),
+                   folder)
 
 
 def pull_socket(ctx: zmq.Context, addr: str) -> zmq.Socket:
@@ -81,16 +92,21 @@ def push_socket(ctx: zmq.Context, addr: str) -> zmq.Socket:
     return sock
 
 
-def watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+def watch_parent(parent_pid: int, interval_s: float = 0.5, cleanup_dir: Optional[str] = None
+                 ) -> None:
     """Exit this process as soon as `parent_pid` is gone, so no child outlives the server even
-    when the server is killed with SIGKILL."""
-    _set_parent_death_signal()
+    when the server is killed with SIGKILL. `cleanup_dir`: a folder the dead parent could not
+    remove (its sockets), removed on the way out; that child then exits by polling (at most
+    `interval_s` late) instead of being killed with its parent."""
+    if cleanup_dir is None:
+        _set_parent_death_signal()
 
     def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(0)
+        while os.getppid() == parent_pid:
             time.sleep(interval_s)
+        if cleanup_dir is not None:
+            shutil.rmtree(cleanup_dir, ignore_errors=True)
+        os._exit(0)
 
     if os.getppid() != parent_pid:
         os._exit(0)
@@ -129,11 +145,17 @@ def _set_parent_death_signal() -> None:
 
 def child_signals() -> threading.Event:
     """Children ignore SIGINT (a terminal's Ctrl-C reaches the whole group; the HTTP process
-    leads the shutdown) and stop on SIGTERM. Returns the event SIGTERM sets."""
-    stop = threading.Event()
+    leads the shutdown). Until `arm_graceful_stop`, SIGTERM kills at once: a process still
+    loading (a model, a tokenizer) has nothing to save, and a Python handler would wait for the
+    load's long native calls to return. Returns the event SIGTERM sets once armed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return threading.Event()
+
+
+def arm_graceful_stop(stop: threading.Event) -> None:
+    """From now on SIGTERM asks the process's loop to stop (it checks `stop` between steps)."""
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    return stop
 
 
 def configure_logging(log_level: str, tag: str = "") -> None:

@@ -46,15 +46,17 @@ def serve_follower_node(args: ServerArgs) -> None:
 
 
 def launch_server(args: ServerArgs) -> None:
+    from sgl.runtime.server.shutdown import StartupStop
     configure_logging(args.log_level)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    stop = StartupStop()
+    stop.install()
     if os.environ.get(OWNER_PID_ENV):
         watch_pid(int(os.environ[OWNER_PID_ENV]))
     from sgl.runtime.server.processes import ServerProcesses
     with tempfile.TemporaryDirectory(prefix=ipc_dir_prefix(os.getpid())) as ipc_dir:
         procs = ServerProcesses(args, Endpoints.in_dir(ipc_dir, args.dp_size))
         try:
-            _serve(args, procs)
+            _serve(args, procs, stop)
         finally:
             procs.shutdown()
 
@@ -65,25 +67,24 @@ def ipc_dir_prefix(server_pid: int) -> str:
     return f"sgl-{server_pid}-"
 
 
-def _serve(args: ServerArgs, procs: Any) -> None:
-    import uvicorn
-
+def _serve(args: ServerArgs, procs: Any, stop: Any) -> None:
     from sgl.runtime.server.front import ServerTokenizerManager
     from sgl.runtime.server.http_server import ServerContext, build_app
     from sgl.runtime.server.metrics import ServerMetrics
+    from sgl.runtime.server.shutdown import GracefulServer, uvicorn_config
     chat_template = _read_chat_template(args.chat_template)
-    info, tokenizer = procs.start(lambda: _load_tokenizer(args))
+    info, tokenizer = procs.start(lambda: _load_tokenizer(args), stop.check)
+    stop.check()
     name = args.served_model_name or info["model_path"]
     front = ServerTokenizerManager(tokenizer, info["vocab_size"], info["context_length"],
                                    procs.endpoints, ServerMetrics(name), args.log_requests,
                                    args.stream_interval, args.grammar_backend,
-                                   args.load_balance_method)
+                                   args.load_balance_method, args.is_embedding)
     front.request_timeout, front.max_queued_requests = args.request_timeout, args.max_queued_requests
+    front.watchdog.timeout_s = args.watchdog_timeout
     app = build_app(ServerContext(args, front, info, procs, chat_template))
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
-                            timeout_graceful_shutdown=3, timeout_keep_alive=5)
     logger.info("serving %s on http://%s:%d", info["model_path"], args.host, args.port)
-    uvicorn.Server(config).run()
+    GracefulServer(uvicorn_config(app, args), front, stop).run()
 
 
 def _load_tokenizer(args: ServerArgs) -> Any:

@@ -49,6 +49,14 @@ GENERATE_SCHEMA: dict[str, Any] = {
         "rid": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
     },
 }
+_ENCODE_SCHEMA = {"type": "object", "properties": {
+    key: GENERATE_SCHEMA["properties"][key] for key in ("text", "input_ids", "rid")}}
+_EMBEDDINGS_SCHEMA = {"type": "object", "required": ["input"], "properties": {
+    "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        _TOKEN_IDS, {"type": "array", "items": _TOKEN_IDS, "minItems": 1}]},
+    "model": {"type": "string"},
+    "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+    "user": {"type": "string"}}}
 _ABORT_SCHEMA = {"type": "object", "properties": {"rid": {"type": "string"},
                                                   "abort_all": {"type": "boolean"}}}
 _REF = "#/components/schemas/{model}"
@@ -66,7 +74,8 @@ def install_openapi(app: FastAPI) -> None:
 def _build(app: FastAPI) -> dict[str, Any]:
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    bodies = {"/generate": GENERATE_SCHEMA, "/abort_request": _ABORT_SCHEMA}
+    bodies = {"/generate": GENERATE_SCHEMA, "/abort_request": _ABORT_SCHEMA,
+              "/encode": _ENCODE_SCHEMA, "/v1/embeddings": _EMBEDDINGS_SCHEMA}
     for model in (CompletionRequest, ChatCompletionRequest):
         schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))

@@ -31,6 +31,7 @@ class ServerProcesses:
         self.procs: dict[str, Any] = {}
         self.followers: set[str] = set()  # tensor-parallel ranks 1.., released by their rank 0
         self.conns: dict[str, Any] = {}
+        self._checkpoint: Callable[[], None] = lambda: None
 
     @property
     def scheduler_names(self) -> list[str]:
@@ -38,9 +39,12 @@ class ServerProcesses:
             return ["scheduler"]
         return [f"scheduler-dp{i}" for i in range(self.args.dp_size)]
 
-    def start(self, load_tokenizer: Callable[[], Any]) -> tuple[dict[str, Any], Any]:
+    def start(self, load_tokenizer: Callable[[], Any], checkpoint: Callable[[], None] = lambda: None
+              ) -> tuple[dict[str, Any], Any]:
         """Spawn every child, hand them the tokenizer, wait until all are ready. Returns the
-        schedulers' model info and the tokenizer."""
+        schedulers' model info and the tokenizer. `checkpoint` runs while waiting (it raises
+        to stop start-up)."""
+        self._checkpoint = checkpoint
         pid = os.getpid()
         for dp_rank in range(self.args.dp_size):
             self._start_replica(dp_rank, pid)
@@ -79,6 +83,8 @@ class ServerProcesses:
 
     def _ready(self, name: str) -> dict[str, Any]:
         try:
+            while not self.conns[name].poll(0.2):
+                self._checkpoint()
             msg = self.conns[name].recv()
         except EOFError:
             raise ChildFailed(f"the {name} process exited during start-up "

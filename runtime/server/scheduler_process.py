@@ -4,7 +4,9 @@ It never waits on HTTP or tokenization: requests arrive already tokenized."""
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable
@@ -17,9 +19,11 @@ from sgl.runtime.scheduler.loop import Call, run_scheduler_loop
 from sgl.runtime.server.ipc import (
     DetokParams,
     Endpoints,
+    Heartbeat,
     OutputBatch,
     RpcReq,
     RpcResult,
+    arm_graceful_stop,
     child_signals,
     configure_logging,
     pull_socket,
@@ -34,7 +38,7 @@ def internal_state(sched: Any, inbox: ZmqInbox) -> dict[str, Any]:
     """What /get_server_info and /metrics report about this replica's scheduler."""
     alloc, tree, stats = sched.allocator, sched.tree, sched.stats
     return {
-        "dp_rank": inbox.dp_rank, "num_received_reqs": inbox.num_received_reqs,
+        "dp_rank": inbox.dp_rank, "pid": os.getpid(), "num_received_reqs": inbox.num_received_reqs,
         "num_running_reqs": len(sched.running), "num_queue_reqs": len(sched.waiting),
         "token_usage": sched.token_usage(), "max_total_tokens": alloc.size,
         "available_kv_tokens": alloc.available_size() + tree.evictable_size(),
@@ -51,18 +55,29 @@ class ZmqInbox:
     """The queue interface `run_scheduler_loop` reads (get with timeout, get_nowait) over a ZMQ
     socket. Control calls become `Call`s so they run in order with the requests around them."""
 
-    def __init__(self, sock: zmq.Socket, reply: Callable[[RpcResult], None],
-                 dp_rank: int = 0) -> None:
+    def __init__(self, sock: zmq.Socket, reply: Callable[[Any], None],
+                 dp_rank: int = 0, heartbeat_interval_s: float = 1.0) -> None:
         self.sock, self.reply, self.dp_rank = sock, reply, dp_rank
         self.new_params: dict[str, DetokParams] = {}
         self.num_received_reqs = 0  # requests the front sent this replica
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self._last_beat = 0.0
+
+    def _beat(self) -> None:
+        """The loop reads the inbox between steps: a due heartbeat goes out from here."""
+        now = time.monotonic()
+        if now - self._last_beat >= self.heartbeat_interval_s:
+            self._last_beat = now
+            self.reply(Heartbeat(self.dp_rank))
 
     def get(self, timeout: float) -> Any:
+        self._beat()
         if not self.sock.poll(int(timeout * 1000)):
             raise queue.Empty
         return self.get_nowait()
 
     def get_nowait(self) -> Any:
+        self._beat()
         try:
             msg = self.sock.recv_pyobj(zmq.NOBLOCK)
         except zmq.Again:
@@ -118,8 +133,11 @@ def run_scheduler_process(args: ServerArgs, endpoints: Endpoints, dp_rank: int, 
         return
     ctx = zmq.Context()
     out = push_socket(ctx, endpoints.to_detokenizer)
-    inbox = ZmqInbox(pull_socket(ctx, endpoints.to_schedulers[dp_rank]), out.send_pyobj, dp_rank)
+    beat_s = min(1.0, args.watchdog_timeout / 4)
+    inbox = ZmqInbox(pull_socket(ctx, endpoints.to_schedulers[dp_rank]), out.send_pyobj, dp_rank,
+                     beat_s)
     conn.send({"ready": info})
+    arm_graceful_stop(stop)
 
     def emit(outputs: list) -> None:
         out.send_pyobj(OutputBatch(outputs, inbox.take_params()))

@@ -1,0 +1,1 @@
+"""Tests of the program workloads and their driver (sgl.bench_programs)."""

@@ -3,6 +3,7 @@ tolerance), and the figures read from each benchmark's result lines. The benchma
 run on a GPU (scripts/device_run.sh suite)."""
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -29,6 +30,9 @@ def test_each_benchmark_reads_its_figures_from_result_lines():
     spec = [{"num_draft_tokens": 0, "throughput_tok_s": 50.0}, {"num_draft_tokens": 8, "throughput_tok_s": 150.0},
             {"num_draft_tokens": 16, "throughput_tok_s": 120.0}]
     assert by_name["ngram"].figures(spec)[0].value == pytest.approx(3.0)
+    assert [f.name for f in by_name["decode_bs1_fp8"].figures(rows[:1])] == [
+        "decode_bs1_fp8.median_step_tok_s", "decode_bs1_fp8.end_to_end_tok_s"]
+    assert by_name["prefill_fp8"].figures(rows)[0].name == "prefill_8x4096_fp8.seconds"
     programs = by_name["programs"].figures([{"figures": {
         "hellaswag_128_speedup_vs_cache_off": 6.5, "hellaswag_128_differ_from_8_at_a_time": 0,
         "hellaswag_128_failed_steps": None, "logprobs_8k_top20_ok": True}}])
@@ -48,6 +52,18 @@ def test_programs_benchmark_trie_optimum_and_workload_shapes():
     assert len(progs[0]["prefix"].split()) == 16 * (25 + 1 + 15)  # 16 shots: context, "Answer:", ending
     docs = extraction_args(num_docs=8, per_doc=16)
     assert len(docs) == 128 and len({d["doc"] for d in docs}) == 8
+
+
+def test_fp8_benchmarks_pass_the_fp8_flags():
+    args = argparse.Namespace(model_path="m", server_flags=["--disable-cuda-graph"],
+                              tokenizer_path=None)
+    by_name = {b.name: b for b in BENCHES}
+    for name in ("decode_bs1_fp8", "prefill_fp8", "offline_fp8"):
+        cmd = by_name[name].args(args)
+        assert cmd[cmd.index("--quantization") + 1] == "fp8" and "fp8_e4m3" in cmd
+        assert cmd[-1] == "--disable-cuda-graph"
+        plain = by_name[name.removesuffix("_fp8")].args(args)
+        assert [c for c in cmd if c not in bench_suite.FP8] == plain  # otherwise the bf16 run
 
 
 def test_a_failing_benchmark_is_reported_and_fails_the_run(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from sgl.kernels.activation import silu_and_mul
+from sgl.kernels.activation import gelu_tanh_and_mul, silu_and_mul
 from sgl.kernels.attention.torch_ref import decode_attention_ref, extend_attention_ref
 from sgl.kernels.norm import fused_add_rms_norm, rms_norm
 from sgl.kernels.rotary import apply_rotary, compute_cos_sin_cache, compute_inv_freq
@@ -49,6 +49,13 @@ def test_silu_and_mul(shape):
     gate, up = x[..., :d].double(), x[..., d:].double()
     expected = gate * torch.sigmoid(gate) * up
     torch.testing.assert_close(silu_and_mul(x).double(), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_gelu_tanh_and_mul():
+    x = _randn(4, 64) * 3
+    gate, up = x[:, :32].double(), x[:, 32:].double()
+    expected = 0.5 * gate * (1 + torch.tanh(math.sqrt(2 / math.pi) * (gate + 0.044715 * gate ** 3))) * up
+    torch.testing.assert_close(gelu_tanh_and_mul(x).double(), expected, atol=1e-5, rtol=1e-5)
 
 
 # ---- rotary ---------------------------------------------------------------------------------
@@ -115,8 +122,8 @@ def test_rotary_is_relative_and_partial():
 
 
 def test_rotary_rejects_unknown_type():
-    with pytest.raises(ValueError, match="unsupported rope_type 'yarn'"):
-        compute_inv_freq(64, 10000.0, {"rope_type": "yarn", "factor": 2.0})
+    with pytest.raises(ValueError, match="unsupported rope_type 'mrope'; supported: .*yarn"):
+        compute_inv_freq(64, 10000.0, {"rope_type": "mrope", "factor": 2.0})
 
 
 # ---- paged attention ------------------------------------------------------------------------

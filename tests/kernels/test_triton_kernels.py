@@ -83,6 +83,15 @@ def test_silu_and_mul(rows, d):
     _assert_close(out, silu_and_mul_ref(x.float()), 1e-2)
 
 
+@pytest.mark.parametrize("rows,d", [(1, 9216), (5, 1000), (64, 2048)])
+def test_gelu_tanh_and_mul(rows, d):
+    from sgl.kernels.activation import gelu_tanh_and_mul_ref
+    from sgl.kernels.triton.activation import gelu_tanh_and_mul
+    x = _randn(rows, 2 * d, gen=_gen(d), scale=3.0)
+    out = gelu_tanh_and_mul(x, out=_poisoned((rows, d), x.dtype))
+    _assert_close(out, gelu_tanh_and_mul_ref(x.float()), 1e-2)
+
+
 @pytest.mark.parametrize("num_tokens,hq,hkv,head_dim,rotary_dim", [
     (1, 32, 8, 128, 128), (77, 32, 8, 128, 128), (300, 9, 3, 64, 64), (13, 40, 8, 128, 64)])
 def test_rotary(num_tokens, hq, hkv, head_dim, rotary_dim):
@@ -427,25 +436,29 @@ def _backend_batch(prefix_lens: list[int], extend_lens: list[int], hkv: int, hea
     return batch
 
 
+def _backend_layers(name: str, batch, hq: int, hkv: int, head_dim: int) -> list[torch.Tensor]:
+    """Two attention layers of random q/k/v through backend `name` over the batch's pool."""
+    from sgl.runtime.executor.attention import get_attention_backend
+    from sgl.runtime.layers.attention import RadixAttention
+    backend = batch.attn_backend = get_attention_backend(name)()
+    backend.init_forward_metadata(batch)
+    g, layer_outs = _gen(1), []
+    for layer_id in range(2):
+        layer = RadixAttention(hq, head_dim, head_dim ** -0.5, hkv, layer_id)
+        qkv = _randn(batch.num_tokens, (hq + 2 * hkv) * head_dim, dtype=ATTN_DTYPE, gen=g)
+        q, k, v = qkv.split([hq * head_dim, hkv * head_dim, hkv * head_dim], dim=-1)
+        layer_outs.append(backend.forward(q, k, v.contiguous(), layer, batch))
+    return layer_outs
+
+
 @pytest.mark.parametrize("prefix_lens,extend_lens", [([0, 17, 300], [40, 1, 129]),
                                                      ([5, 200, 1000, 1], [1, 1, 1, 1])])
 def test_triton_backend_matches_torch_native(prefix_lens, extend_lens):
-    from sgl.runtime.executor.attention import get_attention_backend
-    from sgl.runtime.layers.attention import RadixAttention
     hq, hkv, head_dim = 32, 8, 128
     outs, pools = [], []
     for name in ("triton", "torch_native"):
         batch = _backend_batch(prefix_lens, extend_lens, hkv, head_dim, seed=0)
-        backend = get_attention_backend(name)()
-        batch.attn_backend = backend
-        backend.init_forward_metadata(batch)
-        g, layer_outs = _gen(1), []
-        for layer_id in range(2):
-            layer = RadixAttention(hq, head_dim, head_dim ** -0.5, hkv, layer_id)
-            qkv = _randn(batch.num_tokens, (hq + 2 * hkv) * head_dim, dtype=ATTN_DTYPE, gen=g)
-            q, k, v = qkv.split([hq * head_dim, hkv * head_dim, hkv * head_dim], dim=-1)
-            layer_outs.append(backend.forward(q, k, v.contiguous(), layer, batch))
-        outs.append(layer_outs)
+        outs.append(_backend_layers(name, batch, hq, hkv, head_dim))
         pools.append(batch.kv_pool)
     for out, ref in zip(*outs):
         _assert_close(out, ref, BF16_TOL)

@@ -82,6 +82,17 @@ def test_profile_step_runs_on_cpu_and_leaves_the_runner_whole(tiny_dir):
     assert (runner.kv_pool, runner.req_to_token_pool) == pools
 
 
+def test_embedding_profile_step_pools_without_logits(tiny_dir):
+    """An embedding model's profile step is its pooled prefill: no logit rows (a headless
+    checkpoint has no LM head to compute them), the sum of every row's hidden state."""
+    runner = ModelRunner(ServerArgs(model_path=tiny_dir, load_format="dummy", skip_tokenizer_init=True,
+                                    max_total_tokens=128, is_embedding=True))
+    runner.model.compute_logits = None  # a headless model: calling it would fail the test
+    reserve = profile_steps(runner, num_tokens=96, num_rows=20)
+    assert reserve.bytes == 0 and reserve.num_tokens == 96
+    assert runner.pooled.shape == (1, TINY["hidden_size"]) and bool(runner.pooled.abs().sum() > 0)
+
+
 def test_runner_out_of_memory_is_a_step_error(tiny_dir):
     runner = ModelRunner(ServerArgs(model_path=tiny_dir, load_format="dummy", skip_tokenizer_init=True,
                                     max_total_tokens=128))

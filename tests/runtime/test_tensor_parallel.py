@@ -41,7 +41,14 @@ def tiny(tmp_path, cls: type, **cfg) -> str:
     (transformers.LlamaConfig, {"num_attention_heads": 4, "num_key_value_heads": 1}),  # KV replicated
     (transformers.Qwen3Config, {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
                                 "tie_word_embeddings": False}),
-], ids=["llama-gqa", "llama-kv-replicated", "qwen3"])
+    # Experts split by intermediate columns across the ranks, the router replicated.
+    (transformers.Qwen3MoeConfig, {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                                   "moe_intermediate_size": 32, "num_experts": 8,
+                                   "num_experts_per_tok": 2, "norm_topk_prob": True}),
+    (transformers.Qwen2MoeConfig, {"num_attention_heads": 4, "num_key_value_heads": 2,
+                                   "moe_intermediate_size": 32, "num_experts": 4,
+                                   "num_experts_per_tok": 2, "shared_expert_intermediate_size": 48}),
+], ids=["llama-gqa", "llama-kv-replicated", "qwen3", "qwen3-moe", "qwen2-moe-shared-expert"])
 def test_tp2_matches_tp1_on_tiny_models(tmp_path, cls, cfg):
     path = tiny(tmp_path, cls, **cfg)
     assert greedy(path, PROMPTS, tp_size=2) == greedy(path, PROMPTS)

@@ -67,9 +67,8 @@ def test_children_follow_a_killed_server(tiny_model_dir, tmp_path):
     runtime.process.wait(10)
     _assert_all_gone(children, 15)
     leftovers = os.path.join(tempfile.gettempdir(), ipc_dir_prefix(runtime.pid) + "*")
-    assert glob.glob(leftovers)
+    assert not glob.glob(leftovers)  # the detokenizer removed the socket folder on its way out
     runtime.shutdown()
-    assert not glob.glob(leftovers)
 
 
 def test_stream_interval_then_shutdown_leaves_no_child(tiny_model_dir, tmp_path):

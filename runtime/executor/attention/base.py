@@ -22,6 +22,8 @@ class AttentionBackend(ABC):
       - The backend first stores k, v at `batch.out_cache_loc` of layer `layer.layer_id` in
         `batch.kv_pool`, then attends every new token causally over its request's whole sequence,
         whose slots are `batch.req_to_token[batch.req_pool_indices[i], :batch.seq_lens[i]]`.
+      - Honours the layer's `sliding_window` (a query at position p sees keys > p - window) and
+        `logit_cap` (scores soft-capped to cap * tanh(s / cap)); both 0 when unused.
       - Returns (num_tokens, Hq * D) in q's dtype.
     `init_forward_metadata(batch)` runs once per step before the layers (plan index arrays,
     split sizes ...); the default does nothing.

@@ -24,6 +24,7 @@ class TorchNativeBackend(AttentionBackend):
         v = v.view(num_tokens, layer.num_kv_heads, layer.head_dim)
         batch.kv_pool.set_kv(layer.layer_id, batch.out_cache_loc, k, v)
         k_buffer, v_buffer = batch.kv_pool.get_kv(layer.layer_id)
+        k_scale, v_scale = batch.kv_pool.get_scales(layer.layer_id)  # 1.0 unless FP8
         prefix_lens = batch.prefix_lens_cpu or batch.prefix_lens
         extend_lens = batch.extend_lens_cpu or batch.extend_lens
         real = None
@@ -36,7 +37,8 @@ class TorchNativeBackend(AttentionBackend):
         out = extend_attention_ref(q, k_buffer, v_buffer, batch.req_to_token,
                                    batch.req_pool_indices, prefix_lens, extend_lens, layer.scaling,
                                    custom_mask=batch.custom_mask, mask_indptr=batch.mask_indptr,
-                                   tree_mask=batch.tree_mask)
+                                   tree_mask=batch.tree_mask, sliding_window=layer.sliding_window,
+                                   logit_cap=layer.logit_cap, k_scale=k_scale, v_scale=v_scale)
         if real is not None:
             out = torch.zeros((num_tokens, *out.shape[1:]), dtype=out.dtype,
                               device=out.device).index_copy_(0, real, out)

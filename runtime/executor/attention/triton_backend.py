@@ -101,16 +101,21 @@ class TritonBackend(AttentionBackend):
             self.init_forward_metadata(batch)
         num_tokens = q.shape[0]
         k_buffer, v_buffer = batch.kv_pool.get_kv(layer.layer_id)
+        k_scale, v_scale = batch.kv_pool.get_scales(layer.layer_id)  # 1.0 unless FP8
         store_kv(k_buffer, v_buffer, batch.out_cache_loc,
                  k.view(num_tokens, layer.num_kv_heads, layer.head_dim),
-                 v.view(num_tokens, layer.num_kv_heads, -1))
-        q3 = q.view(num_tokens, layer.num_heads, layer.head_dim).to(k_buffer.dtype)  # (T, Hq, D)
+                 v.view(num_tokens, layer.num_kv_heads, -1), k_scale, v_scale)
+        q3 = q.view(num_tokens, layer.num_heads, layer.head_dim)  # (T, Hq, D)
+        if not batch.kv_pool.is_fp8:  # FP8 tiles are widened to q's dtype in the kernels
+            q3 = q3.to(k_buffer.dtype)
         if batch.forward_mode is ForwardMode.DECODE:
             need = workspace_numel(num_tokens, layer.num_heads, v_buffer.shape[-1], self.max_splits)
             out = decode_attention(q3, k_buffer, v_buffer, batch.req_to_token,
                                    batch.req_pool_indices, batch.seq_lens, layer.scaling,
                                    max_splits=self.max_splits,
-                                   workspace=self._get_workspace(max(need, 1), q.device))
+                                   workspace=self._get_workspace(max(need, 1), q.device),
+                                   sliding_window=layer.sliding_window, logit_cap=layer.logit_cap,
+                                   k_scale=k_scale, v_scale=v_scale)
         else:
             if self.q_start is None or self.q_start.device != q.device:  # planned before .to()
                 self.q_start = _q_start(batch)
@@ -123,7 +128,8 @@ class TritonBackend(AttentionBackend):
                                    layer.scaling, q_start=self.q_start,
                                    max_extend_len=self.max_extend_len, out=out,
                                    custom_mask=batch.custom_mask, mask_indptr=batch.mask_indptr,
-                                   tree_mask=batch.tree_mask)
+                                   tree_mask=batch.tree_mask, sliding_window=layer.sliding_window,
+                                   logit_cap=layer.logit_cap, k_scale=k_scale, v_scale=v_scale)
         return out.view(num_tokens, -1).to(q.dtype)  # (T, Hq * Dv)
 
 
