@@ -181,6 +181,7 @@ def soak(a: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
         samples.append({"num_done": done, "seconds": round(time.monotonic() - t0, 1),
                         "rss_mb": {n: round(read_rss_mb(p), 1) for n, p in pids.items()},
                         "idle": is_idle(state)})
+        print(f"[soak] {samples[-1]}", flush=True)  # a long run shows its RSS as it goes
     seconds = time.monotonic() - t0
     end_state = wait_idle(rt.url)
     after = references(rt.url)
