@@ -56,6 +56,9 @@ class ServerArgs:
     max_running_requests: Optional[int] = _f(None, "Most requests decoding at once.")
     max_prefill_tokens: int = _f(16384, "Most new tokens admitted in one prefill step.")
     chunked_prefill_size: Optional[int] = _f(None, "Split prompts into chunks of this many tokens (-1: off); auto 8192 on GPU, 2048 on CPU.")
+    logits_chunk_size: Optional[int] = _f(None, "Most logit rows materialised at once (sampling, prompt "
+                                          "logprobs and their top-k, grammar masks); auto: 512 MiB of "
+                                          "float32 logits (1,046 rows of a 128k vocabulary).")
     schedule_policy: str = _f("fcfs", "Order of admission from the waiting queue.", choices=SCHEDULE_POLICIES)
     schedule_conservativeness: float = _f(1.0, "Higher reserves more KV for running requests.")
     enable_mixed_chunk: bool = _f(False, "Run prompt chunks and admissions in the same step as decoding "
@@ -185,6 +188,8 @@ class ServerArgs:
         self._check_disaggregation()
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
             raise ValueError("max_total_tokens must be at least 2")
+        if self.logits_chunk_size is not None and self.logits_chunk_size < 1:
+            raise ValueError(f"logits_chunk_size must be >= 1, got {self.logits_chunk_size}")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
             raise ValueError("mem_fraction_static must be in (0, 1)")
 

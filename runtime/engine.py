@@ -80,6 +80,7 @@ class Engine:
                  top_logprobs_num: Union[int, list, None] = None,
                  return_text_in_logprobs: bool = False, stream: bool = False,
                  rid: Union[str, list, None] = None) -> Union[dict, list, Iterator[dict]]:
+        self._check_running()
         obj = _request(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
                        top_logprobs_num, return_text_in_logprobs, stream, rid)
         parsed = self.tm.parse(obj)  # raise ValueError here, in the caller's thread
@@ -94,6 +95,7 @@ class Engine:
                              top_logprobs_num: Union[int, list, None] = None,
                              return_text_in_logprobs: bool = False, stream: bool = False,
                              rid: Union[str, list, None] = None) -> Union[dict, list, AsyncIterator[dict]]:
+        self._check_running()
         obj = _request(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
                        top_logprobs_num, return_text_in_logprobs, stream, rid)
         parsed = self.tm.parse(obj)
@@ -140,6 +142,7 @@ class Engine:
 
     # -- control ----------------------------------------------------------------------------
     def call_in_scheduler(self, fn: Any, timeout: Optional[float] = 60) -> Any:
+        self._check_running()
         call = Call(fn)
         self._inbox.put(call)
         return call.future.result(timeout)
@@ -160,7 +163,13 @@ class Engine:
         return {"model_path": self.model_path, "tokenizer_path": self.server_args.tokenizer_path or self.model_path,
                 "is_generation": True}
 
+    def _check_running(self) -> None:
+        if self._stop.is_set():
+            raise RuntimeError("this sgl.Engine has been shut down; start a new one")
+
     def shutdown(self) -> None:
+        """Stop the threads and release the weights, the KV pool and the CUDA graphs now, even
+        if the engine object stays referenced (e.g. by the default backend)."""
         if self._stop.is_set():
             return
         self._stop.set()

@@ -9,6 +9,36 @@ from sgl.runtime.disaggregation.messages import Bootstrap
 from sgl.runtime.sampling.params import SamplingParams
 
 
+def abort_reason(message: str, status_code: int) -> dict[str, Any]:
+    """The finish reason of a request the runtime gave up on: 400 for bad input, 500 for a
+    failure of the runtime. Such a request is an error to its caller, never a result (an abort
+    the client asked for carries no status code and ends as a result, as in SGLang)."""
+    return {"type": "abort", "message": message, "status_code": status_code}
+
+
+def failure_of(finish_reason: Optional[dict[str, Any]]) -> Optional["RequestFailed"]:
+    """The error a finished request's caller gets, or None when it finished normally (or was
+    aborted at the client's request)."""
+    if not finish_reason or finish_reason.get("type") != "abort" or "status_code" not in finish_reason:
+        return None
+    status = int(finish_reason["status_code"])
+    return (BadRequest if status == 400 else RequestFailed)(
+        str(finish_reason.get("message", "request failed")), status)
+
+
+class RequestFailed(RuntimeError):
+    """A request the runtime could not complete; `status_code` is the HTTP status the server
+    answers with (a 400 is a `BadRequest`, also a ValueError, as SGLang raises it)."""
+
+    def __init__(self, message: str, status_code: int = 500) -> None:
+        super().__init__(message)
+        self.message, self.status_code = message, status_code
+
+
+class BadRequest(RequestFailed, ValueError):
+    """A request the runtime refused for its input (HTTP 400)."""
+
+
 @dataclass
 class TokenizedGenerateReq:
     """Front end -> scheduler: one sequence to generate (n>1 is expanded before this)."""

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Optional
 
 from sgl.runtime.detokenizer import IncrementalDetokenizer, visible_text
-from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput
+from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput, failure_of
 from sgl.runtime.request import ParsedRequest, parse_encode, parse_generate
 
 
@@ -36,7 +36,10 @@ class ReqStream:
         self.embedding: Optional[list[float]] = None  # an embedding request's vector, once finished
         self.remote_text: Optional[str] = None  # decoded by a detokenizer process, when there is one
         self.event = event or asyncio.Event()  # shared by the sequences of one request
-        self.error: Optional[Exception] = None  # set by `fail`: the request ends with it
+        # The error the request ends with, raised to its caller instead of a result: set by
+        # `TokenizerManager.fail` (a stalled scheduler, shutdown), or by a finish reason with a
+        # status code (the runtime gave up on it: `failure_of`).
+        self.error: Optional[Exception] = None
 
     def update(self, out: TokenOutput) -> None:
         if out.num_rewritten:
@@ -61,6 +64,8 @@ class ReqStream:
             self.in_lp = list(zip(out.input_logprobs, out.input_token_ids))
             self.in_top = out.input_top_logprobs
         self.finished_reason = out.finished_reason
+        if self.error is None:
+            self.error = failure_of(out.finished_reason)
         if out.embedding is not None:
             self.embedding = out.embedding
         self.event.set()
@@ -173,7 +178,9 @@ class TokenizerManager:
     async def generate(self, obj: dict[str, Any], parsed: Optional[ParsedRequest] = None
                        ) -> AsyncIterator[list[dict[str, Any]]]:
         """Yields the list of result dicts (one per sequence) each time something changed
-        (streaming), or once at the end. `parsed`: `obj` already parsed by the caller."""
+        (streaming), or once at the end. `parsed`: `obj` already parsed by the caller. Raises
+        `RequestFailed` (`BadRequest` for a 400) as soon as a sequence fails; the request's
+        other sequences are aborted."""
         self.loop = asyncio.get_running_loop()
         parsed = parsed or await self.parse_async(obj)
         self._check_rids(parsed)
@@ -229,7 +236,7 @@ class TokenizerManager:
         event = asyncio.Event()
         states = [self._submit(r, False, event) for r in warm]
         try:
-            while not all(s.finished for s in states):
+            while not all(s.finished or s.error is not None for s in states):
                 await event.wait()
                 event.clear()
         finally:

@@ -33,6 +33,13 @@ for stage in "$@"; do
     suite_base) $SUITE ${SUITE_ARGS:-} --tree .base --label before --out "$OUT/suite_base.json" ;;
     suite_update) $SUITE ${SUITE_ARGS:-} --update-baseline --out "$OUT/suite.json"; cp docs/bench_baseline.json "$OUT/" ;;
     kernels_bench) python3 -m sgl.bench_kernels 2>&1 | tail -40 ;;
+    # issue #26: programs at scale on this code, and on .base (the file copied in: public API only)
+    programs) python3 -m sgl.bench_programs_scale --model-path llama-3.1-8b-dummy --load-format dummy \
+        --tokenizer-path .tok/llama3 ${PROGRAMS_ARGS:-} --result-filename "$OUT/programs.jsonl" 2>&1 | tail -20 ;;
+    programs_base) cp sgl/bench_programs_scale.py sgl/bench_utils.py .base/sgl/ && (cd .base && \
+        PYTHONPATH="$PWD:$PYTHONPATH" python3 -m sgl.bench_programs_scale --model-path llama-3.1-8b-dummy \
+        --load-format dummy --tokenizer-path ../.tok/llama3 ${PROGRAMS_ARGS:-} \
+        --result-filename "$OUT/programs_base.jsonl" 2>&1 | tail -20) ;;
     bench1_profile) python3 -m sgl.bench_one_batch --model-path llama-3.1-8b-dummy --load-format dummy \
         --batch-size 1 --input-len 128 --output-len 16 --profile-kernels 64 2>&1 | grep -vE "INFO|Loading" | tail -40 ;;
     bench1_nogemv) python3 -m sgl.bench_one_batch --model-path llama-3.1-8b-dummy --load-format dummy --disable-gemv \

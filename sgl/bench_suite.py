@@ -19,6 +19,7 @@ figures as the card's baseline.
 | structured | batch 64 JSON schema; jump-forward on/off (Llama 3 vocab) | constrained fraction, jump speedup |
 | ngram      | NGRAM speculation, batch 1, copy prompts                  | speedup over no speculation        |
 | *_fp8      | decode_bs1, prefill, offline with FP8 weights + FP8 KV cache (`--quantization fp8 --kv-cache-dtype fp8_e4m3`) | as their bf16 rows |
+| programs   | 128/512 HellaSwag-shaped select programs, 8k prompt logprobs, shared-document extraction (bench_programs_scale) | speedups vs cache off, answers vs 8 at a time, failed steps, hit rate of optimum |
 """
 from __future__ import annotations
 
@@ -99,6 +100,17 @@ def _ngram(rows: list[dict]) -> list[Figure]:
     return [Figure("ngram_bs1.speedup", best["throughput_tok_s"] / base["throughput_tok_s"], "x", True)]
 
 
+def _programs(rows: list[dict]) -> list[Figure]:
+    f = rows[-1]["figures"]
+    units = {"speedup": ("x", True), "differ": ("programs", False), "failed": ("count", False),
+             "optimum": ("x", True), "ok": ("bool", True)}
+    out = []
+    for name, value in f.items():
+        unit, higher = next((u for key, u in units.items() if key in name), ("x", True))
+        out.append(Figure(f"programs.{name}", float(value if value is not None else float("nan")), unit, higher))
+    return out
+
+
 def _tok(a: argparse.Namespace) -> list[str]:
     if not a.tokenizer_path:
         raise SystemExit("this benchmark needs --tokenizer-path (a Llama 3 tokenizer folder)")
@@ -125,6 +137,8 @@ BENCHES = [
     Bench("decode_bs1_fp8", _one_batch(*DECODE_BS1, *FP8), _decode_bs1("decode_bs1_fp8"), 300),
     Bench("prefill_fp8", _one_batch(*PREFILL, *FP8), _prefill("prefill_8x4096_fp8"), 300),
     Bench("offline_fp8", _offline_args(*FP8), _offline("offline_500_fp8"), 600),
+    Bench("programs", lambda a: ["sgl.bench_programs_scale", "--model-path", a.model_path, "--load-format",
+                                 "dummy", *_tok(a), "--sizes", "128,512", *a.server_flags], _programs, 1500),
 ]
 
 

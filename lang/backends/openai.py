@@ -57,6 +57,7 @@ class OpenAI(BaseBackend):
 
     def generate(self, s: Any, sampling_params: SglSamplingParams) -> tuple[Any, Any]:
         out = self.http.request("POST", self._route(), self._body(s, sampling_params)).json()
+        _check_choices(out["choices"])
         texts = [_choice_text(c) for c in sorted(out["choices"], key=lambda c: c.get("index", 0))]
         usage = out.get("usage") or {}
         meta = {"id": out.get("id"), "prompt_tokens": usage.get("prompt_tokens"),
@@ -70,6 +71,7 @@ class OpenAI(BaseBackend):
         with res:
             num_chunks = 0
             for event in sse_events(res):
+                _check_choices(event.get("choices", []))
                 for choice in event.get("choices", []):
                     delta = choice.get("delta", {}).get("content") if self.is_chat_model else choice.get("text")
                     if delta:
@@ -106,11 +108,19 @@ class OpenAI(BaseBackend):
             out = self.http.request("POST", "/completions", body).json()
         except RuntimeError as e:
             raise RuntimeError(f"select needs prompt logprobs (echo=True, logprobs) from /completions: {e}") from e
+        _check_choices(out["choices"])
         rows = sorted(out["choices"], key=lambda c: c.get("index", 0))
         entries = [_echo_entries(row.get("logprobs") or {}) for row in rows]
         input_lps = [choice_token_logprobs(e, c) for e, c in zip(entries, choices)]
         return method(choices=choices, normalized_prompt_logprobs=[mean_logprob(x) for x in input_lps],
                       input_token_logprobs=input_lps, output_token_logprobs=[[] for _ in choices])
+
+
+def _check_choices(choices: list[dict[str, Any]]) -> None:
+    """An aborted choice (an sgl/SGLang server's finish_reason "abort") is an error, not text."""
+    for choice in choices:
+        if choice.get("finish_reason") == "abort":
+            raise RuntimeError("request aborted by the server")
 
 
 def _echo_entries(logprobs: dict[str, Any]) -> list[tuple]:

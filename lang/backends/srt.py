@@ -23,6 +23,13 @@ class SrtBackend(BaseBackend):
         """POST a streaming /generate request; yield (new text, meta_info) per chunk."""
         raise NotImplementedError
 
+    def _request(self, data: Payload) -> dict | list:
+        """`_send`, with an aborted sequence raised as the program's error."""
+        out = self._send(data)
+        for o in out if isinstance(out, list) else [out]:
+            check_finished(o["meta_info"])
+        return out
+
     # --- generation ----------------------------------------------------------------------------
 
     def _payload(self, s: Any, params: SglSamplingParams) -> Payload:
@@ -32,7 +39,7 @@ class SrtBackend(BaseBackend):
         return {"text": s.text_, "sampling_params": sampling, **params.logprob_kwargs()}
 
     def generate(self, s: Any, sampling_params: SglSamplingParams) -> tuple[Any, Any]:
-        out = self._send(self._payload(s, sampling_params))
+        out = self._request(self._payload(s, sampling_params))
         if isinstance(out, list):  # n > 1
             return [o["text"] for o in out], [o["meta_info"] for o in out]
         return out["text"], out["meta_info"]
@@ -42,11 +49,11 @@ class SrtBackend(BaseBackend):
             raise ValueError("gen(n > 1) cannot stream; run the program with stream=False")
         data = self._payload(s, sampling_params)
         data["stream"] = True
-        return self._send_stream(data)
+        return _checked_stream(self._send_stream(data))
 
     def cache_prefix(self, prefix_str: str) -> None:
         if prefix_str:
-            self._send({"text": prefix_str, "sampling_params": {"max_new_tokens": 0}})
+            self._request({"text": prefix_str, "sampling_params": {"max_new_tokens": 0}})
 
     # --- select --------------------------------------------------------------------------------
 
@@ -60,9 +67,9 @@ class SrtBackend(BaseBackend):
             raise ValueError("select() scores choices greedily; temperature must be 0")
         start = 0
         if s.text_:
-            prefix = self._send({"text": s.text_, "sampling_params": {"max_new_tokens": 0}})
+            prefix = self._request({"text": s.text_, "sampling_params": {"max_new_tokens": 0}})
             start = max(prefix["meta_info"]["prompt_tokens"] - 2, 0)
-        out = self._send({"text": [s.text_ + c for c in choices],
+        out = self._request({"text": [s.text_ + c for c in choices],
                           "sampling_params": {"max_new_tokens": 0, "temperature": 0},
                           "return_logprob": True, "return_text_in_logprobs": True,
                           "logprob_start_len": start})
@@ -83,11 +90,25 @@ class SrtBackend(BaseBackend):
         todo = [i for i, x in enumerate(ids) if x]
         result: list[list[tuple]] = [[] for _ in ids]
         if todo:
-            out = self._send({"input_ids": [ids[i] for i in todo], "sampling_params": {"max_new_tokens": 0},
+            out = self._request({"input_ids": [ids[i] for i in todo], "sampling_params": {"max_new_tokens": 0},
                               "return_logprob": True, "logprob_start_len": 0})
             for i, o in zip(todo, out):
                 result[i] = list(o["meta_info"]["input_token_logprobs"])
         return result
+
+
+def check_finished(meta_info: dict[str, Any]) -> None:
+    """A sequence that ended in an abort is an error of the program, never its result: its text
+    and logprobs were cut short wherever the abort found them."""
+    reason = meta_info.get("finish_reason")
+    if isinstance(reason, dict) and reason.get("type") == "abort":
+        raise RuntimeError(f"request aborted: {reason.get('message', 'no reason given')}")
+
+
+def _checked_stream(chunks: Iterator[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
+    for delta, meta_info in chunks:
+        check_finished(meta_info)
+        yield delta, meta_info
 
 
 def choice_token_logprobs(entries: list, choice: str) -> list[tuple]:

@@ -42,7 +42,7 @@ class TreeNode:
         return not self.children
 
 
-def _common_len(node_key: list[int], key: list[int], start: int) -> int:
+def common_len(node_key: list[int], key: list[int], start: int) -> int:
     """Length of the common prefix of node_key and key[start:]; linear in the answer."""
     n = min(len(node_key), len(key) - start)
     if node_key[:n] == key[start:start + n]:  # the usual case, compared at C speed
@@ -81,7 +81,7 @@ class RadixCache:
         key = key if isinstance(key, list) else list(key)
         node, pos, slots, now = self.root, 0, [], self._tick()
         while pos < len(key) and (child := node.children.get(key[pos])) is not None:
-            n = _common_len(child.key, key, pos)
+            n = common_len(child.key, key, pos)
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now
@@ -108,7 +108,7 @@ class RadixCache:
             if child is None:
                 self._add_leaf(node, key[pos:], value[pos:], now)
                 break
-            n = _common_len(child.key, key, pos)
+            n = common_len(child.key, key, pos)
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now

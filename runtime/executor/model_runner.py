@@ -2,10 +2,12 @@
 sampler) and turns a step's inputs into sampled tokens."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
@@ -16,23 +18,25 @@ from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, Tabl
 from sgl.runtime.disaggregation.transfer import KVTransferAgent, PoolIO
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
+from sgl.runtime.executor.logit_rows import LogitRows, auto_logit_rows
 from sgl.runtime.executor.pooling import PoolingConfig, read_pooling_config
+from sgl.runtime.executor.step_results import PendingResult, step_outputs
 from sgl.runtime.executor.tensor_parallel import (agree_min, broadcast_step, init_tensor_parallel,
                                                    leave_tensor_parallel, share_sampled_ids)
-from sgl.runtime.grammar import bitmask_to_bool
 from sgl.runtime.layers.attention import kv_cache_scales
 from sgl.runtime.layers.custom_all_reduce import uninstall as uninstall_one_shot
 from sgl.runtime.loader import kv_layout, load_model
 from sgl.runtime.loader.bundled import bundled_model_path
-from sgl.runtime.sampling.sampler import Sampler, SamplingBatchInfo
+from sgl.runtime.sampling.sampler import Sampler
 from sgl.runtime.scheduler.contract import (DraftInputs, KVJob, KVJobResult, KVLinkSpec, RunnerInfo,
-                                            RunResult, SamplingInputs, StepInputs)
+                                            StepInputs, StepOutOfMemory)
 from sgl.runtime.speculative.tree import DraftTree
 
 logger = logging.getLogger("sgl.runner")
 
 _CPU_KV_BYTES = 1 << 30     # default KV budget on CPU
 _GPU_MEM_FRACTION = 0.88    # weights + KV share of GPU memory when unset (an 80 GB card)
+_MAX_PROFILE_TOKENS = 32768  # longest profiled prefill (chunked prefill off: the context length)
 
 
 def static_fraction(dtype: torch.dtype) -> float:
@@ -83,12 +87,14 @@ class ModelRunner:
                                  custom_all_reduce_max_bytes=server_args.custom_all_reduce_max_bytes)
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", torch.cuda.current_device())
+        self.graph_runner = self.verify_graph_runner = self.draft_graph_runner = None
+        self.step_reserve: Any = None  # the profile step's measure (memory_profile.StepReserve), GPU only
         try:
             configure_gemv(not server_args.disable_gemv, server_args.gemv_configs)
             self._init_model()
-            self._init_memory()
             self.attn_backend = get_attention_backend(self._attention_backend_name())()
             self.sampler = Sampler()
+            self._init_memory()
             self._init_speculative()
             self._init_cuda_graphs()
         except Exception:
@@ -104,11 +110,13 @@ class ModelRunner:
             can_overlap=self.device.type == "cuda" and (self.tp_size == 1 or self.shares_sampled_ids),
             kv_layout=(self.loaded.num_layers, self.loaded.num_kv_heads, self.loaded.head_dim,
                        str(self.kv_cache_dtype)),  # the pool's dtype (FP8 KV differs)
-            kv_backend=server_args.transfer_backend(self.device.type))
+            kv_backend=server_args.transfer_backend(self.device.type),
+            can_retry_steps=self.tp_size == 1)
         self.kv_transfer: Optional[KVTransferAgent] = None  # prefill-decode links, when opened
         self.used_cuda_graph = False
         self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's sampled ids
         self.captured_hidden: Optional[torch.Tensor] = None  # the last step's, kept for the drafter (EAGLE)
+        self.pooled: Optional[torch.Tensor] = None  # the last step's (num_pool_spans, hidden) sums
         # Table writes rank 0 applied for its drafter, owed to the other ranks' tables.
         self._writes_for_followers: list[TableWrites] = []
 
@@ -122,6 +130,7 @@ class ModelRunner:
         self.model = self.loaded.model
         self.vocab_size = self.loaded.vocab_size
         self.context_len = self.loaded.context_len
+        self.max_logit_rows = self.args.logits_chunk_size or auto_logit_rows(self.vocab_size)
         self.pooling: Optional[PoolingConfig] = None
         if not self.args.is_embedding:
             self.model.head()  # a checkpoint without an LM head cannot generate: say so now
@@ -131,14 +140,18 @@ class ModelRunner:
 
     def _init_memory(self) -> None:
         L = self.loaded
+        default_running = 256 if self.device.type == "cpu" else 1024
+        self.max_running_requests = self.args.max_running_requests or default_running
+        chunk = self.args.chunked_prefill_size
+        if chunk is None:
+            chunk = 2048 if self.device.type == "cpu" else 8192
+        self.chunked_prefill_size = chunk if chunk > 0 else max(self.args.max_prefill_tokens, self.context_len)
         # An FP8 pool holds one byte an element: twice bfloat16's tokens in the same memory.
         probe = MHATokenToKVPool(1, L.num_kv_heads, L.head_dim, L.num_layers, self.kv_cache_dtype, "meta")
         self.max_total_tokens = self.args.max_total_tokens or self._auto_pool_tokens(
             probe.bytes_per_token() + self._draft_bytes_per_token())
         if self.tp_size > 1:  # every rank must hold the same slots
             self.max_total_tokens = agree_min(self.max_total_tokens)
-        default_running = 256 if self.device.type == "cpu" else 1024
-        self.max_running_requests = self.args.max_running_requests or default_running
         max_reqs = min(self.max_running_requests, self.max_total_tokens) + 1
         width = min(self.context_len, self.max_total_tokens) + 8
         self.req_to_token_pool = ReqToTokenPool(max_reqs, width, self.device)
@@ -146,10 +159,6 @@ class ModelRunner:
                                         L.num_layers, self.kv_cache_dtype, self.device)
         if self.kv_pool.is_fp8:  # the checkpoint's scales (kv_cache_scheme), else 1.0
             self.kv_pool.set_scales(*kv_cache_scales(self.model))
-        chunk = self.args.chunked_prefill_size
-        if chunk is None:
-            chunk = 2048 if self.device.type == "cpu" else 8192
-        self.chunked_prefill_size = chunk if chunk > 0 else max(self.args.max_prefill_tokens, self.context_len)
         logger.info("KV pool: %d tokens (%.2f GB, %s), max running requests %d",
                     self.max_total_tokens, self.max_total_tokens * probe.bytes_per_token() / 1e9,
                     str(self.kv_cache_dtype).removeprefix("torch."), self.max_running_requests)
@@ -167,20 +176,52 @@ class ModelRunner:
 
     def _auto_pool_tokens(self, bytes_per_token: int) -> int:
         if self.device.type == "cpu":
+            logger.info("KV pool sized from the CPU budget (%d MB); no profile step on CPU",
+                        _CPU_KV_BYTES >> 20)
             return int(min(65536, max(4096, _CPU_KV_BYTES // bytes_per_token)))
         # Memory an earlier engine of this process freed sits in torch's cache, which the driver
         # counts as used: hand it back first, or a second engine gets a pool sized from scraps.
         gc.collect()
         torch.cuda.empty_cache()
+        reserve = self._step_reserve_bytes()
         free, total = torch.cuda.mem_get_info(self.device)
         frac = self.args.mem_fraction_static or static_fraction(self.dtype)
-        budget = total * frac - (total - free)  # what is left of our share after the weights
+        by_fraction = total * frac - (total - free)  # what is left of our share after the weights
+        budget = by_fraction if reserve is None else min(by_fraction, free - reserve)
+        logger.info("KV pool budget %.2f GB: %.2f GB free after the weights, %.2f GB by "
+                    "mem_fraction_static %.3f%s", budget / 1e9, free / 1e9, by_fraction / 1e9, frac,
+                    "" if reserve is None else f", {(free - reserve) / 1e9:.2f} GB after the "
+                    f"{reserve / 1e9:.2f} GB step and graph reserve")
         return max(int(budget // bytes_per_token), 1024)
+
+    def _step_reserve_bytes(self) -> Optional[int]:
+        """What needs room outside the pool: the largest step (profiled), and the decode graphs
+        (each captured size keeps its (bs, vocab) float32 logits; their activations are at
+        most the profiled decode step's). None if the profile step itself ran out of memory:
+        the fraction alone sizes the pool then."""
+        from sgl.runtime.executor.memory_profile import log_reserve, profile_steps
+        num_tokens = min(self.chunked_prefill_size, _MAX_PROFILE_TOKENS, self.context_len)
+        try:
+            reserve = profile_steps(self, num_tokens, self.max_running_requests)
+        except torch.OutOfMemoryError:
+            logger.warning("the profile step ran out of memory; sizing the KV pool by "
+                           "mem_fraction_static alone")
+            gc.collect()
+            torch.cuda.empty_cache()
+            return None
+        log_reserve(reserve)
+        self.step_reserve = reserve
+        graphs = sum(self._graph_batch_sizes()) * self.vocab_size * 4  # each size keeps its logits
+        logger.info("Decode graphs' logits: %.2f GB", graphs / 1e9)
+        return reserve.bytes + graphs + reserve.decode_bytes
 
     def shutdown(self) -> None:
         """Release the CUDA graphs now rather than whenever the runner is collected (a graph
         destroyed while another engine of this process captures breaks that capture); rank 0
-        of a tensor-parallel group also releases the other ranks and leaves the groups."""
+        of a tensor-parallel group also releases the other ranks and leaves the groups. Then
+        the weights, the KV pool, the table and the drafter go too, even while something still
+        holds this runner (an Engine kept by the default backend): a second engine of this
+        process gets the memory back."""
         if self.kv_transfer is not None:
             self.kv_transfer.close_all()
         if self.tp_size > 1 and self.tp_rank == 0 and dist.is_initialized():
@@ -188,6 +229,18 @@ class ModelRunner:
             leave_tensor_parallel(self)  # resets the graphs first
         else:
             self.release_cuda_graphs()
+        self.release_memory()
+
+    def release_memory(self) -> None:
+        """Drop every device tensor this runner holds; it cannot run steps afterwards."""
+        self.drafter = None
+        self.model = self.loaded = None
+        self.kv_pool = self.req_to_token_pool = self.attn_backend = None
+        self._last_tokens = self.captured_hidden = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
 
     def release_cuda_graphs(self) -> None:
         """Reset and drop every captured graph (decode, verify, draft). Graphs that captured NCCL
@@ -213,16 +266,24 @@ class ModelRunner:
         if self._attention_backend_name() != "triton":
             logger.info("CUDA graphs need the triton attention backend; decoding eagerly")
             return
-        from sgl.runtime.executor.cuda_graph_runner import CudaGraphRunner, auto_max_bs, default_batch_sizes
-        max_bs = self.args.cuda_graph_max_bs or auto_max_bs(torch.cuda.get_device_properties(self.device).total_memory)
-        max_bs = min(max_bs, self.max_running_requests)
-        sizes = self.args.cuda_graph_bs or default_batch_sizes(max_bs)
-        sizes = [bs for bs in sizes if bs <= self.max_running_requests]
+        from sgl.runtime.executor.cuda_graph_runner import CudaGraphRunner
+        sizes = self._graph_batch_sizes()
         self.graph_runner = CudaGraphRunner(self, sizes)
         if self.args.speculative_algorithm:
             self.prepare_verify_graphs(self.args.speculative_settings()[2])
         if self.drafter is not None:
             self.drafter.graph_runner = self.prepare_draft_graphs(self.drafter)
+
+    def _graph_batch_sizes(self) -> list[int]:
+        """The decode batch sizes captured in CUDA graphs (none where decode runs eagerly)."""
+        from sgl.runtime.executor.cuda_graph_runner import auto_max_bs, default_batch_sizes
+        if (self.device.type != "cuda" or self.args.disable_cuda_graph
+                or self._attention_backend_name() != "triton"):
+            return []
+        max_bs = self.args.cuda_graph_max_bs or auto_max_bs(torch.cuda.get_device_properties(self.device).total_memory)
+        max_bs = min(max_bs, self.max_running_requests)
+        sizes = self.args.cuda_graph_bs or default_batch_sizes(max_bs)
+        return [bs for bs in sizes if bs <= self.max_running_requests]
 
     def prepare_verify_graphs(self, num_rows: int) -> None:
         """Speculative verify forwards (the target over each request's root and draft tree of at
@@ -310,12 +371,20 @@ class ModelRunner:
     @torch.inference_mode()
     def forward_logits(self, batch: ForwardBatch, keep_hidden: bool = False,
                        pool_spans: Optional[list[tuple[int, int]]] = None) -> torch.Tensor:
-        """(num_logit_rows, vocab) float32 logits for batch.logits_indices. With keep_hidden, the
-        step's hidden states (the final ones, or the captured layers' for an EAGLE-3 drafter)
-        are kept for the drafter. With pool_spans (embeddings), the float32 sums of the final
-        hidden states over each span's rows go to `self.pooled`. Decode batches replay the
-        decode graphs, verify batches (tree masks) the verify graphs, when their sizes were
-        captured."""
+        """(num_logit_rows, vocab) float32 logits for batch.logits_indices, all at once (see
+        `forward_rows`)."""
+        return self.forward_rows(batch, keep_hidden, pool_spans).all()
+
+    @torch.inference_mode()
+    def forward_rows(self, batch: ForwardBatch, keep_hidden: bool = False,
+                     pool_spans: Optional[list[tuple[int, int]]] = None) -> LogitRows:
+        """The forward, and the logits of batch.logits_indices: computed with it when they fit
+        in one chunk of `max_logit_rows`, else chunk by chunk as they are read (a prefill whose
+        every row scores a prompt logprob). With keep_hidden, the step's hidden states (the
+        final ones, or the captured layers' for an EAGLE-3 drafter) are kept for the drafter.
+        With pool_spans (embeddings), the float32 sums of the final hidden states over each
+        span's rows go to `self.pooled`. Decode batches replay the decode graphs, verify
+        batches (tree masks) the verify graphs, when their sizes were captured."""
         verify_plan = None
         if self.verify_graph_runner is not None:  # on the host, before the batch moves
             verify_plan = self.verify_graph_runner.plan(batch)
@@ -329,11 +398,11 @@ class ModelRunner:
             self.used_cuda_graph = True
             logits, hidden = self.verify_graph_runner.replay(batch, verify_plan, keep_hidden)
             self.captured_hidden = hidden if keep_hidden else None
-            return logits
+            return self._rows(logits)
         self.used_cuda_graph = (not keep_hidden and not pool_spans and self.graph_runner is not None
                                 and self.graph_runner.can_run(batch))
         if self.used_cuda_graph:
-            return self.graph_runner.replay(batch)
+            return self._rows(self.graph_runner.replay(batch))
         self.attn_backend.init_forward_metadata(batch)
         hidden = self.model(batch.input_ids, batch.positions, batch)  # (num_tokens, hidden)
         if keep_hidden:
@@ -341,8 +410,14 @@ class ModelRunner:
         if pool_spans:
             self.pooled = torch.stack([hidden[lo:hi].float().sum(0) for lo, hi in pool_spans])
         if batch.logits_indices.numel() == 0:  # embedding steps sample nothing (and may have no LM head)
-            return hidden.new_empty((0, self.vocab_size), dtype=torch.float32)
-        return self.model.compute_logits(hidden[batch.logits_indices])
+            return self._rows(hidden.new_empty((0, self.vocab_size), dtype=torch.float32))
+        rows = hidden[batch.logits_indices]  # (num_logit_rows, hidden)
+        if rows.shape[0] <= self.max_logit_rows:
+            return self._rows(self.model.compute_logits(rows))
+        return LogitRows.of_hidden(rows, self.model.compute_logits, self.max_logit_rows)
+
+    def _rows(self, logits: torch.Tensor) -> LogitRows:
+        return LogitRows(int(logits.shape[0]), self.max_logit_rows, logits=logits)
 
     @torch.inference_mode()
     def follow_step(self, batch: ForwardBatch, writes: list[Optional[TableWrites]], num_sampled: int) -> None:
@@ -350,123 +425,56 @@ class ModelRunner:
         order), the same forward, and the ids rank 0 sampled (overlap: a later step names them)."""
         for w in writes:
             self.req_to_token_pool.apply(w)
-        self.forward_logits(dataclasses.replace(batch))
+        self.forward_rows(dataclasses.replace(batch)).materialize()  # rank 0's LM-head chunks
         if num_sampled:
             self._last_tokens = share_sampled_ids(
                 torch.empty(num_sampled, dtype=torch.int64, device=self.device))
 
     @torch.inference_mode()
-    def launch_batch(self, step: StepInputs) -> "PendingResult":
+    def launch_batch(self, step: StepInputs) -> PendingResult:
         """Queue the step's forward and sampling on the device without waiting for them; the
         returned handle's `resolve()` waits and reads the results back. Overlap scheduling plans
         the next step in between (its input ids may name this step's tokens: `future_src`)."""
         return self.launch_sampling(step, self.launch_forward(step))
 
     @torch.inference_mode()
-    def launch_forward(self, step: StepInputs) -> torch.Tensor:
-        """Queue the forward alone: logits of step.batch.logits_indices (device tensor)."""
+    def launch_forward(self, step: StepInputs) -> LogitRows:
+        """Queue the forward alone: the logit rows of step.batch.logits_indices."""
         if self.tp_size > 1:  # the other ranks run the same forward (rank 0 alone samples)
             num_sampled = len(step.sample_rows) if self.shares_sampled_ids else 0
             writes = self._writes_for_followers + [step.table_writes]
             self._writes_for_followers = []
             broadcast_step((dataclasses.replace(step.batch), writes, num_sampled))
         self.req_to_token_pool.apply(step.table_writes)
-        return self.forward_logits(step.batch, keep_hidden=step.capture_hidden, pool_spans=step.pool_spans)
+        with self._out_of_memory_as_step_error():
+            return self.forward_rows(step.batch, keep_hidden=step.capture_hidden,
+                                     pool_spans=step.pool_spans)
 
     @torch.inference_mode()
-    def launch_sampling(self, step: StepInputs, logits: torch.Tensor) -> "PendingResult":
-        """Queue sampling (with step.vocab_mask, which may be filled after launch_forward)."""
+    def launch_sampling(self, step: StepInputs, rows: LogitRows) -> PendingResult:
+        """Queue sampling (with step.vocab_mask, which may be filled after launch_forward) and
+        the prompt logprobs, a bounded chunk of logit rows at a time."""
         pending = PendingResult(step, self.used_cuda_graph)
-        if step.sample_rows:
-            pending.sampled = self._sample(logits, step)
+        with self._out_of_memory_as_step_error():
+            pending.sampled, pending.prompt_lp = step_outputs(rows, step, self.sampler,
+                                                              self.vocab_size, self.device)
+        if pending.sampled is not None:
             self._last_tokens = pending.sampled.next_token_ids
             if self.shares_sampled_ids:  # the other ranks keep them too, for the next future_src
                 share_sampled_ids(self._last_tokens)
-        if step.lp_rows:
-            pending.prompt_lp = self._prompt_logprobs(logits, step)
         if step.pool_spans:
             pending.pooled = self.pooled
         pending.copy_to_host()
         return pending
 
-    def _sample(self, logits: torch.Tensor, step: StepInputs) -> Any:
-        s: SamplingInputs = step.sampling
-        info = SamplingBatchInfo.from_requests(s.params, s.seeds, s.steps, s.prompt_ids, s.output_ids,
-                                               s.min_tokens_ids, self.vocab_size, self.device)
-        rows = logits[_on(step.sample_rows, logits.device)]
-        mask = None
-        if step.vocab_mask is not None:  # packed grammar bitmask -> (bs, vocab) bool, on the device
-            mask = bitmask_to_bool(step.vocab_mask.to(self.device, non_blocking=True), self.vocab_size)
-        return self.sampler.forward(rows, info, vocab_mask=mask, top_logprobs_num=step.top_logprobs_num)
-
-    def _prompt_logprobs(self, logits: torch.Tensor, step: StepInputs) -> tuple[torch.Tensor, Any]:
-        rows, targets = _on(step.lp_rows, logits.device), _on(step.lp_targets, logits.device)
-        logprobs = torch.log_softmax(logits[rows].float(), dim=-1)
-        chosen = logprobs.gather(1, targets[:, None]).squeeze(1)
-        k = min(step.top_logprobs_num, logprobs.shape[-1])  # never more than the vocabulary
-        return chosen, (logprobs.topk(k, dim=-1) if k else None)
-
-
-class PendingResult:
-    """A launched step: its results are being copied to pinned host memory behind the step's
-    kernels; `resolve()` waits for that copy alone (an event), not for work queued after it."""
-
-    def __init__(self, step: StepInputs, used_cuda_graph: bool) -> None:
-        self.step, self.used_cuda_graph = step, used_cuda_graph
-        self.sampled: Any = None     # the sampler's output (tensors)
-        self.prompt_lp: Any = None   # (chosen logprobs, (top values, top ids) or None)
-        self.pooled: Optional[torch.Tensor] = None  # (num_pool_spans, hidden) float32 sums
-        self._host: dict[str, torch.Tensor] = {}
-        self._event: Any = None
-
-    def copy_to_host(self) -> None:
-        out, step = self.sampled, self.step
-        tensors = {}
-        if out is not None:
-            tensors["ids"] = out.next_token_ids
-            if step.need_logprobs:
-                tensors["lp"] = out.logprobs
-                if step.top_logprobs_num:
-                    tensors["top_vals"], tensors["top_ids"] = out.top_logprobs_vals, out.top_logprobs_ids
-        if self.prompt_lp is not None:
-            tensors["in_lp"] = self.prompt_lp[0]
-            if self.prompt_lp[1] is not None:
-                tensors["in_top_vals"], tensors["in_top_ids"] = self.prompt_lp[1]
-        if self.pooled is not None:
-            tensors["pooled"] = self.pooled
-        for name, t in tensors.items():
-            if t.device.type == "cuda":
-                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                host.copy_(t, non_blocking=True)
-                t = host
-            self._host[name] = t
-        if any(t.device.type == "cuda" for t in tensors.values()):
-            self._event = torch.cuda.Event()
-            self._event.record()
-
-    def resolve(self) -> RunResult:
-        if self._event is not None:
-            self._event.synchronize()
-        h = self._host
-        result = RunResult(next_token_ids=h["ids"].tolist() if "ids" in h else [],
-                           used_cuda_graph=self.used_cuda_graph)
-        if "lp" in h:
-            result.logprobs = h["lp"].tolist()
-        if "top_vals" in h:
-            result.top_logprobs = _pairs(h["top_vals"], h["top_ids"])
-        if "in_lp" in h:
-            result.input_logprobs = h["in_lp"].tolist()
-        if "in_top_vals" in h:
-            result.input_top_logprobs = _pairs(h["in_top_vals"], h["in_top_ids"])
-        if "pooled" in h:
-            result.pooled = list(h["pooled"].unbind(0))
-        return result
-
-
-def _on(values: list[int], device: torch.device) -> torch.Tensor:
-    """Indices to the device without waiting for the GPU (torch.tensor(..., device=) would)."""
-    return torch.tensor(values, dtype=torch.int64).to(device, non_blocking=True)
-
-
-def _pairs(vals: torch.Tensor, ids: torch.Tensor) -> list[list[tuple[float, int]]]:
-    return [list(zip(v, i)) for v, i in zip(vals.tolist(), ids.tolist())]
+    @contextlib.contextmanager
+    def _out_of_memory_as_step_error(self) -> Iterator[None]:
+        """Out of device memory in a step: hand the allocator's cached blocks back and raise
+        StepOutOfMemory, which the scheduler answers by running the work in smaller steps."""
+        try:
+            yield
+        except torch.OutOfMemoryError as e:
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise StepOutOfMemory(str(e).split("\n")[0]) from e

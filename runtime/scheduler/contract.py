@@ -29,6 +29,8 @@ class RunnerInfo:
     chunked_prefill_size: int
     can_overlap: bool = False    # launches return before the device is done, and a later step may
                                  # name this step's sampled ids (`ForwardBatch.future_src`)
+    can_retry_steps: bool = True  # a step that raised may be run again in parts (not under tensor
+                                  # parallelism: the other ranks may be inside its collectives)
     pooling: Optional[PoolingConfig] = None  # an embedding model (--is-embedding): how it pools
     kv_layout: tuple = ()        # (layers, kv heads, head dim, dtype) of the pool: KV moves between
                                  # servers only when both sides' layouts are equal
@@ -67,7 +69,10 @@ class StepInputs:
 
 @dataclass
 class RunResult:
-    """Runner -> scheduler: sampled tokens and, when asked, logprobs."""
+    """Runner -> scheduler: sampled tokens and, when asked, logprobs. A request of the batch
+    whose rows the runner could not compute correctly is named in `failed_reqs` (its index in
+    the ForwardBatch -> why); its tokens and logprobs in this result are meaningless, and the
+    scheduler fails that request alone."""
     next_token_ids: list[int]
     logprobs: list[float] = field(default_factory=list)                       # per sample row
     top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
@@ -75,6 +80,13 @@ class RunResult:
     input_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
     used_cuda_graph: bool = False  # for the step log
     pooled: list[torch.Tensor] = field(default_factory=list)  # per pool span: (hidden,) float32 CPU sum
+    failed_reqs: dict[int, str] = field(default_factory=dict)
+
+
+class StepOutOfMemory(RuntimeError):
+    """Raised by a runner whose step ran out of device memory, after it has released what it
+    could (its allocator's cached blocks). Nothing of the step is kept: the scheduler may run
+    the same work again in smaller steps."""
 
 
 @dataclass
@@ -152,7 +164,9 @@ class PendingStep(Protocol):
 
 
 class Runner(Protocol):
-    """The executor as the scheduler sees it."""
+    """The executor as the scheduler sees it. A launch or a `resolve()` may raise (out of
+    memory: `StepOutOfMemory`); the scheduler then forgets what the step wrote and runs the
+    work again in smaller steps (scheduler/recovery.py)."""
     info: RunnerInfo
 
     def launch_batch(self, step: StepInputs) -> PendingStep:

@@ -10,6 +10,7 @@ import torch
 
 from sgl.runtime.grammar import (GrammarManager, allocate_token_bitmask, common_prefix_len,
                                  create_grammar_backend, retokenize_with_jump)
+from sgl.runtime.io_struct import abort_reason
 from sgl.runtime.sampling.params import SamplingParams
 from sgl.runtime.scheduler.req import Req
 
@@ -46,8 +47,8 @@ class GrammarCoordinator:
         if spec is None:
             return False
         if self.manager is None:
-            req.finish({"type": "abort", "message": "structured output needs --grammar-backend "
-                        "xgrammar or outlines (and a tokenizer)"})
+            req.finish(abort_reason("structured output needs --grammar-backend xgrammar or "
+                                    "outlines (and a tokenizer)", 400))
             return False
         req.grammar_handle = self.manager.submit(*spec)
         self.waiting.append(req)
@@ -62,7 +63,7 @@ class GrammarCoordinator:
                 continue
             self.waiting.remove(req)
             if isinstance(result, Exception):
-                req.finish({"type": "abort", "message": f"invalid grammar: {result}"})
+                req.finish(abort_reason(f"invalid grammar: {result}", 400))
                 failed.append(req)
             else:
                 req.grammar = result
@@ -101,7 +102,7 @@ class GrammarCoordinator:
         refused or ends the grammar. True while the request goes on."""
         g = req.grammar
         if not g.accept_token(token):
-            req.finish({"type": "abort", "message": f"token {token} violates the grammar"})
+            req.finish(abort_reason(f"token {token} violates the grammar", 500))
             return False
         if g.is_terminated():
             req.finish({"type": "stop", "matched": token})

@@ -50,7 +50,7 @@ class KVManager:
             return False
         req.req_pool_idx = row
         req.kv_indices = prefix.clone()
-        req.cache_protected_len = int(prefix.numel())
+        req.cache_protected_len = req.confirmed_len = int(prefix.numel())
         req.last_node = node
         if node is not None:
             self.tree.inc_lock_ref(node)
@@ -82,6 +82,23 @@ class KVManager:
         assert keep >= req.cache_protected_len
         self.allocator.free(req.kv_indices[keep:])
         req.kv_indices = req.kv_indices[:keep]
+        req.confirmed_len = min(req.confirmed_len, keep)
+
+    def confirm(self, req: Req, upto: int) -> None:
+        """The KV of req's first `upto` tokens is computed (a step that wrote it was read back)."""
+        req.confirmed_len = max(req.confirmed_len, min(upto, req.num_computed))
+
+    def roll_back(self, req: Req, upto: Optional[int] = None) -> None:
+        """Forget KV written by steps that were not read back (they failed) from position `upto`
+        on (default: everything unconfirmed); the slots go back to the allocator. The table row
+        is written again whole, since the lost steps may have carried writes the runner never
+        applied."""
+        keep = req.confirmed_len if upto is None else min(upto, req.confirmed_len)
+        if req.num_computed > keep:
+            self.truncate(req, keep)
+        req.confirmed_len = keep
+        if req.num_computed:
+            self.table.write(req.req_pool_idx, 0, req.kv_indices)
 
     def cache_unfinished(self, req: Req, upto: Optional[int] = None) -> None:
         """Insert a still-running request's computed tokens (the first `upto` of them, if

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from re import _parser as re_parser  # the public sre_parse alias is deprecated since 3.11
 from typing import Any, Optional
 
-from sgl.runtime.io_struct import TokenOutput
+from sgl.runtime.io_struct import TokenOutput, abort_reason
 from sgl.runtime.sampling.params import SamplingParams
 from sgl.runtime.scheduler.batch import StepBook, VerifyRows
 from sgl.runtime.scheduler.contract import RunResult, StepInputs
@@ -91,29 +91,59 @@ class ResultProcessor:
 
     def process(self, plan: StepPlan, step: StepInputs, book: StepBook,
                 result: RunResult) -> list[TokenOutput]:
-        _store_prompt_logprobs(book, result)
+        # KV a step wrote is confirmed once its results are applied (recovery rolls back the rest)
+        ends = {id(req): start + n for req, start, n in zip(plan.reqs, step.batch.prefix_lens_cpu,
+                                                            plan.num_new)}
+        failed = self._fail_rows(plan, step, book, result)
+        _store_prompt_logprobs(book, result, failed)
         for req, rows_sum in zip(book.pool_owners, result.pooled):
-            req.add_pooled(rows_sum)
+            if id(req) not in failed:
+                req.add_pooled(rows_sum)
         dropped = {id(r) for r in book.sample_reqs if is_stale(r, book)}
+        sampled = {id(r) for r in book.sample_reqs}
+        for req in plan.reqs:
+            if id(req) not in sampled and id(req) not in failed:
+                self.kv.confirm(req, ends[id(req)])  # a prompt chunk
         row = 0
         while row < len(book.sample_reqs):
             req = book.sample_reqs[row]
-            if id(req) in dropped:
-                row += 1
-                continue
             rows = book.verify.get(id(req))
+            num_rows = 1 + len(rows.tree) if rows is not None else 1
+            if id(req) in dropped or id(req) in failed:
+                row += num_rows
+                continue
             if rows is not None:  # speculative: 1 + len(draft) rows
                 book.num_generated += self._accept_draft(req, rows, result, row)
-                row += 1 + len(rows.tree)
-                continue
-            self._append(req, result, row)
-            book.num_generated += 1
-            row += 1
+                self.kv.confirm(req, req.num_computed)
+            else:
+                self._append(req, result, row)
+                book.num_generated += 1
+                self.kv.confirm(req, ends[id(req)])
+            row += num_rows
         for req in book.prefill_done:
-            req.finish({"type": "length", "length": 0})
+            if id(req) not in failed:
+                req.finish({"type": "length", "length": 0})
         if self.spec is not None:
             self.spec.observe_step(plan, step, book)
         return self._outputs(plan, book, dropped)
+
+    def _fail_rows(self, plan: StepPlan, step: StepInputs, book: StepBook,
+                   result: RunResult) -> set[int]:
+        """Requests the runner could not compute (`RunResult.failed_reqs`): their KV of this step
+        is forgotten and they finish with the runner's error; the rest of the step stands."""
+        failed = set()
+        for i, message in result.failed_reqs.items():
+            req = plan.reqs[i]
+            if is_stale(req, book):
+                continue
+            rows = book.verify.get(id(req))
+            if rows is not None:
+                self.kv.free(rows.slots)
+                rows.kept = [0]  # nothing of the draft is the request's any more
+            self.kv.roll_back(req, upto=step.batch.prefix_lens_cpu[i])
+            req.finish(abort_reason(f"the runner failed on this request: {message}", 500))
+            failed.add(id(req))
+        return failed
 
     def _append(self, req: Req, result: RunResult, row: int) -> None:
         token = result.next_token_ids[row]
@@ -181,8 +211,10 @@ def is_stale(req: Req, book: StepBook) -> bool:
                                               and book.versions[id(req)] != req.version)
 
 
-def _store_prompt_logprobs(book: StepBook, result: RunResult) -> None:
+def _store_prompt_logprobs(book: StepBook, result: RunResult, failed: set[int]) -> None:
     for i, req in enumerate(book.lp_owners):
+        if id(req) in failed:
+            continue
         if not req.input_logprobs and req.input_logprob_from == 0:
             req.input_logprobs.append(None)  # the first token has no context to score it
             req.input_top_logprobs.append(None)

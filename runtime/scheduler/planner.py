@@ -1,16 +1,26 @@
 """Chooses what runs this step, in tokens: every running request catches up on its missing
 tokens (one for a decoding request, a chunk for a prompt), then waiting requests are admitted
 while the token budget, the request limit and the KV reserve allow. Retracts requests when
-running ones cannot get KV."""
+running ones cannot get KV. A waiting request that shares an uncached prefix with a prompt this
+step computes is held back until that prompt is in the radix tree, so the prefix is computed
+once (SGLang's in-batch prefix check)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
 from sgl.runtime.scheduler.kv_manager import KVManager
+from sgl.runtime.scheduler.prefix_trie import PrefixTrie
 from sgl.runtime.scheduler.req import Req, ReqState
+
+# A waiting request is held back when it shares a prefix of at least this many tokens with a
+# prompt in flight, and the radix tree does not hold all of it yet (SGLang's threshold is 32 too).
+# Shorter common prefixes (a chat template's first tokens) are cheaper to compute twice than to
+# wait a step for.
+IN_BATCH_PREFIX_MIN_SHARED = 32
 
 
 @dataclass
@@ -54,11 +64,35 @@ class NewTokenRatio:
         self.value = 1.0
 
 
+@dataclass
+class StepCaps:
+    """Temporary limits on a step's size after a step failed (recovery.py): at most `num_reqs`
+    requests running and `num_tokens` prompt tokens per step; None: no limit."""
+    num_reqs: Optional[int] = None
+    num_tokens: Optional[int] = None
+
+    @property
+    def active(self) -> bool:
+        return self.num_reqs is not None or self.num_tokens is not None
+
+
 class Planner:
     def __init__(self, kv: KVManager, chunk_size: int, max_running: int, ratio: NewTokenRatio,
                  mixed: bool = False) -> None:
         self.kv, self.chunk_size, self.max_running, self.ratio = kv, chunk_size, max_running, ratio
         self.mixed = mixed
+        self.caps = StepCaps()
+
+    @property
+    def token_budget(self) -> int:
+        """Prompt tokens one step may compute."""
+        cap = self.caps.num_tokens
+        return self.chunk_size if cap is None else min(cap, self.chunk_size)
+
+    @property
+    def running_limit(self) -> int:
+        cap = self.caps.num_reqs
+        return self.max_running if cap is None else min(cap, self.max_running)
 
     def plan(self, running: list[Req], waiting: list[Req]) -> StepPlan:
         """`waiting` must already be in policy order. Mutates both lists: admitted requests move
@@ -84,17 +118,17 @@ class Planner:
         prompts = [r for r in running if r.seq_len - r.num_computed > 1]
         if not prompts and not waiting:
             return False
-        wants, budget = self._wants(prompts, self.chunk_size)
+        wants, budget = self._wants(prompts, self.token_budget)
         if wants and not self._add_all(wants, plan):
             return False
         self._admit(running, waiting, plan, budget)
         return bool(plan.reqs)
 
     def _schedule_running(self, running: list[Req], waiting: list[Req], plan: StepPlan) -> int:
-        wants, budget = self._wants(running, self.chunk_size)
+        wants, budget = self._wants(running, self.token_budget)
         if self._add_all(wants, plan):  # the common case: one allocation for the whole batch
             return budget
-        budget = self.chunk_size  # short of KV: one request at a time, retracting as needed
+        budget = self.token_budget  # short of KV: one request at a time, retracting as needed
         for req in list(running):
             if req not in running:  # retracted while making room for an earlier one
                 continue
@@ -158,13 +192,15 @@ class Planner:
             return current
         return None
 
-    def retract(self, req: Req, running: list[Req], waiting: list[Req], plan: StepPlan) -> None:
+    def retract(self, req: Req, running: list[Req], waiting: list[Req],
+                plan: Optional[StepPlan] = None) -> None:
         self.kv.release(req)
         running.remove(req)
         req.draft = None
         req.state = ReqState.WAITING
         waiting.insert(0, req)
-        plan.retracted.append(req)
+        if plan is not None:
+            plan.retracted.append(req)
         if not req.input_logprobs_sent:  # its prompt rows are recomputed on readmission
             req.input_logprobs, req.input_top_logprobs = [], []
         self.ratio.bump()
@@ -173,10 +209,13 @@ class Planner:
         if not waiting:
             return
         reserve = sum(self._reserve(r) for r in running)
+        computing = self._prompts_in_flight(running)
         for req in list(waiting):
-            if budget <= 0 or len(running) >= self.max_running:
+            if budget <= 0 or len(running) >= self.running_limit:
                 break
             prefix, node = self.kv.match(req)
+            if computing is not None and self._shares_uncached(req, int(prefix.numel()), computing):
+                continue  # admitted once the shared prefix is in the tree (next step)
             n = min(req.seq_len - int(prefix.numel()), budget)
             need = n + self._reserve(req, after_prefix=int(prefix.numel()) + n)
             # The matched prefix is evictable until we lock it, so it does not count as free room.
@@ -200,6 +239,28 @@ class Planner:
             plan.num_cached += int(prefix.numel())
             budget -= n
             reserve += self._reserve(req, after_prefix=int(prefix.numel()) + n)
+            if computing is not None:
+                computing.insert(req.all_ids)
+
+    def _prompts_in_flight(self, running: list[Req]) -> Optional[PrefixTrie]:
+        """The sequences of running requests whose prompt work is not done (not all in the radix
+        tree yet); None when there is no tree to share through."""
+        if self.kv.tree.disable:
+            return None
+        trie = PrefixTrie()
+        for req in running:
+            if req.seq_len - req.num_computed > 1:
+                trie.insert(req.all_ids)
+        return trie
+
+    @staticmethod
+    def _shares_uncached(req: Req, num_cached: int, computing: PrefixTrie) -> bool:
+        """Whether req would compute part of a long prefix that a prompt in flight computes too."""
+        reusable = req.all_ids[:req.max_prefix_len()]
+        if len(reusable) < IN_BATCH_PREFIX_MIN_SHARED or len(reusable) == num_cached:
+            return False
+        shared = computing.match_len(reusable)
+        return shared >= IN_BATCH_PREFIX_MIN_SHARED and shared > num_cached
 
     def _reserve(self, req: Req, after_prefix: int | None = None) -> int:
         computed = req.num_computed if after_prefix is None else after_prefix

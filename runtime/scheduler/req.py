@@ -34,6 +34,7 @@ class Req:
         self._kv_len = 0
         self.last_node: Any = None        # locked radix node covering kv_indices[:cache_protected_len]
         self.cache_protected_len = 0      # leading slots owned by the radix tree
+        self.confirmed_len = 0            # leading slots whose KV a step that was read back wrote
         self.cached_tokens = 0            # prompt tokens served from the cache at first admission
         self.num_admissions = 0
         # Logprobs waiting to be sent with the next output.

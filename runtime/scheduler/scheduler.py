@@ -10,7 +10,8 @@ from typing import Any, Optional, Protocol
 
 from sgl.runtime.cache.memory_pool import ReqTable, TokenAllocator
 from sgl.runtime.cache.radix_cache import RadixCache, assert_pool_invariant
-from sgl.runtime.io_struct import AbortReq, FlushCacheReq, TokenizedGenerateReq, TokenOutput
+from sgl.runtime.io_struct import (AbortReq, FlushCacheReq, TokenizedGenerateReq, TokenOutput,
+                                   abort_reason)
 from sgl.runtime.scheduler.batch import StepBook, build_step
 from sgl.runtime.scheduler.contract import PendingStep, RunResult, Runner, StepInputs
 from sgl.runtime.scheduler.grammar import GrammarCoordinator
@@ -19,12 +20,12 @@ from sgl.runtime.scheduler.output import ResultProcessor, StopChecker, make_outp
 from sgl.runtime.scheduler.overlap import InFlight, OverlapChain
 from sgl.runtime.scheduler.planner import NewTokenRatio, Planner, StepPlan
 from sgl.runtime.scheduler.policy import order_waiting
+from sgl.runtime.scheduler.recovery import OpenStep, StepRecovery
 from sgl.runtime.scheduler.req import Req, ReqState
 from sgl.runtime.scheduler.stats import StepLogger
 from sgl.runtime.speculative.decoder import SpecDecoder, optional_spec
 
 logger = logging.getLogger("sgl.scheduler")
-
 
 
 class StepHook(Protocol):
@@ -47,6 +48,8 @@ class Scheduler:
         self.spec: Optional[SpecDecoder] = optional_spec(server_args, runner, self.kv)
         self.stats = StepLogger(server_args, self)
         self.results = ResultProcessor(self.kv, self.grammar, self.stop_checker, self.spec, self.finish)
+        self.recovery = StepRecovery(self.planner, self.kv, self._release_draft, self.finish)
+        self._open: list[OpenStep] = []  # launched steps not read back yet (undone if one fails)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         # Overlap scheduling (overlap.py): where the runner launches asynchronously (GPUs), it
@@ -161,7 +164,7 @@ class Scheduler:
             self.inflight = None
         outs = self.abort("")
         for out in outs:
-            out.finished_reason = {"type": "abort", "message": message}
+            out.finished_reason = abort_reason(message, 500)
         return outs
 
     def flush_cache(self) -> bool:
@@ -180,16 +183,32 @@ class Scheduler:
     # -- the loop ----------------------------------------------------------------------------
     def step(self) -> list[TokenOutput]:
         if not self.step_hooks:
-            return self._step()
+            return self._guarded_step()
         for hook in self.step_hooks:
             hook.begin()
         extend_before, t0 = self.stats.num_extend_passes, time.perf_counter()
         try:
-            return self._step()
+            return self._guarded_step()
         finally:
             elapsed, ran_extend = time.perf_counter() - t0, self.stats.num_extend_passes > extend_before
             for hook in self.step_hooks:
                 hook.end(elapsed, ran_extend)
+
+    def _guarded_step(self) -> list[TokenOutput]:
+        try:
+            return self._step()
+        except Exception as e:  # noqa: BLE001 - a failed step is undone and retried in parts
+            return self._recover(e) + self._take_early_outputs()
+
+    def _recover(self, error: Exception) -> list[TokenOutput]:
+        """Undo the steps in flight and retry their work in smaller steps (recovery.py);
+        errors outside a step (no step open), or of a runner that cannot retry (tensor
+        parallelism), go to the loop, which aborts everything."""
+        steps, self._open, self.inflight = self._open, [], None
+        if not steps or not self.info.can_retry_steps:
+            raise error
+        failed = self.recovery.recover(error, steps, self.running, self.waiting)
+        return [make_output(r) for r in failed]
 
     def _step(self) -> list[TokenOutput]:
         outputs = self._take_early_outputs()
@@ -208,6 +227,7 @@ class Scheduler:
         if not plan.reqs:
             return outputs + self._fail_unschedulable()
         step, book = build_step(plan, self.kv, self.spec is not None and self.spec.needs_hidden)
+        self._open.append((plan, step, book))
         step.vocab_mask = self.grammar.vocab_mask(book.sample_reqs,
                                                   paths=book.sample_paths if book.verify else None)
         pending = self.runner.launch_batch(step)
@@ -220,21 +240,30 @@ class Scheduler:
     def _chain(self) -> Optional[InFlight]:
         flight = self.chain.chain(self.inflight, len(self.running), bool(self.waiting))
         self.stats.num_overlapped += flight is not None
+        if flight is not None:
+            self._open.append(flight[:3])
         return flight
 
     def _complete(self, plan: StepPlan, step: StepInputs, book: StepBook,
                   pending: PendingStep) -> list[TokenOutput]:
         result: RunResult = pending.resolve()
         outputs = self.results.process(plan, step, book, result)
+        self._open = [s for s in self._open if s[2] is not book]
+        self.recovery.on_good_step()
+        self.recovery.num_failed_reqs += len(result.failed_reqs)
         self.stats.log_step(plan, step, book, result, self.spec)
         return outputs
 
     def drain(self) -> None:
         """Finish the step in flight (overlap); its outputs go out with the next step's."""
-        if self.inflight is not None:
+        if self.inflight is None:
+            return
+        try:
             flight = self.chain.finish_launch(self.inflight)
             self.inflight = None
             self._early_outputs += self._complete(*flight)
+        except Exception as e:  # noqa: BLE001 - as in a step
+            self._early_outputs += self._recover(e)
 
     def _take_early_outputs(self) -> list[TokenOutput]:
         ready, failed = self.grammar.poll() if self.grammar.waiting else ([], [])
@@ -244,6 +273,10 @@ class Scheduler:
         self._early_outputs = []
         return outputs
 
+    def _release_draft(self, req: Req) -> None:
+        if self.spec is not None:
+            self.spec.release(req)
+
     def finish(self, req: Req) -> None:
         if self.spec is not None:
             self.spec.release(req)
@@ -252,14 +285,22 @@ class Scheduler:
         req.state = ReqState.FINISHED
 
     def _fail_unschedulable(self) -> list[TokenOutput]:
-        # Nothing could run: with nothing running, the head request can never fit.
-        if not self.waiting or self.running:
+        """Nothing could run. With requests running, the planner retracted all but one and that
+        one cannot grow in the pool: it fails (it would wait forever). With none running, the
+        head waiting request can never fit."""
+        if self.running:
+            req = self.running[0]
+            req.finish(abort_reason(f"request needs more KV cache than the pool holds ({req.seq_len} "
+                                    f"tokens, pool {self.allocator.size})", 400))
+            self.finish(req)
+            return [make_output(req)]
+        if not self.waiting:
             if self.grammar.waiting:
                 time.sleep(0.001)  # only grammars compiling: do not spin
             return []
         req = self.waiting.pop(0)
-        req.finish({"type": "abort", "message": f"request needs more KV cache than the pool holds "
-                    f"({req.seq_len} tokens, pool {self.allocator.size})"})
+        req.finish(abort_reason(f"request needs more KV cache than the pool holds ({req.seq_len} "
+                                f"tokens, pool {self.allocator.size})", 400))
         return [TokenOutput(rid=req.rid, new_token_ids=[], finished_reason=req.finished_reason,
                             prompt_tokens=req.prompt_len)]
 

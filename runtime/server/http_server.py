@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sgl.runtime.config import ServerArgs
+from sgl.runtime.io_struct import RequestFailed
 from sgl.runtime.server.compat_routes import add_compat_routes
 from sgl.runtime.server.data_parallel import merge_states
 from sgl.runtime.server.embedding_routes import add_embedding_routes
@@ -104,7 +105,7 @@ async def _generate_one(ctx: ServerContext) -> bool:
     try:
         await asyncio.wait_for(run(), _HEALTH_TIMEOUT_S)
         return True
-    except (asyncio.TimeoutError, ValueError):
+    except (asyncio.TimeoutError, ValueError, RequestFailed):
         return False
 
 
@@ -145,6 +146,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ValueError)
     async def value_error(_: Request, e: ValueError) -> JSONResponse:
         return from_value_error(e).response()
+
+    @app.exception_handler(RequestFailed)  # the runtime gave up on it (BadRequest: a 400)
+    async def request_failed(_: Request, e: RequestFailed) -> JSONResponse:
+        return JSONResponse(error_body(e.message, e.status_code), status_code=e.status_code)
 
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(request: Request, e: BodyTooLarge) -> JSONResponse:
@@ -242,7 +247,7 @@ def _add_control_routes(app: FastAPI, ctx: ServerContext) -> None:
         obj = await read_json(request)
         parsed = await _parse_native(front, obj)
         if parsed.stream:
-            return sse_response(native_stream(front, obj, parsed))
+            return await sse_response(request, native_stream(front, obj, parsed))
         results = await collect(request, front, obj, parsed)
         return JSONResponse(results if parsed.is_batch else results[0])
 

@@ -67,7 +67,7 @@ class OpenAIServing:
         echoes = self._echo_texts(req, parsed) if req.echo else None
         view = fmt.CompletionView(req, f"cmpl-{uuid.uuid4().hex}", self.model_names[0], echoes)
         if req.stream:
-            return sse_response(self._stream(view, obj, parsed))
+            return await sse_response(request, self._stream(view, obj, parsed))
         results = await collect(request, self.front, obj, parsed)
         return JSONResponse(view.response(results))
 
@@ -100,7 +100,7 @@ class OpenAIServing:
                             plan.parser if plan is not None else None,
                             self._reasoning(req, prompt))
         if req.stream:
-            return sse_response(self._stream(view, obj, parsed))
+            return await sse_response(request, self._stream(view, obj, parsed))
         results = await collect(request, self.front, obj, parsed)
         return JSONResponse(view.response(results))
 
@@ -204,16 +204,19 @@ class OpenAIServing:
         return text
 
     async def _stream(self, view: Any, obj: dict[str, Any], parsed: Any) -> AsyncIterator[str]:
-        last = None
+        last, num_sent = None, 0
         try:
             async for results in stream_results(self.front, obj, parsed):
                 last = results
                 for chunk in view.chunks(results):
+                    num_sent += 1
                     yield sse(chunk)
             if view.req.include_usage and last is not None:
                 yield sse(view.usage_chunk(last))
-        except Exception as e:  # headers are sent: report in-band, then end the stream
-            yield error_event(e)
+        except Exception as e:
+            if not num_sent:  # no headers sent yet: an error status (sse_response)
+                raise
+            yield error_event(e)  # headers are sent: report in-band, then end the stream
         yield "data: [DONE]\n\n"
 
 

@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from sgl.runtime.io_struct import RequestFailed
 from sgl.runtime.server.errors import ApiError, error_body
 from sgl.runtime.tokenizer_manager import RequestTimedOut
 
@@ -67,14 +68,30 @@ def sse(obj: Any) -> str:
 
 
 def error_event(e: Exception) -> str:
-    status = e.status if isinstance(e, ApiError) else 504 if isinstance(e, RequestTimedOut) else 500
+    """The final event of a stream that failed (headers are sent: the status is in-band)."""
+    if isinstance(e, ApiError):
+        status = e.status
+    elif isinstance(e, RequestFailed):
+        status = e.status_code
+    else:
+        status = 504 if isinstance(e, RequestTimedOut) else 500
     return sse(error_body(str(e), status))
 
 
-def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+async def sse_response(request: Request, events: AsyncIterator[str]) -> StreamingResponse:
+    """The stream's headers go out with its first event: a request that fails before it (refused
+    or failed by the runtime) gets its error status and body like a non-streamed one; one that
+    fails later ends with an error event (`events` raise only before their first event)."""
+    first = await unless_disconnected(request, events.__anext__())
+
+    async def chained() -> AsyncIterator[str]:
+        yield first
+        async for event in events:
+            yield event
+
     # On a client disconnect Starlette cancels this iterator; the cancellation reaches the front
     # end's generator, whose `finally` sends the abort.
-    return StreamingResponse(events, media_type="text/event-stream",
+    return StreamingResponse(chained(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -92,6 +109,8 @@ async def native_stream(front: Any, obj: dict[str, Any], parsed: Any) -> AsyncIt
                     continue
                 sent[i] = key
                 yield sse(dict(r, index=i) if many else r)
-    except Exception as e:  # headers are already sent: report in-band
-        yield error_event(e)
+    except Exception as e:
+        if not sent:  # no headers sent yet: an error status (sse_response)
+            raise
+        yield error_event(e)  # headers are already sent: report in-band
     yield "data: [DONE]\n\n"

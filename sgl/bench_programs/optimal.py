@@ -13,57 +13,9 @@ admitted in the same step, or from a finished request whose last output token ha
 runtime feeds a sampled token to the model only on the next step)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-
-@dataclass
-class _Node:
-    edge: list[int] = field(default_factory=list)  # tokens on the edge from the parent
-    children: dict[int, _Node] = field(default_factory=dict)
-
-
-class PrefixTrie:
-    """Token sequences as a radix tree: `match` is the longest prefix of `ids` that some
-    inserted sequence starts with; `num_tokens` counts distinct (prefix) tokens held."""
-
-    def __init__(self) -> None:
-        self.root = _Node()
-        self.num_tokens = 0
-
-    def match(self, ids: list[int]) -> int:
-        node, i = self.root, 0
-        while i < len(ids) and ids[i] in node.children:
-            child = node.children[ids[i]]
-            k = _common_len(child.edge, ids, i)
-            i += k
-            if k < len(child.edge):
-                break
-            node = child
-        return i
-
-    def insert(self, ids: list[int]) -> None:
-        node, i = self.root, 0
-        while i < len(ids):
-            child = node.children.get(ids[i])
-            if child is None:
-                node.children[ids[i]] = _Node(list(ids[i:]))
-                self.num_tokens += len(ids) - i
-                return
-            k = _common_len(child.edge, ids, i)
-            if k < len(child.edge):  # split the edge where the new sequence leaves it
-                mid = _Node(child.edge[:k], {child.edge[k]: child})
-                child.edge = child.edge[k:]
-                node.children[ids[i]] = mid
-                child = mid
-            node, i = child, i + k
-
-
-def _common_len(edge: list[int], ids: list[int], start: int) -> int:
-    n = min(len(edge), len(ids) - start)
-    k = 0
-    while k < n and edge[k] == ids[start + k]:
-        k += 1
-    return k
+from sgl.runtime.scheduler.prefix_trie import PrefixTrie
 
 
 @dataclass
@@ -101,6 +53,6 @@ def optimal_cached_tokens(requests: list[SentRequest]) -> tuple[list[int], int]:
         if is_done:
             trie.insert(r.prompt_ids + r.output_ids)
         else:
-            reused[i] = min(trie.match(r.prompt_ids), r.max_reuse())
+            reused[i] = min(trie.match_len(r.prompt_ids), r.max_reuse())
             trie.insert(r.prompt_ids)
     return reused, trie.num_tokens

@@ -33,6 +33,25 @@ def test_each_benchmark_reads_its_figures_from_result_lines():
     assert [f.name for f in by_name["decode_bs1_fp8"].figures(rows[:1])] == [
         "decode_bs1_fp8.median_step_tok_s", "decode_bs1_fp8.end_to_end_tok_s"]
     assert by_name["prefill_fp8"].figures(rows)[0].name == "prefill_8x4096_fp8.seconds"
+    programs = by_name["programs"].figures([{"figures": {
+        "hellaswag_128_speedup_vs_cache_off": 6.5, "hellaswag_128_differ_from_8_at_a_time": 0,
+        "hellaswag_128_failed_steps": None, "logprobs_8k_top20_ok": True}}])
+    got = {f.name: (f.value, f.higher_is_better) for f in programs}
+    assert got["programs.hellaswag_128_speedup_vs_cache_off"] == (6.5, True)
+    assert got["programs.hellaswag_128_differ_from_8_at_a_time"] == (0.0, False)
+    assert got["programs.logprobs_8k_top20_ok"] == (1.0, True)
+
+
+def test_programs_benchmark_trie_optimum_and_workload_shapes():
+    from sgl.bench_programs_scale import extraction_args, hellaswag_args, trie_optimum
+    # 2 prompts sharing 3 of their 4 tokens, and one alone: 3 of 12 tokens need not be computed
+    assert trie_optimum([[1, 2, 3, 4], [1, 2, 3, 5], [9, 8, 7, 6]]) == pytest.approx(3 / 12)
+    progs = hellaswag_args(5)
+    assert len({p["prefix"] for p in progs}) == 1 and all(len(p["endings"]) == 4 for p in progs)
+    assert all(len(e.split()) == 15 for e in progs[0]["endings"])
+    assert len(progs[0]["prefix"].split()) == 16 * (25 + 1 + 15)  # 16 shots: context, "Answer:", ending
+    docs = extraction_args(num_docs=8, per_doc=16)
+    assert len(docs) == 128 and len({d["doc"] for d in docs}) == 8
 
 
 def test_fp8_benchmarks_pass_the_fp8_flags():

@@ -29,7 +29,7 @@ def test_trie_matches_brute_force(seed):
     rng = random.Random(seed)
     trie, inserted = PrefixTrie(), []
     for seq in _random_seqs(rng, 60):
-        assert trie.match(seq) == max((_lcp(seq, s) for s in inserted), default=0)
+        assert trie.match_len(seq) == max((_lcp(seq, s) for s in inserted), default=0)
         trie.insert(seq)
         inserted.append(seq)
         distinct = {tuple(s[:k]) for s in inserted for k in range(1, len(s) + 1)}

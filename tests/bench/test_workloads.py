@@ -3,7 +3,6 @@ the optimum the driver computes from the same run's requests, the scheduler's ow
 which program each request is recorded for."""
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
 from collections import Counter
@@ -21,8 +20,6 @@ SIZES = Sizes(scale=0.1, output_scale=0.02, seed=0)
 # may miss is the last output token of a request a later one extends (never fed to the model,
 # so it has no KV) and tokens that fork branches share past the fork point, sent together.
 TOLERANCE = 0.97
-GAP = ("requests sharing a prefix nobody computed yet, admitted in the same scheduler step, "
-       "each compute it (runtime/scheduler: the known same-batch prefix gap)")
 
 
 @pytest.mark.parametrize("name", list(WORKLOADS))
@@ -84,12 +81,7 @@ def test_cold_burst_stays_under_the_optimum(cold_burst):
     assert cold_burst.cached_tokens <= cold_burst.optimal_cached_tokens
 
 
-# The gap closes where the planner holds back waiting requests that share an uncached prefix with
-# a prompt in flight (issue 26's prefix_trie; this test XPASSes on a merge of that branch). Until
-# that code is in the tree this is a strict xfail; once it is, delete the marker.
-_GAP_OPEN = importlib.util.find_spec("sgl.runtime.scheduler.prefix_trie") is None
-
-
-@pytest.mark.xfail(_GAP_OPEN, strict=True, reason=GAP)
 def test_cold_burst_reaches_the_optimum(cold_burst):
+    """Requests sharing a prefix nobody computed yet, arriving together, compute it once: the
+    planner holds back those sharing an uncached prefix with a prompt in flight (issue 26)."""
     assert cold_burst.cached_tokens >= TOLERANCE * cold_burst.optimal_cached_tokens

@@ -15,18 +15,6 @@ engine_mod = pytest.importorskip("sgl.runtime.engine")
 GREEDY = {"temperature": 0.0}
 
 
-@pytest.fixture(scope="module")
-def engine():
-    eng = engine_mod.Engine()
-    yield eng
-    eng.shutdown()
-
-
-@pytest.fixture(scope="module")
-def backend(engine):
-    return sgl.LocalBackend(engine)
-
-
 def engine_text(engine, prompt: str, max_new_tokens: int, stop=("<|im_end|>",)) -> str:
     return engine.generate(prompt, {"max_new_tokens": max_new_tokens, "temperature": 0.0,
                                     "stop": list(stop)})["text"]

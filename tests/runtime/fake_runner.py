@@ -3,15 +3,57 @@ of each slot and reads a request's whole history back through the request->token
 scheduler mistake about slots, prefixes or table rows changes the output."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
 from sgl.runtime.cache.memory_pool import ReqToTokenPool
 from sgl.runtime.disaggregation.transfer import KVTransferAgent
 from sgl.runtime.scheduler.contract import (DraftInputs, KVJob, KVJobResult, KVLinkSpec, RunnerInfo,
-                                            RunResult, StepInputs)
+                                            RunResult, StepInputs, StepOutOfMemory)
 from sgl.runtime.speculative.tree import DraftTree
 
 VOCAB = 97
+GARBAGE = -2  # what a failed step leaves in the KV it wrote: any read of it changes the output
+
+
+@dataclass
+class Faults:
+    """Failures the fake runner injects, all decided by what a step holds (so the same request
+    fails however it is batched). Rows of a request whose new tokens include `poison_token`
+    fail alone (`RunResult.failed_reqs`); a step holding `crash_token`, or more new tokens or
+    requests than the `oom_*` limits, raises (StepOutOfMemory for the limits). `at_resolve`:
+    raise when the step is read back instead of at launch. A failed step writes GARBAGE."""
+    poison_token: Optional[int] = None
+    crash_token: Optional[int] = None
+    oom_above_tokens: Optional[int] = None
+    oom_above_reqs: Optional[int] = None
+    oom_token: Optional[int] = None  # a step holding it is out of memory, however small
+    at_resolve: bool = False
+    num_raised: int = 0
+
+    def error(self, step: StepInputs) -> Optional[Exception]:
+        b, ids = step.batch, set(step.batch.input_ids.tolist())
+        if self.crash_token is not None and self.crash_token in ids:
+            return RuntimeError("injected device error")
+        if self.oom_token is not None and self.oom_token in ids:
+            return StepOutOfMemory("injected: out of memory (oom_token)")
+        if self.oom_above_tokens is not None and b.num_tokens > self.oom_above_tokens:
+            return StepOutOfMemory(f"injected: {b.num_tokens} tokens > {self.oom_above_tokens}")
+        if self.oom_above_reqs is not None and b.batch_size > self.oom_above_reqs:
+            return StepOutOfMemory(f"injected: {b.batch_size} requests > {self.oom_above_reqs}")
+        return None
+
+    def poisoned(self, step: StepInputs) -> dict[int, str]:
+        if self.poison_token is None:
+            return {}
+        b, out, start = step.batch, {}, 0
+        for i, n in enumerate(b.extend_lens_cpu):
+            if self.poison_token in b.input_ids[start:start + n].tolist():
+                out[i] = "injected row fault"
+            start += n
+        return out
 
 
 def next_token(history: list[int]) -> int:
@@ -41,7 +83,9 @@ class FakeRunner:
     """Implements the scheduler's `Runner` protocol (runtime/scheduler/contract.py)."""
 
     def __init__(self, max_total_tokens: int = 512, max_running_requests: int = 64,
-                 chunked_prefill_size: int = 64, context_len: int = 256) -> None:
+                 chunked_prefill_size: int = 64, context_len: int = 256,
+                 faults: Optional[Faults] = None) -> None:
+        self.faults = faults or Faults()
         self.info = RunnerInfo(vocab_size=VOCAB, context_len=context_len,
                                max_total_tokens=max_total_tokens,
                                max_running_requests=max_running_requests,
@@ -60,6 +104,7 @@ class FakeRunner:
         slots = self.req_to_token_pool.req_to_token[row, :length].to(torch.int64)
         hist = self.slot_tokens[slots].tolist()
         assert -1 not in hist, "read a slot nothing wrote"
+        assert GARBAGE not in hist, "read KV that a failed step wrote"
         return hist
 
     def run_batch(self, step: StepInputs) -> RunResult:
@@ -68,9 +113,11 @@ class FakeRunner:
         self.num_steps += 1
         self.batch_sizes.append(b.batch_size)
         self.slot_tokens[b.out_cache_loc] = b.input_ids
-        row_hist = self._row_histories(step)
+        failed = self.faults.poisoned(step)
+        self._spoil(step, failed)
+        row_hist = self._row_histories(step, set(failed))
         nxt = [next_token(row_hist[r]) for r in step.sample_rows]
-        result = RunResult(next_token_ids=nxt)
+        result = RunResult(next_token_ids=nxt, failed_reqs=failed)
         if step.need_logprobs:
             result.logprobs = [fake_logprob(row_hist[r], t) for r, t in zip(step.sample_rows, nxt)]
         result.input_logprobs = [fake_logprob(row_hist[r], t) for r, t in zip(step.lp_rows, step.lp_targets)]
@@ -83,6 +130,15 @@ class FakeRunner:
         if b.future_src is not None:
             prev = torch.tensor(self.last_tokens, dtype=torch.int64)
             b.input_ids = torch.where(b.future_src >= 0, prev[b.future_src.clamp(min=0)], b.input_ids)
+        error = self.faults.error(step)
+        if error is not None:
+            self.faults.num_raised += 1
+            if not self.faults.at_resolve:
+                raise error  # before anything ran: the step's table writes are lost too
+            self.req_to_token_pool.apply(step.table_writes)
+            self.slot_tokens[b.out_cache_loc] = GARBAGE
+            self.last_tokens = [0] * len(step.sample_rows)
+            return Done(None, error)
         result = self.run_batch(step)
         if step.sample_rows:
             self.last_tokens = result.next_token_ids
@@ -112,7 +168,15 @@ class FakeRunner:
     def close_kv_link(self, link_id: int) -> None:
         self.kv_transfer.close(link_id)
 
-    def _row_histories(self, step: StepInputs) -> list[list[int]]:
+    def _spoil(self, step: StepInputs, failed: dict[int, str]) -> None:
+        """A failed request's KV of this step is garbage."""
+        b, start = step.batch, 0
+        for i, n in enumerate(b.extend_lens_cpu):
+            if i in failed:
+                self.slot_tokens[b.out_cache_loc[start:start + n]] = GARBAGE
+            start += n
+
+    def _row_histories(self, step: StepInputs, failed: set[int] = frozenset()) -> list[list[int]]:
         b = step.batch
         owner, start = [], 0
         for i, n in enumerate(b.extend_lens_cpu):
@@ -122,7 +186,7 @@ class FakeRunner:
         for token_idx in b.logits_indices.tolist():
             i = owner[token_idx]
             pos = int(b.positions[token_idx])
-            out.append(self.history(int(b.req_pool_indices[i]), pos + 1))
+            out.append([] if i in failed else self.history(int(b.req_pool_indices[i]), pos + 1))
         return out
 
 
@@ -144,8 +208,10 @@ class SlotTokensIO:
 
 
 class Done:
-    def __init__(self, result: RunResult) -> None:
-        self.result = result
+    def __init__(self, result: Optional[RunResult], error: Optional[Exception] = None) -> None:
+        self.result, self.error = result, error
 
     def resolve(self) -> RunResult:
+        if self.error is not None:
+            raise self.error
         return self.result

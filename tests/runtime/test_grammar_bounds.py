@@ -14,6 +14,7 @@ import pytest
 from sgl.runtime.engine import Engine
 from sgl.runtime.grammar import GrammarManager
 from sgl.runtime.grammar.base import GrammarBackend
+from sgl.runtime.io_struct import RequestFailed
 from tests.runtime.test_grammar import backends, tok  # noqa: F401 (fixtures)
 
 
@@ -34,6 +35,12 @@ class StuckBackend(GrammarBackend):
 
 def _compile_threads() -> int:
     return sum(t.name == "grammar-compile" and t.is_alive() for t in threading.enumerate())
+
+
+def _compile_thread_nice_values() -> set[int]:
+    """The nice values of this process's live compile threads (/proc/self/task/ID/stat field 19)."""
+    ids = [t.native_id for t in threading.enumerate() if t.name == "grammar-compile" and t.is_alive()]
+    return {int(open(f"/proc/self/task/{i}/stat").read().rsplit(")", 1)[1].split()[16]) for i in ids}
 
 
 def _wait(manager: GrammarManager, handle, timeout_s: float = 60.0):
@@ -96,19 +103,27 @@ def test_pathological_schemas_do_not_slow_other_requests():
 
         timed()  # warm-up
         base = statistics.median(timed() for _ in range(3))
-        outs: list = []
-        bad = [threading.Thread(target=lambda p=p: outs.append(engine.generate(
-            "{", {"max_new_tokens": 4, "json_schema": _big_schema(p)}))) for p in "ab"]
+        errors: list[RequestFailed] = []
+
+        def compile_too_long(prefix: str) -> None:
+            try:
+                engine.generate("{", {"max_new_tokens": 4, "json_schema": _big_schema(prefix)})
+            except RequestFailed as e:  # a timed-out compile fails its request
+                errors.append(e)
+
+        bad = [threading.Thread(target=compile_too_long, args=(p,)) for p in "ab"]
         for t in bad:
             t.start()
         time.sleep(0.5)  # both compiling
+        assert _compile_thread_nice_values() == {19}
         loaded = statistics.median(timed() for _ in range(3))
         for t in bad:
             t.join(30)
-        assert len(outs) == 2
-        for out in outs:
-            assert out["meta_info"]["finish_reason"]["type"] == "abort"
-            assert "timed out after 2 s" in out["meta_info"]["finish_reason"]["message"]
-        # at normal priority the two compiles made these requests 3-4x slower on 2 cores
-        assert loaded < 1.8 * base + 0.2, (base, loaded)
+        assert len(errors) == 2
+        for e in errors:
+            assert "timed out after 2 s" in str(e)
+        # At normal priority the two compiles made these requests 3-4x slower on 2 cores; at
+        # nice 19 they were not slower on a quiet machine. The bound leaves room for the other
+        # tests' processes (pytest-xdist), and the priority itself is checked below.
+        assert loaded < 2.5 * base + 0.5, (base, loaded)
         assert _compile_threads() <= 4
