@@ -99,14 +99,15 @@ def test_a_transfer_past_its_timeout_fails_and_a_new_link_works(store: Any) -> N
 
 
 def _dying_sender(port: int) -> None:
-    """A peer server's runner that pairs, starts sending ~50 MB of KV, and exits on the way."""
+    """A peer server's runner that pairs and dies while its receiver waits for the KV. (It used
+    to start a ~50 MB send first and die 20 ms later, but on a quiet machine the send could end
+    within those 20 ms and the job then succeeded.)"""
     agent = KVTransferAgent(PoolIO(random_pool(2048, 5, layers=24)))
     agent.open(spec(port, 1, 0))
     deadline = time.monotonic() + 60
-    while agent.links[1]._pg is None and time.monotonic() < deadline:  # paired: the send starts
+    while agent.links[1]._pg is None and time.monotonic() < deadline:  # paired
         time.sleep(0.001)
-    agent.submit(KVJob(1, "r", True, 2048, torch.arange(1, 2049)))
-    time.sleep(0.02)
+    time.sleep(0.2)  # the receiver's recv is posted
     os._exit(1)
 
 
