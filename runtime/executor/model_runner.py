@@ -19,6 +19,7 @@ from sgl.runtime.disaggregation.transfer import KVTransferAgent, PoolIO
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.executor.logit_rows import LogitRows, auto_logit_rows
+from sgl.runtime.executor.pool_sizing import auto_pool_tokens
 from sgl.runtime.executor.pooling import PoolingConfig, read_pooling_config
 from sgl.runtime.executor.step_results import PendingResult, step_outputs
 from sgl.runtime.executor.tensor_parallel import (agree_min, broadcast_step, init_tensor_parallel,
@@ -33,18 +34,6 @@ from sgl.runtime.scheduler.contract import (DraftInputs, KVJob, KVJobResult, KVL
 from sgl.runtime.speculative.tree import DraftTree
 
 logger = logging.getLogger("sgl.runner")
-
-_CPU_KV_BYTES = 1 << 30     # default KV budget on CPU
-_GPU_MEM_FRACTION = 0.88    # weights + KV share of GPU memory when unset (an 80 GB card)
-_MAX_PROFILE_TOKENS = 32768  # longest profiled prefill (chunked prefill off: the context length)
-
-
-def static_fraction(dtype: torch.dtype) -> float:
-    """The default share of GPU memory for weights and KV pool. The rest (activations, graph
-    pools, kernel modules) grows with the element size: a float32 8B engine given bfloat16's
-    headroom ran out of memory loading a kernel (H100)."""
-    return 1 - (1 - _GPU_MEM_FRACTION) * max(1.0, dtype.itemsize / 2)
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -148,8 +137,8 @@ class ModelRunner:
         self.chunked_prefill_size = chunk if chunk > 0 else max(self.args.max_prefill_tokens, self.context_len)
         # An FP8 pool holds one byte an element: twice bfloat16's tokens in the same memory.
         probe = MHATokenToKVPool(1, L.num_kv_heads, L.head_dim, L.num_layers, self.kv_cache_dtype, "meta")
-        self.max_total_tokens = self.args.max_total_tokens or self._auto_pool_tokens(
-            probe.bytes_per_token() + self._draft_bytes_per_token())
+        self.max_total_tokens = self.args.max_total_tokens or auto_pool_tokens(
+            self, probe.bytes_per_token() + self._draft_bytes_per_token())
         if self.tp_size > 1:  # every rank must hold the same slots
             self.max_total_tokens = agree_min(self.max_total_tokens)
         max_reqs = min(self.max_running_requests, self.max_total_tokens) + 1
@@ -173,47 +162,6 @@ class ModelRunner:
             return 0
         layers, kv_heads, head_dim = kv_layout(path)
         return MHATokenToKVPool(1, kv_heads, head_dim, layers, self.dtype, "meta").bytes_per_token()
-
-    def _auto_pool_tokens(self, bytes_per_token: int) -> int:
-        if self.device.type == "cpu":
-            logger.info("KV pool sized from the CPU budget (%d MB); no profile step on CPU",
-                        _CPU_KV_BYTES >> 20)
-            return int(min(65536, max(4096, _CPU_KV_BYTES // bytes_per_token)))
-        # Memory an earlier engine of this process freed sits in torch's cache, which the driver
-        # counts as used: hand it back first, or a second engine gets a pool sized from scraps.
-        gc.collect()
-        torch.cuda.empty_cache()
-        reserve = self._step_reserve_bytes()
-        free, total = torch.cuda.mem_get_info(self.device)
-        frac = self.args.mem_fraction_static or static_fraction(self.dtype)
-        by_fraction = total * frac - (total - free)  # what is left of our share after the weights
-        budget = by_fraction if reserve is None else min(by_fraction, free - reserve)
-        logger.info("KV pool budget %.2f GB: %.2f GB free after the weights, %.2f GB by "
-                    "mem_fraction_static %.3f%s", budget / 1e9, free / 1e9, by_fraction / 1e9, frac,
-                    "" if reserve is None else f", {(free - reserve) / 1e9:.2f} GB after the "
-                    f"{reserve / 1e9:.2f} GB step and graph reserve")
-        return max(int(budget // bytes_per_token), 1024)
-
-    def _step_reserve_bytes(self) -> Optional[int]:
-        """What needs room outside the pool: the largest step (profiled), and the decode graphs
-        (each captured size keeps its (bs, vocab) float32 logits; their activations are at
-        most the profiled decode step's). None if the profile step itself ran out of memory:
-        the fraction alone sizes the pool then."""
-        from sgl.runtime.executor.memory_profile import log_reserve, profile_steps
-        num_tokens = min(self.chunked_prefill_size, _MAX_PROFILE_TOKENS, self.context_len)
-        try:
-            reserve = profile_steps(self, num_tokens, self.max_running_requests)
-        except torch.OutOfMemoryError:
-            logger.warning("the profile step ran out of memory; sizing the KV pool by "
-                           "mem_fraction_static alone")
-            gc.collect()
-            torch.cuda.empty_cache()
-            return None
-        log_reserve(reserve)
-        self.step_reserve = reserve
-        graphs = sum(self._graph_batch_sizes()) * self.vocab_size * 4  # each size keeps its logits
-        logger.info("Decode graphs' logits: %.2f GB", graphs / 1e9)
-        return reserve.bytes + graphs + reserve.decode_bytes
 
     def shutdown(self) -> None:
         """Release the CUDA graphs now rather than whenever the runner is collected (a graph

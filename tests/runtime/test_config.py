@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sgl.runtime.config import TOOL_CALL_PARSERS, ServerArgs
-from sgl.runtime.executor.model_runner import static_fraction
+from sgl.runtime.executor.pool_sizing import static_fraction
 from sgl.runtime.server.tools.parsers import ALIASES, PARSERS
 
 

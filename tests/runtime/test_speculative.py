@@ -539,7 +539,7 @@ def test_auto_kv_pool_leaves_room_for_the_draft_pool(tmp_path):
     bench_speculative starts): a STANDALONE copy of the target halves it, an EAGLE-3 head (one
     layer) takes 1/num_layers more per token. (A small random model whose KV per token puts the
     CPU pool below its 65,536-token cap.)"""
-    from sgl.runtime.executor import model_runner
+    from sgl.runtime.executor import pool_sizing
     config = _tiny_config(hidden_size=512, num_attention_heads=8, num_key_value_heads=8,
                           num_hidden_layers=8, intermediate_size=64)
     config.save_pretrained(tmp_path / "target")
@@ -554,7 +554,7 @@ def test_auto_kv_pool_leaves_room_for_the_draft_pool(tmp_path):
     tokens, per_token = pools["plain"]
 
     def fit(nbytes: int) -> int:
-        return int(min(65536, max(4096, model_runner._CPU_KV_BYTES // nbytes)))
+        return int(min(65536, max(4096, pool_sizing._CPU_KV_BYTES // nbytes)))
     assert tokens == fit(per_token) < 65536
     assert pools["standalone"][0] == fit(2 * per_token) < tokens
     assert pools["eagle3"][0] == fit(per_token + per_token // 8) < tokens
