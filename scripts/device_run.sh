@@ -26,7 +26,9 @@ SUITE="python3 -m sgl.bench_suite --tokenizer-path .tok/llama3"
 for stage in "$@"; do
   echo "=== $stage $(date +%T)"
   case $stage in
-    gpu) python3 -m pytest -q -m gpu tests -rfE --tb=short --durations=10 > "$OUT/gpu.log" 2>&1; tail -n 30 "$OUT/gpu.log" ;;
+    # every gpu test; files whose CPU-only imports (openai, hypothesis, ...) are absent here are reported, not fatal
+    gpu) python3 -m pytest -q -m gpu ${GPU_TESTS:-tests} --continue-on-collection-errors -p no:cacheprovider -rfE --tb=short \
+        --durations=15 > "$OUT/gpu.log" 2>&1; tail -n 40 "$OUT/gpu.log" ;;
     gpu_kernels) python3 -m pytest -q -m gpu tests/kernels 2>&1 | tail -5 ;;
     # the suite on this code, compared with docs/bench_baseline.json ($SUITE_ARGS: e.g. --only ...)
     suite) $SUITE ${SUITE_ARGS:-} --out "$OUT/suite.json" ;;
