@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 from sgl.runtime.loader.gguf_config import GGUF_ARCHITECTURES, build_config
+from sgl.runtime.loader.gguf_file import GGUFFile
 from transformers import PretrainedConfig
 
 Q = GGMLQuantizationType
@@ -54,7 +55,7 @@ _LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 class GGUFCheckpoint:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.reader = GGUFReader(path)
+        self.file = GGUFFile(path)
         self.arch = str(self._meta("general.architecture"))
         if self.arch not in GGUF_ARCHITECTURES:
             raise ValueError(f"unsupported GGUF architecture {self.arch!r}; supported: "
@@ -63,7 +64,7 @@ class GGUFCheckpoint:
 
     @property
     def num_tensors(self) -> int:
-        return len(self.reader.tensors)
+        return len(self.file.tensors)
 
     def eos_token_ids(self) -> list[int]:
         """eos plus the end-of-turn / end-of-message ids llama.cpp stores separately."""
@@ -73,7 +74,7 @@ class GGUFCheckpoint:
 
     def iterate_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, float32 CPU tensor) per GGUF tensor, dequantized one at a time."""
-        for tensor in self.reader.tensors:
+        for tensor in self.file.tensors:
             if tensor.name in _CONFIG_TENSORS:
                 continue
             name = gguf_to_hf_name(tensor.name, self.arch)
@@ -92,12 +93,11 @@ class GGUFCheckpoint:
         return weight
 
     def _meta(self, key: str, default: Any = None) -> Any:
-        field = self.reader.fields.get(key)
-        return default if field is None else field.contents()
+        return self.file.fields.get(key, default)
 
     def _build_config(self) -> PretrainedConfig:
-        small = {t.name: np.asarray(t.data) for t in self.reader.tensors if t.name in _CONFIG_TENSORS}
-        shapes = {t.name: None for t in self.reader.tensors} | small
+        small = {t.name: np.asarray(t.data) for t in self.file.tensors if t.name in _CONFIG_TENSORS}
+        shapes = {t.name: None for t in self.file.tensors} | small
         return build_config(self.arch, lambda key, default: self._meta(f"{self.arch}.{key}", default),
                             shapes, self._vocab_size(), self._meta)
 
@@ -105,7 +105,7 @@ class GGUFCheckpoint:
         vocab_size = self._meta(f"{self.arch}.vocab_size")
         if vocab_size is not None:
             return int(vocab_size)
-        embed = next(t for t in self.reader.tensors if t.name == "token_embd.weight")
+        embed = next(t for t in self.file.tensors if t.name == "token_embd.weight")
         return int(embed.shape[-1])  # GGUF shapes list the fastest-varying dim first
 
 
