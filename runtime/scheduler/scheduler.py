@@ -15,6 +15,7 @@ from sgl.runtime.io_struct import (AbortReq, FlushCacheReq, TokenizedGenerateReq
 from sgl.runtime.scheduler.batch import StepBook, build_step
 from sgl.runtime.scheduler.contract import PendingStep, RunResult, Runner, StepInputs
 from sgl.runtime.scheduler.grammar import GrammarCoordinator
+from sgl.runtime.scheduler.hidden_states import HiddenStates
 from sgl.runtime.scheduler.kv_manager import KVManager
 from sgl.runtime.scheduler.output import ResultProcessor, StopChecker, make_output
 from sgl.runtime.scheduler.overlap import InFlight, OverlapChain
@@ -111,6 +112,8 @@ class Scheduler:
         req.min_tokens_ids = self.stop_checker.min_tokens_ids(params)
         if msg.is_embedding:
             req.pooling = self.info.pooling
+        if msg.return_hidden_states:
+            req.hidden = HiddenStates(last_only=msg.return_hidden_states == "last")
         req.arrival_time = time.monotonic()
         if self.grammar.submit(req):
             return  # waits in the grammar queue until compiled
