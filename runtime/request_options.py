@@ -18,11 +18,19 @@ class RequestPolicy:
     enable_priority: bool = False              # --enable-priority-scheduling
     default_priority: Optional[int] = None     # --default-priority-value
     abort_on_priority_when_disabled: bool = False
+    low_priority_values_first: bool = False
 
     @classmethod
     def from_args(cls, args: Any) -> "RequestPolicy":
         return cls(args.hidden_states_mode, args.enable_priority_scheduling,
-                   args.default_priority_value, args.abort_on_priority_when_disabled)
+                   args.default_priority_value, args.abort_on_priority_when_disabled,
+                   args.schedule_low_priority_values_first)
+
+    def rank(self, priority: Optional[int]) -> int:
+        """Smaller is preferred; no priority ranks below every explicit one."""
+        if priority is None:
+            return PRIORITY_MAX + 1
+        return priority if self.low_priority_values_first else -priority
 
 
 def parse_hidden_states(obj: dict[str, Any], num_prompts: int, policy: RequestPolicy,
