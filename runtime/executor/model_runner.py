@@ -375,12 +375,15 @@ class ModelRunner:
         return LogitRows(int(logits.shape[0]), self.max_logit_rows, logits=logits)
 
     @torch.inference_mode()
-    def follow_step(self, batch: ForwardBatch, writes: list[Optional[TableWrites]], num_sampled: int) -> None:
+    def follow_step(self, batch: ForwardBatch, writes: list[Optional[TableWrites]], num_sampled: int,
+                    hidden_rows: Optional[list[int]] = None) -> None:
         """A tensor-parallel follower's step: rank 0's table writes (its drafter's first, in
-        order), the same forward, and the ids rank 0 sampled (overlap: a later step names them)."""
+        order), the same forward (eager where rank 0's is: hidden_rows, so that the collectives
+        match a CUDA graph's padded sizes or not alike), and the ids rank 0 sampled (overlap: a
+        later step names them)."""
         for w in writes:
             self.req_to_token_pool.apply(w)
-        self.forward_rows(dataclasses.replace(batch)).materialize()  # rank 0's LM-head chunks
+        self.forward_rows(dataclasses.replace(batch), hidden_rows=hidden_rows).materialize()  # rank 0's LM-head chunks
         if num_sampled:
             self._last_tokens = share_sampled_ids(
                 torch.empty(num_sampled, dtype=torch.int64, device=self.device))
@@ -399,7 +402,7 @@ class ModelRunner:
             num_sampled = len(step.sample_rows) if self.shares_sampled_ids else 0
             writes = self._writes_for_followers + [step.table_writes]
             self._writes_for_followers = []
-            broadcast_step((dataclasses.replace(step.batch), writes, num_sampled))
+            broadcast_step((dataclasses.replace(step.batch), writes, num_sampled, step.hidden_rows))
         self.req_to_token_pool.apply(step.table_writes)
         with self._out_of_memory_as_step_error():
             return self.forward_rows(step.batch, keep_hidden=step.capture_hidden,

@@ -96,3 +96,31 @@ def test_refused_without_the_flag_and_bad_values(tiny):
             last.generate(input_ids=PROMPTS[0], sampling_params=GREEDY, return_hidden_states=True)
         with pytest.raises(ValueError, match="return_hidden_states must be"):
             last.generate(input_ids=PROMPTS[0], sampling_params=GREEDY, return_hidden_states="all")
+
+
+def test_speculative_verify_steps_keep_the_accepted_positions(tiny):
+    """NGRAM drafts: a verify step runs the root and the draft nodes; only the accepted ones are
+    the request's positions."""
+    params = dict(GREEDY, max_new_tokens=24)
+    with Engine(tiny[0], skip_tokenizer_init=True, enable_return_hidden_states=True,
+                speculative_algorithm="NGRAM", speculative_num_draft_tokens=4) as spec:
+        outs = spec.generate(input_ids=PROMPTS, sampling_params=params, return_hidden_states=True)
+    assert sum(o["meta_info"]["spec_accepted_tokens"] for o in outs) > 0, "no draft was accepted"
+    for prompt, out in zip(PROMPTS, outs):
+        torch.testing.assert_close(flatten(out["meta_info"]["hidden_states"]),
+                                   reference(tiny[1], prompt, out["output_ids"]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_steps_that_return_hidden_states_run_eagerly_and_match(tiny):
+    """On a GPU the decode steps of a request asking for hidden states leave the CUDA graphs;
+    the next request decodes under them again."""
+    with Engine(tiny[0], skip_tokenizer_init=True, enable_return_hidden_states=True,
+                device="cuda", dtype="float32") as gpu:
+        out = gpu.generate(input_ids=PROMPTS[0], sampling_params=GREEDY, return_hidden_states=True)
+        assert not gpu.scheduler.stats.cuda_graph_used
+        plain = gpu.generate(input_ids=PROMPTS[0], sampling_params=GREEDY)
+        assert gpu.scheduler.stats.cuda_graph_used and plain["output_ids"] == out["output_ids"]
+    torch.testing.assert_close(flatten(out["meta_info"]["hidden_states"]),
+                               reference(tiny[1], PROMPTS[0], out["output_ids"]), rtol=1e-3, atol=1e-3)
