@@ -14,16 +14,21 @@ PROMPTS = [[5, 17, 99, 3, 42, 8, 61, 2, 77, 13, 21], [7, 7, 7, 30, 31]]
 GREEDY = {"max_new_tokens": 5, "temperature": 0, "ignore_eos": True}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny_llama(folder) -> transformers.LlamaForCausalLM:
+    """A 2-layer random Llama (float32), saved in `folder` (the server tests use it too)."""
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=127, hidden_size=32, intermediate_size=64,
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=256, initializer_range=0.3)
+                                   max_position_embeddings=4096, initializer_range=0.3)
     model = transformers.LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tiny-llama"))
-    model.save_pretrained(path)
-    return path, model
+    return path, tiny_llama(path)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import time
 import pytest
 import requests
 import torch
-import transformers
 
 from sgl.runtime.server import Runtime
+from tests.runtime.test_hidden_states import flatten, reference, tiny_llama
 from tests.server.conftest import generate, server_state, sse_events, wait_idle
 
 PROMPT = [5, 17, 99, 3, 42, 8, 61]
@@ -22,13 +22,8 @@ GREEDY = {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True}
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=127, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=4096, initializer_range=0.3)
-    model = transformers.LlamaForCausalLM(cfg).eval()
     folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
+    model = tiny_llama(folder)
     runtime = Runtime(model_path=str(folder), skip_tokenizer_init=True, enable_return_hidden_states=True,
                       enable_priority_scheduling=True, max_running_requests=1, max_queued_requests=1,
                       chunked_prefill_size=4, max_total_tokens=8192,
@@ -37,23 +32,14 @@ def tiny(tmp_path_factory):
     runtime.shutdown()
 
 
-def _reference(model, output_ids: list[int]) -> torch.Tensor:
-    with torch.no_grad():
-        out = model(torch.tensor([PROMPT + output_ids[:-1]]), output_hidden_states=True)
-    return out.hidden_states[-1][0]
-
-
-def _flat(hidden: list) -> torch.Tensor:
-    return torch.tensor(hidden[0] + hidden[1:])
-
-
 def test_generate_returns_hidden_states_matching_transformers(tiny):
     runtime, model = tiny
     body = {"input_ids": PROMPT, "sampling_params": GREEDY, "return_hidden_states": True}
     out = generate(runtime.url, body)
     hidden = out["meta_info"]["hidden_states"]
     assert len(hidden) == GREEDY["max_new_tokens"] and len(hidden[0]) == len(PROMPT)
-    torch.testing.assert_close(_flat(hidden), _reference(model, out["output_ids"]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(flatten(hidden), reference(model, PROMPT, out["output_ids"]),
+                               rtol=1e-4, atol=1e-4)
     events = sse_events(requests.post(runtime.url + "/generate", json=dict(body, stream=True),
                                       stream=True, timeout=120))
     assert events[-1] == "[DONE]"
@@ -62,7 +48,7 @@ def test_generate_returns_hidden_states_matching_transformers(tiny):
     assert events[-2]["meta_info"]["hidden_states"] == hidden
     last = generate(runtime.url, dict(body, return_hidden_states="last"))
     torch.testing.assert_close(torch.tensor(last["meta_info"]["hidden_states"]),
-                               _reference(model, out["output_ids"])[-1], rtol=1e-4, atol=1e-4)
+                               reference(model, PROMPT, out["output_ids"])[-1], rtol=1e-4, atol=1e-4)
     wait_idle(runtime.url)
 
 
