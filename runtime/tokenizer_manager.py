@@ -70,9 +70,10 @@ class ReqStream:
             self.error = failure_of(out.finished_reason)
         if out.embedding is not None:
             self.embedding = out.embedding
-        if out.hidden_states:
+        if out.hidden_states is not None:
+            rows = out.hidden_states.tolist()
             last = self.req.return_hidden_states == "last"
-            self.hidden_rows = out.hidden_states[-1:] if last else self.hidden_rows + out.hidden_states
+            self.hidden_rows = rows[-1:] if last else self.hidden_rows + rows
         self.event.set()
 
     def _rewind(self, n: int) -> None:

@@ -22,7 +22,7 @@ def run(s) -> dict[str, dict]:
         for out in s.step():
             r = res.setdefault(out.rid, {"ids": [], "rows": [], "num_outputs": 0})
             r["ids"] += out.new_token_ids
-            r["rows"] += out.hidden_states or []
+            r["rows"] += out.hidden_states.tolist() if out.hidden_states is not None else []
             r["num_outputs"] += 1
     s.check_pool_invariant()
     s.tree.check_integrity()
