@@ -4,11 +4,15 @@ position and every output token fed back, cold, through a cached prefix and chun
 streamed, and "last"; and the error when the engine was not started to return them."""
 from __future__ import annotations
 
+import json
+
+import jsonschema
 import pytest
 import torch
 import transformers
 
 from sgl.runtime.engine import Engine
+from sgl.runtime.loader.bundled import bundled_model_path
 
 PROMPTS = [[5, 17, 99, 3, 42, 8, 61, 2, 77, 13, 21], [7, 7, 7, 30, 31]]
 GREEDY = {"max_new_tokens": 5, "temperature": 0, "ignore_eos": True}
@@ -129,3 +133,22 @@ def test_gpu_steps_that_return_hidden_states_run_eagerly_and_match(tiny):
         assert gpu.scheduler.stats.cuda_graph_used and plain["output_ids"] == out["output_ids"]
     torch.testing.assert_close(flatten(out["meta_info"]["hidden_states"]),
                                reference(tiny[1], PROMPTS[0], out["output_ids"]), rtol=1e-3, atol=1e-3)
+
+
+def test_constrained_request_asking_for_hidden_states_does_not_jump_forward(tmp_path):
+    """Jump-forward would append forced grammar text the model never ran: a request asking for
+    hidden states decodes it token by token, one vector per output token fed back."""
+    from tests.runtime.test_grammar import SCHEMAS
+    from tests.server.conftest import TINY_CONFIG
+    (tmp_path / "config.json").write_text(json.dumps(dict(TINY_CONFIG, vocab_size=49152)))
+    params = {"max_new_tokens": 96, "temperature": 0, "json_schema": json.dumps(SCHEMAS["long_keys"])}
+    with Engine(str(tmp_path), load_format="dummy", tokenizer_path=bundled_model_path(),
+                enable_return_hidden_states=True) as e:  # random weights, the bundled tokenizer
+        jumped = e.generate("Answer in JSON:", params)
+        out = e.generate("Answer in JSON:", params, return_hidden_states=True)
+    assert jumped["meta_info"]["jump_forward_tokens"] > 0
+    assert "jump_forward_tokens" not in out["meta_info"]
+    jsonschema.validate(json.loads(out["text"]), SCHEMAS["long_keys"])
+    hidden = out["meta_info"]["hidden_states"]
+    assert len(hidden) == out["meta_info"]["completion_tokens"]
+    assert len(hidden[0]) == out["meta_info"]["prompt_tokens"]
