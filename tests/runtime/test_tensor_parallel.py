@@ -117,8 +117,8 @@ def test_tp2_hidden_states_match_tp1(tmp_path, device):
     (full1, _, last1), (full2, none2, last2) = ([o["meta_info"].get("hidden_states") for o in outs]
                                                 for outs in (one, two))
     assert none2 is None and len(full2) == GREEDY["max_new_tokens"]
-    flat = lambda h: torch.tensor(h[0] + h[1:])  # noqa: E731 - [prompt rows, then vectors]
-    torch.testing.assert_close(flat(full2), flat(full1), rtol=1e-4, atol=1e-4)
+    flat = [torch.tensor(h[0] + h[1:]) for h in (full2, full1)]  # [prompt rows, then vectors]
+    torch.testing.assert_close(*flat, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(torch.tensor(last2), torch.tensor(last1), rtol=1e-4, atol=1e-4)
 
 
