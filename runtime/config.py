@@ -20,6 +20,7 @@ DISAGGREGATION_MODES = ("null", "prefill", "decode")
 TRANSFER_BACKENDS = ("auto", "nccl", "gloo")
 QUANTIZATION_METHODS = ("fp8",)
 KV_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2")
+HIDDEN_STATES_MODES = ("last", "full")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -61,10 +62,31 @@ class ServerArgs:
                                           "float32 logits (1,046 rows of a 128k vocabulary).")
     schedule_policy: str = _f("fcfs", "Order of admission from the waiting queue.", choices=SCHEDULE_POLICIES)
     schedule_conservativeness: float = _f(1.0, "Higher reserves more KV for running requests.")
+    enable_priority_scheduling: bool = _f(False, "Admit waiting requests by their `priority` (higher "
+                                          "values first; FCFS within a priority). Needs "
+                                          "--schedule-policy fcfs, as in SGLang.")
+    schedule_low_priority_values_first: bool = _f(False, "With --enable-priority-scheduling: lower "
+                                                  "priority values are admitted first.")
+    priority_scheduling_preemption_threshold: int = _f(10, "A waiting request that cannot be admitted "
+                                                       "(no request slot or KV room) preempts running "
+                                                       "requests whose priority is worse by more than this.")
+    disable_priority_preemption: bool = _f(False, "With --enable-priority-scheduling: never preempt "
+                                           "running requests for higher-priority ones.")
+    default_priority_value: Optional[int] = _f(None, "With --enable-priority-scheduling: the priority "
+                                               "of requests that give none (default: below every "
+                                               "explicit priority).")
+    abort_on_priority_when_disabled: bool = _f(False, "Without --enable-priority-scheduling: refuse "
+                                               "requests that give a priority (default: ignore it).")
     enable_mixed_chunk: bool = _f(False, "Run prompt chunks and admissions in the same step as decoding "
                                   "requests (default: a step with prompt work runs prompts only).")
     disable_radix_cache: bool = _f(False, "Turn off prefix reuse.")
     stream_interval: int = _f(1, "Stream a chunk every this many tokens.")
+    enable_return_hidden_states: bool = _f(False, "Let requests ask for the final layer's hidden states "
+                                           "(return_hidden_states); the same as "
+                                           "--return-hidden-states-mode full.")
+    return_hidden_states_mode: Optional[str] = _f(None, "The most a request may ask for: last (the last "
+                                                  "position's hidden state) or full (every position's).",
+                                                  choices=HIDDEN_STATES_MODES)
     # Kernels and GPU
     attention_backend: Optional[str] = _f(None, "triton or torch_native (auto: triton on GPU).")
     disable_cuda_graph: bool = _f(False, "Run decode eagerly.")
@@ -184,6 +206,7 @@ class ServerArgs:
             raise ValueError("dp_size > 1 runs every replica on node 0: use nnodes 1")
         self._check_speculative()
         self._check_limits()
+        self._check_request_features()
         self._check_kernels_and_parallelism()
         self._check_disaggregation()
         if self.max_total_tokens is not None and self.max_total_tokens < 2:
@@ -202,6 +225,26 @@ class ServerArgs:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+
+    def _check_request_features(self) -> None:
+        if self.return_hidden_states_mode not in (None, *HIDDEN_STATES_MODES):
+            raise ValueError(f"return_hidden_states_mode must be one of {HIDDEN_STATES_MODES}, "
+                             f"got {self.return_hidden_states_mode!r}")
+        if self.enable_priority_scheduling and self.schedule_policy != "fcfs":
+            raise ValueError(f"enable_priority_scheduling needs schedule_policy fcfs (priorities order "
+                             f"the queue first come first served within a priority, as SGLang's "
+                             f"fcfs does), got {self.schedule_policy!r}")
+        if self.priority_scheduling_preemption_threshold < 0:
+            raise ValueError("priority_scheduling_preemption_threshold must be >= 0, got "
+                             f"{self.priority_scheduling_preemption_threshold}")
+
+    @property
+    def hidden_states_mode(self) -> Optional[str]:
+        """The most hidden state a request may ask for: None, "last" or "full" (an explicit
+        --return-hidden-states-mode wins over --enable-return-hidden-states, as in SGLang)."""
+        if self.return_hidden_states_mode is not None:
+            return self.return_hidden_states_mode
+        return "full" if self.enable_return_hidden_states else None
 
     def resolved_api_key(self) -> Optional[str]:
         """The API key, from whichever of --api-key, --api-key-file, --api-key-env was given

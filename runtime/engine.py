@@ -14,6 +14,7 @@ from sgl.runtime.executor.model_runner import ModelRunner
 from sgl.runtime.executor.tensor_parallel import start_tp_workers
 from sgl.runtime.loader.tokenizer import get_tokenizer
 from sgl.runtime.request import ParsedRequest
+from sgl.runtime.request_options import HiddenMode, RequestPolicy
 from sgl.runtime.scheduler.loop import Call, run_scheduler_loop
 from sgl.runtime.scheduler.scheduler import Scheduler
 from sgl.runtime.tokenizer_manager import TokenizerManager
@@ -64,7 +65,8 @@ class Engine:
     def _init_front(self) -> None:
         self.tm = TokenizerManager(self.tokenizer, self.runner.vocab_size, self.runner.context_len,
                                    self._inbox.put, self.server_args.grammar_backend,
-                                   self.server_args.is_embedding)
+                                   self.server_args.is_embedding,
+                                   policy=RequestPolicy.from_args(self.server_args))
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="sgl-front", daemon=True)
         self._loop_thread.start()
@@ -79,10 +81,16 @@ class Engine:
                  logprob_start_len: Union[int, list, None] = None,
                  top_logprobs_num: Union[int, list, None] = None,
                  return_text_in_logprobs: bool = False, stream: bool = False,
-                 rid: Union[str, list, None] = None) -> Union[dict, list, Iterator[dict]]:
+                 rid: Union[str, list, None] = None,
+                 return_hidden_states: Union[HiddenMode, list[HiddenMode]] = False,
+                 priority: Optional[int] = None) -> Union[dict, list, Iterator[dict]]:
+        """SGLang's Engine.generate. return_hidden_states (True, "last", or one per prompt)
+        needs the engine started with enable_return_hidden_states (or return_hidden_states_mode);
+        priority orders admission with enable_priority_scheduling."""
         self._check_running()
         obj = _request(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
-                       top_logprobs_num, return_text_in_logprobs, stream, rid)
+                       top_logprobs_num, return_text_in_logprobs, stream, rid,
+                       return_hidden_states, priority)
         parsed = self.tm.parse(obj)  # raise ValueError here, in the caller's thread
         if stream:
             return self._stream_sync(obj, parsed)
@@ -94,10 +102,13 @@ class Engine:
                              logprob_start_len: Union[int, list, None] = None,
                              top_logprobs_num: Union[int, list, None] = None,
                              return_text_in_logprobs: bool = False, stream: bool = False,
-                             rid: Union[str, list, None] = None) -> Union[dict, list, AsyncIterator[dict]]:
+                             rid: Union[str, list, None] = None,
+                             return_hidden_states: Union[HiddenMode, list[HiddenMode]] = False,
+                             priority: Optional[int] = None) -> Union[dict, list, AsyncIterator[dict]]:
         self._check_running()
         obj = _request(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
-                       top_logprobs_num, return_text_in_logprobs, stream, rid)
+                       top_logprobs_num, return_text_in_logprobs, stream, rid,
+                       return_hidden_states, priority)
         parsed = self.tm.parse(obj)
         if stream:
             return self._stream_async(obj, parsed)
@@ -237,11 +248,12 @@ def _is_batch_ids(ids: Any) -> bool:
 
 def _request(prompt: Prompt, sampling_params: Any, input_ids: Any, return_logprob: Any,
              logprob_start_len: Any, top_logprobs_num: Any, return_text_in_logprobs: bool,
-             stream: bool, rid: Any) -> dict[str, Any]:
+             stream: bool, rid: Any, return_hidden_states: Any, priority: Any) -> dict[str, Any]:
     obj = {"text": prompt, "input_ids": input_ids, "sampling_params": sampling_params,
            "return_logprob": return_logprob, "logprob_start_len": logprob_start_len,
            "top_logprobs_num": top_logprobs_num, "return_text_in_logprobs": return_text_in_logprobs,
-           "stream": stream, "rid": rid}
+           "stream": stream, "rid": rid, "return_hidden_states": return_hidden_states,
+           "priority": priority}
     return {k: v for k, v in obj.items() if v is not None}
 
 

@@ -3,10 +3,13 @@ Plain dataclasses of Python values so they pickle cheaply."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from sgl.runtime.disaggregation.messages import Bootstrap
 from sgl.runtime.sampling.params import SamplingParams
+
+if TYPE_CHECKING:  # the front end's processes need not load torch for these messages
+    import torch
 
 
 def abort_reason(message: str, status_code: int) -> dict[str, Any]:
@@ -49,9 +52,10 @@ class TokenizedGenerateReq:
     logprob_start_len: int = -1  # -1: no input logprobs
     top_logprobs_num: int = 0
     stream: bool = False
-    priority: Optional[int] = None  # SGLang's request priority; stored, not yet scheduled by
+    priority: Optional[int] = None  # SGLang's request priority (scheduled with --enable-priority-scheduling)
     is_embedding: bool = False  # pool the prompt's hidden states (max_new_tokens 0) instead of generating
     bootstrap: Optional[Bootstrap] = None  # prefill-decode disaggregation: where the KV comes from
+    return_hidden_states: Union[bool, str] = False  # True: every position's final hidden state; "last"
 
 
 @dataclass
@@ -85,3 +89,6 @@ class TokenOutput:
     num_rewritten: int = 0  # drop this many already-sent output tokens before appending (jump-forward)
     text_delta: Optional[str] = None  # set by the server's detokenizer process: new decoded text
     embedding: Optional[list[float]] = None  # an embedding request's vector, with its final output
+    # return_hidden_states: (n, hidden) float32 CPU, the final hidden states of the positions
+    # computed since the last output, in order (True), or the newest position's alone ("last").
+    hidden_states: Optional[torch.Tensor] = None

@@ -10,11 +10,12 @@ from typing import Any, Optional
 from sgl.runtime.disaggregation.messages import BOOTSTRAP_FIELDS, parse_bootstrap
 from sgl.runtime.io_struct import TokenizedGenerateReq
 from sgl.runtime.request_fields import KNOWN, check_extra_fields
+from sgl.runtime.request_options import RequestPolicy, parse_hidden_states, parse_priority
 from sgl.runtime.sampling.params import SamplingParams
 
 _FIELDS = {"text", "input_ids", "sampling_params", "return_logprob", "logprob_start_len",
            "top_logprobs_num", "return_text_in_logprobs", "stream", "rid", "priority",
-           *BOOTSTRAP_FIELDS} | KNOWN
+           "return_hidden_states", *BOOTSTRAP_FIELDS} | KNOWN
 
 MAX_TOP_LOGPROBS_NUM = 20  # OpenAI's limit for top_logprobs
 
@@ -29,7 +30,8 @@ class ParsedRequest:
 
 
 def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_len: int,
-                   grammar_backend: str = "xgrammar", disaggregation_mode: str = "null") -> ParsedRequest:
+                   grammar_backend: str = "xgrammar", disaggregation_mode: str = "null",
+                   policy: RequestPolicy = RequestPolicy()) -> ParsedRequest:
     unknown = sorted(set(obj) - _FIELDS)
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)}")
@@ -48,7 +50,8 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
     stream = _typed(obj, "stream", False, bool)
     text_lp = _typed(obj, "return_text_in_logprobs", False, bool)
     rids = _rids(obj.get("rid"), len(prompts))
-    priority = _typed(obj, "priority", None, int)
+    priority = parse_priority(obj, policy)
+    hidden = parse_hidden_states(obj, len(prompts), policy, disaggregation_mode)
     reqs = []
     for i, (prompt, sp) in enumerate(zip(prompts, params)):
         _clip_max_new_tokens(sp, len(prompt), context_len)
@@ -62,7 +65,7 @@ def parse_generate(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_
                 one.seed = sp.seed + k
             rid = rids[i] if sp.n == 1 else f"{rids[i]}-{k}"
             reqs.append(TokenizedGenerateReq(rid, prompt, one, return_logprob[i], lp_start, top[i],
-                                             stream, priority))
+                                             stream, priority, return_hidden_states=hidden[i]))
     if len({r.rid for r in reqs}) != len(reqs):  # e.g. rid "a" with n=2 beside a rid "a-0"
         raise ValueError("rid: the ids of one batch (with their n copies, rid-0, rid-1, ...) "
                          "must be distinct")

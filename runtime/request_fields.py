@@ -24,7 +24,6 @@ UNSUPPORTED: dict[str, str] = {
     "encoder_urls": _MULTIMODAL,
     "lora_path": "LoRA adapters", "lora_id": "LoRA adapters",
     "custom_logit_processor": "custom logit processors",
-    "return_hidden_states": "hidden states in the output",
     "return_routed_experts": "MoE expert routing output", "routed_experts_start_len": "MoE expert routing output",
     "return_indexer_topk": "sparse-attention indexer output",
     "token_ids_logprob": "logprobs of given token ids",

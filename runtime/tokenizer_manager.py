@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 from sgl.runtime.detokenizer import IncrementalDetokenizer, visible_text
 from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput, failure_of
 from sgl.runtime.request import ParsedRequest, parse_encode, parse_generate
+from sgl.runtime.request_options import RequestPolicy
 
 
 class RequestTimedOut(TimeoutError):
@@ -34,6 +35,7 @@ class ReqStream:
         self.in_lp: Optional[list] = None
         self.in_top: Optional[list] = None
         self.embedding: Optional[list[float]] = None  # an embedding request's vector, once finished
+        self.hidden_rows: list[list[float]] = []  # return_hidden_states: by position (True), or the newest
         self.remote_text: Optional[str] = None  # decoded by a detokenizer process, when there is one
         self.event = event or asyncio.Event()  # shared by the sequences of one request
         # The error the request ends with, raised to its caller instead of a result: set by
@@ -68,6 +70,10 @@ class ReqStream:
             self.error = failure_of(out.finished_reason)
         if out.embedding is not None:
             self.embedding = out.embedding
+        if out.hidden_states is not None:
+            rows = out.hidden_states.tolist()
+            last = self.req.return_hidden_states == "last"
+            self.hidden_rows = rows[-1:] if last else self.hidden_rows + rows
         self.event.set()
 
     def _rewind(self, n: int) -> None:
@@ -98,12 +104,25 @@ class ReqStream:
         meta = dict(self.meta, finish_reason=self.finished_reason)
         if self.req.is_embedding:
             return {"embedding": self.embedding, "meta_info": meta}
+        if self.req.return_hidden_states:
+            self._add_hidden_states(meta)
         if self.req.return_logprob:
             meta["output_token_logprobs"] = [self._triple(lp, t) for lp, t in self.out_lp]
             meta["output_top_logprobs"] = [self._tops(x) for x in self.out_top] or [None] * len(self.out_lp)
             meta["input_token_logprobs"] = [self._triple(lp, t) for lp, t in (self.in_lp or [])]
             meta["input_top_logprobs"] = [self._tops(x) for x in (self.in_top or [])]
         return {"text": self.text(), "output_ids": list(self.output_ids), "meta_info": meta}
+
+    def _add_hidden_states(self, meta: dict[str, Any]) -> None:
+        """SGLang's shape: [the prompt positions' rows, then one vector per output token fed
+        back] (the last output token is never fed); "last": the newest position's vector."""
+        if self.req.return_hidden_states == "last":
+            if self.hidden_rows:
+                meta["hidden_states"] = self.hidden_rows[0]
+            return
+        n = len(self.req.input_ids)
+        rows = self.hidden_rows
+        meta["hidden_states"] = ([rows[:n]] + rows[n:]) if rows else []
 
     def _triple(self, lp: Optional[float], tid: int) -> tuple:
         return (lp, tid, self._tok_text(tid))
@@ -120,10 +139,11 @@ class ReqStream:
 class TokenizerManager:
     def __init__(self, tokenizer: Any, vocab_size: int, context_len: int,
                  send: Callable[[Any], None], grammar_backend: str = "xgrammar",
-                 is_embedding: bool = False, disaggregation_mode: str = "null") -> None:
+                 is_embedding: bool = False, disaggregation_mode: str = "null",
+                 policy: RequestPolicy = RequestPolicy()) -> None:
         self.tokenizer, self.vocab_size, self.context_len = tokenizer, vocab_size, context_len
         self.grammar_backend, self.is_embedding = grammar_backend, is_embedding
-        self.disaggregation_mode = disaggregation_mode
+        self.disaggregation_mode, self.policy = disaggregation_mode, policy
         self.send = send
         self.states: dict[str, ReqStream] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -139,7 +159,7 @@ class TokenizerManager:
                              "/v1/embeddings or Engine.encode, not generation")
         tok = self.tokenize if self.tokenizer is not None else None
         return parse_generate(obj, tok, self.vocab_size, self.context_len, self.grammar_backend,
-                              self.disaggregation_mode)
+                              self.disaggregation_mode, self.policy)
 
     def parse_encode(self, obj: dict[str, Any]) -> ParsedRequest:
         if not self.is_embedding:
@@ -231,8 +251,9 @@ class TokenizerManager:
         """n>1: prefill each prompt once so the n copies hit the cache."""
         from sgl.runtime.sampling.params import SamplingParams
         distinct = {tuple(p) for p in parsed.prompts}
-        warm = [TokenizedGenerateReq(f"warm-{id(parsed)}-{i}", list(p), SamplingParams(max_new_tokens=0))
-                for i, p in enumerate(distinct)]
+        priority = parsed.reqs[0].priority  # scheduled as the request itself
+        warm = [TokenizedGenerateReq(f"warm-{id(parsed)}-{i}", list(p), SamplingParams(max_new_tokens=0),
+                                     priority=priority) for i, p in enumerate(distinct)]
         event = asyncio.Event()
         states = [self._submit(r, False, event) for r in warm]
         try:

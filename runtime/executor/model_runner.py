@@ -106,6 +106,7 @@ class ModelRunner:
         self._last_tokens: Optional[torch.Tensor] = None  # the last launched step's sampled ids
         self.captured_hidden: Optional[torch.Tensor] = None  # the last step's, kept for the drafter (EAGLE)
         self.pooled: Optional[torch.Tensor] = None  # the last step's (num_pool_spans, hidden) sums
+        self.hidden_out: Optional[torch.Tensor] = None  # the last step's StepInputs.hidden_rows
         # Table writes rank 0 applied for its drafter, owed to the other ranks' tables.
         self._writes_for_followers: list[TableWrites] = []
 
@@ -184,7 +185,7 @@ class ModelRunner:
         self.drafter = None
         self.model = self.loaded = None
         self.kv_pool = self.req_to_token_pool = self.attn_backend = None
-        self._last_tokens = self.captured_hidden = None
+        self._last_tokens = self.captured_hidden = self.hidden_out = None
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -325,16 +326,19 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward_rows(self, batch: ForwardBatch, keep_hidden: bool = False,
-                     pool_spans: Optional[list[tuple[int, int]]] = None) -> LogitRows:
+                     pool_spans: Optional[list[tuple[int, int]]] = None,
+                     hidden_rows: Optional[list[int]] = None) -> LogitRows:
         """The forward, and the logits of batch.logits_indices: computed with it when they fit
         in one chunk of `max_logit_rows`, else chunk by chunk as they are read (a prefill whose
         every row scores a prompt logprob). With keep_hidden, the step's hidden states (the
         final ones, or the captured layers' for an EAGLE-3 drafter) are kept for the drafter.
         With pool_spans (embeddings), the float32 sums of the final hidden states over each
-        span's rows go to `self.pooled`. Decode batches replay the decode graphs, verify
-        batches (tree masks) the verify graphs, when their sizes were captured."""
+        span's rows go to `self.pooled`; with hidden_rows (return_hidden_states), the float32
+        final hidden states of those token rows go to `self.hidden_out`. Decode batches replay
+        the decode graphs, verify batches (tree masks) the verify graphs, when their sizes were
+        captured; a batch keeping or returning hidden states runs eagerly."""
         verify_plan = None
-        if self.verify_graph_runner is not None:  # on the host, before the batch moves
+        if self.verify_graph_runner is not None and not hidden_rows:  # on the host, before the batch moves
             verify_plan = self.verify_graph_runner.plan(batch)
         batch.to(self.device)
         if batch.future_src is not None:  # overlap: ids sampled by the step still in flight
@@ -347,8 +351,8 @@ class ModelRunner:
             logits, hidden = self.verify_graph_runner.replay(batch, verify_plan, keep_hidden)
             self.captured_hidden = hidden if keep_hidden else None
             return self._rows(logits)
-        self.used_cuda_graph = (not keep_hidden and not pool_spans and self.graph_runner is not None
-                                and self.graph_runner.can_run(batch))
+        self.used_cuda_graph = (not keep_hidden and not pool_spans and not hidden_rows
+                                and self.graph_runner is not None and self.graph_runner.can_run(batch))
         if self.used_cuda_graph:
             return self._rows(self.graph_runner.replay(batch))
         self.attn_backend.init_forward_metadata(batch)
@@ -357,6 +361,9 @@ class ModelRunner:
             self.captured_hidden = hidden if batch.aux_hidden_states is None else batch.aux_hidden_states
         if pool_spans:
             self.pooled = torch.stack([hidden[lo:hi].float().sum(0) for lo, hi in pool_spans])
+        if hidden_rows:  # only a step that asks pays for this gather and its copy to the host
+            rows = torch.tensor(hidden_rows, dtype=torch.int64).to(self.device, non_blocking=True)
+            self.hidden_out = hidden[rows].float()  # (len(hidden_rows), hidden)
         if batch.logits_indices.numel() == 0:  # embedding steps sample nothing (and may have no LM head)
             return self._rows(hidden.new_empty((0, self.vocab_size), dtype=torch.float32))
         rows = hidden[batch.logits_indices]  # (num_logit_rows, hidden)
@@ -368,12 +375,15 @@ class ModelRunner:
         return LogitRows(int(logits.shape[0]), self.max_logit_rows, logits=logits)
 
     @torch.inference_mode()
-    def follow_step(self, batch: ForwardBatch, writes: list[Optional[TableWrites]], num_sampled: int) -> None:
+    def follow_step(self, batch: ForwardBatch, writes: list[Optional[TableWrites]], num_sampled: int,
+                    hidden_rows: Optional[list[int]] = None) -> None:
         """A tensor-parallel follower's step: rank 0's table writes (its drafter's first, in
-        order), the same forward, and the ids rank 0 sampled (overlap: a later step names them)."""
+        order), the same forward (eager where rank 0's is: hidden_rows, so that the collectives
+        match a CUDA graph's padded sizes or not alike), and the ids rank 0 sampled (overlap: a
+        later step names them)."""
         for w in writes:
             self.req_to_token_pool.apply(w)
-        self.forward_rows(dataclasses.replace(batch)).materialize()  # rank 0's LM-head chunks
+        self.forward_rows(dataclasses.replace(batch), hidden_rows=hidden_rows).materialize()  # rank 0's LM-head chunks
         if num_sampled:
             self._last_tokens = share_sampled_ids(
                 torch.empty(num_sampled, dtype=torch.int64, device=self.device))
@@ -392,11 +402,11 @@ class ModelRunner:
             num_sampled = len(step.sample_rows) if self.shares_sampled_ids else 0
             writes = self._writes_for_followers + [step.table_writes]
             self._writes_for_followers = []
-            broadcast_step((dataclasses.replace(step.batch), writes, num_sampled))
+            broadcast_step((dataclasses.replace(step.batch), writes, num_sampled, step.hidden_rows))
         self.req_to_token_pool.apply(step.table_writes)
         with self._out_of_memory_as_step_error():
             return self.forward_rows(step.batch, keep_hidden=step.capture_hidden,
-                                     pool_spans=step.pool_spans)
+                                     pool_spans=step.pool_spans, hidden_rows=step.hidden_rows)
 
     @torch.inference_mode()
     def launch_sampling(self, step: StepInputs, rows: LogitRows) -> PendingResult:
@@ -412,6 +422,8 @@ class ModelRunner:
                 share_sampled_ids(self._last_tokens)
         if step.pool_spans:
             pending.pooled = self.pooled
+        if step.hidden_rows:
+            pending.hidden = self.hidden_out
         pending.copy_to_host()
         return pending
 

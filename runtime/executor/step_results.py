@@ -83,6 +83,7 @@ class PendingResult:
         self.sampled: Optional[SampleOutput] = None
         self.prompt_lp: Optional[PromptLogprobs] = None
         self.pooled: Optional[torch.Tensor] = None  # (num_pool_spans, hidden) float32 sums
+        self.hidden: Optional[torch.Tensor] = None  # (len(step.hidden_rows), hidden) float32
         self._host: dict[str, torch.Tensor] = {}
         self._event: Any = None
 
@@ -101,6 +102,8 @@ class PendingResult:
                 tensors["in_top_vals"], tensors["in_top_ids"] = self.prompt_lp[1]
         if self.pooled is not None:
             tensors["pooled"] = self.pooled
+        if self.hidden is not None:
+            tensors["hidden"] = self.hidden
         for name, t in tensors.items():
             if t.device.type == "cuda":
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
@@ -127,6 +130,7 @@ class PendingResult:
             result.input_top_logprobs = _pairs(h["in_top_vals"], h["in_top_ids"])
         if "pooled" in h:
             result.pooled = list(h["pooled"].unbind(0))
+        result.hidden_states = h.get("hidden")
         return result
 
 

@@ -10,6 +10,7 @@ import torch
 
 from sgl.runtime.executor.forward_batch import ForwardBatch
 from sgl.runtime.scheduler.contract import StepInputs
+from sgl.runtime.scheduler.hidden_states import HiddenSpan, wanted_rows
 from sgl.runtime.scheduler.kv_manager import KVManager
 from sgl.runtime.scheduler.planner import StepPlan
 from sgl.runtime.scheduler.req import Req
@@ -34,6 +35,7 @@ class StepBook:
     verify: dict[int, VerifyRows] = field(default_factory=dict)  # id(req) -> its rows
     versions: dict[int, int] = field(default_factory=dict)  # overlap: id(req) -> req.version at build
     sample_paths: list[list[int]] = field(default_factory=list)  # row k samples as if its output held these
+    hidden_spans: list[HiddenSpan] = field(default_factory=list)  # return_hidden_states: whose rows
     num_generated: int = 0  # tokens appended by this step (set when results are processed)
 
 
@@ -81,6 +83,7 @@ class _Builder:
         self.kv.extend(req, slots)
         self.ids.extend(req.all_ids[start:start + n])
         self.pos.extend(range(start, start + n))
+        self._want_hidden(req, offset, n, start)
         self._add_prompt_logprob_rows(req, start, n, offset)
         span = req.pooling.chunk_span(start, n, req.seq_len) if req.pooling is not None else None
         if span is not None:
@@ -120,6 +123,7 @@ class _Builder:
         self.future_src.append(src)
         self.ids.append(0)
         self.pos.append(start)
+        self._want_hidden(req, len(self.ids) - 1, 1, start)
         self._sample(req, len(self.ids) - 1, [], in_flight=1)
 
     def _add_verify_rows(self, req: Req, tree: DraftTree, start: int, slots: torch.Tensor) -> None:
@@ -132,8 +136,18 @@ class _Builder:
         self.pos.extend(start + d for d in tree.depths())
         self.masks.append(tree.tree_mask())  # (1 + n, 1 + n) over the new tokens; the prefix is visible
         self.book.verify[id(req)] = VerifyRows(tree, slots)
+        self._want_hidden(req, offset, 1 + len(tree), start, whole=True)
         for k, path in enumerate(tree.paths()):
             self._sample(req, offset + k, path)
+
+    def _want_hidden(self, req: Req, first_row: int, num_rows: int, start: int,
+                     whole: bool = False) -> None:
+        """return_hidden_states: the runner returns these rows' final hidden states."""
+        if req.hidden is None:
+            return
+        rows, pos = wanted_rows(req.hidden.last_only, first_row, num_rows, start, whole)
+        self.book.hidden_spans.append(HiddenSpan(req, len(self.step.hidden_rows), len(rows), pos))
+        self.step.hidden_rows.extend(rows)
 
     def _add_prompt_logprob_rows(self, req: Req, start: int, n: int, offset: int) -> None:
         # Row at position q scores prompt token q+1; reported tokens are [max(from, 1), prompt_len).

@@ -65,6 +65,8 @@ class StepInputs:
     capture_hidden: bool = False  # keep the forward's hidden states for the runner's drafter (EAGLE)
     pool_spans: list[tuple[int, int]] = field(default_factory=list)  # token rows [lo, hi) whose final
                                                                       # hidden states are summed (embeddings)
+    hidden_rows: list[int] = field(default_factory=list)  # token rows whose final hidden states come
+                                                          # back (return_hidden_states); empty: none
 
 
 @dataclass
@@ -80,6 +82,7 @@ class RunResult:
     input_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
     used_cuda_graph: bool = False  # for the step log
     pooled: list[torch.Tensor] = field(default_factory=list)  # per pool span: (hidden,) float32 CPU sum
+    hidden_states: Optional[torch.Tensor] = None  # (len(hidden_rows), hidden) float32 CPU, final-normed
     failed_reqs: dict[int, str] = field(default_factory=dict)
 
 

@@ -111,11 +111,16 @@ class GrammarCoordinator:
 
     def wants_jump(self, req: Req) -> bool:
         """Jump-forward is on and the grammar forces text from here."""
-        return self.jump_forward and bool(req.grammar.jump_forward_str())
+        return self._may_jump(req) and bool(req.grammar.jump_forward_str())
 
     def jump(self, req: Req, kv: Any) -> None:
-        if self.jump_forward:
+        if self._may_jump(req):
             self._jump_forward(req, kv)
+
+    def _may_jump(self, req: Req) -> bool:
+        # A request asking for hidden states decodes token by token: a jump appends tokens the
+        # model never ran (a request may finish on them) and re-spells ones it did.
+        return self.jump_forward and req.hidden is None
 
     def _jump_forward(self, req: Req, kv: Any) -> None:
         text = req.grammar.jump_forward_str()

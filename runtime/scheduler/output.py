@@ -120,6 +120,7 @@ class ResultProcessor:
                 book.num_generated += 1
                 self.kv.confirm(req, ends[id(req)])
             row += num_rows
+        _store_hidden_states(book, result, failed | dropped)
         for req in book.prefill_done:
             if id(req) not in failed:
                 req.finish({"type": "length", "length": 0})
@@ -222,6 +223,20 @@ def _store_prompt_logprobs(book: StepBook, result: RunResult, failed: set[int]) 
         req.input_top_logprobs.append(result.input_top_logprobs[i] if result.input_top_logprobs else None)
 
 
+def _store_hidden_states(book: StepBook, result: RunResult, skip: set[int]) -> None:
+    """Hand each request the hidden states of the positions it computed (a verified request:
+    of its root and accepted nodes, `kept`, in sequence order)."""
+    for span in book.hidden_spans:
+        req = span.req
+        if id(req) in skip:
+            continue
+        rows = result.hidden_states[span.offset:span.offset + span.count]
+        verified = book.verify.get(id(req))
+        if verified is not None:
+            rows = rows[verified.kept]
+        req.hidden.add(span.start, rows)
+
+
 def make_output(req: Req) -> TokenOutput:
     start = min(req.num_emitted, req.first_changed)
     lps = req.output_logprobs[start:] if req.return_logprob else []
@@ -231,7 +246,8 @@ def make_output(req: Req) -> TokenOutput:
         prompt_tokens=req.prompt_len, cached_tokens=req.cached_tokens,
         completion_tokens=len(req.output_ids), output_logprobs=lps, output_top_logprobs=tops,
         num_rewritten=req.num_emitted - start, meta=dict(req.meta),
-        embedding=req.embedding() if (req.finished_reason or {}).get("type") == "length" else None)
+        embedding=req.embedding() if (req.finished_reason or {}).get("type") == "length" else None,
+        hidden_states=req.hidden.take() if req.hidden is not None else None)
     req.num_emitted, req.first_changed = len(req.output_ids), 1 << 62
     if req.input_logprob_from >= 0 and not req.input_logprobs_sent:
         if req.input_logprob_from == 0 and not req.input_logprobs:  # one-token prompt

@@ -14,6 +14,7 @@ import torch
 
 from sgl.runtime.scheduler.kv_manager import KVManager
 from sgl.runtime.scheduler.prefix_trie import PrefixTrie
+from sgl.runtime.scheduler.priority import PriorityOrder
 from sgl.runtime.scheduler.req import Req, ReqState
 
 # A waiting request is held back when it shares a prefix of at least this many tokens with a
@@ -29,6 +30,7 @@ class StepPlan:
     num_new: list[int] = field(default_factory=list)        # tokens each request runs this step
     slots: list[torch.Tensor] = field(default_factory=list)  # their KV slots
     retracted: list[Req] = field(default_factory=list)
+    preempted: list[Req] = field(default_factory=list)  # retracted for a higher-priority admission
     num_admitted: int = 0
     num_cached: int = 0          # prefix tokens reused by admissions
     num_prompt_tokens: int = 0   # tokens computed as prompt work (admissions and later chunks)
@@ -78,9 +80,9 @@ class StepCaps:
 
 class Planner:
     def __init__(self, kv: KVManager, chunk_size: int, max_running: int, ratio: NewTokenRatio,
-                 mixed: bool = False) -> None:
+                 mixed: bool = False, priority: Optional[PriorityOrder] = None) -> None:
         self.kv, self.chunk_size, self.max_running, self.ratio = kv, chunk_size, max_running, ratio
-        self.mixed = mixed
+        self.mixed, self.priority = mixed, priority
         self.caps = StepCaps()
 
     @property
@@ -193,17 +195,18 @@ class Planner:
         return None
 
     def retract(self, req: Req, running: list[Req], waiting: list[Req],
-                plan: Optional[StepPlan] = None) -> None:
+                plan: Optional[StepPlan] = None, preempted: bool = False) -> None:
         self.kv.release(req)
         running.remove(req)
         req.draft = None
         req.state = ReqState.WAITING
         waiting.insert(0, req)
         if plan is not None:
-            plan.retracted.append(req)
+            (plan.preempted if preempted else plan.retracted).append(req)
         if not req.input_logprobs_sent:  # its prompt rows are recomputed on readmission
             req.input_logprobs, req.input_top_logprobs = [], []
-        self.ratio.bump()
+        if not preempted:  # short of KV: admission reserves more from now on
+            self.ratio.bump()
 
     def _admit(self, running: list[Req], waiting: list[Req], plan: StepPlan, budget: int) -> None:
         if not waiting:
@@ -211,17 +214,26 @@ class Planner:
         reserve = sum(self._reserve(r) for r in running)
         computing = self._prompts_in_flight(running)
         for req in list(waiting):
-            if budget <= 0 or len(running) >= self.running_limit:
+            if budget <= 0:
                 break
+            if len(running) >= self.running_limit:
+                freed = self._preempt(req, running, waiting, plan, num_tokens=0)
+                if freed is None:
+                    break
+                reserve -= freed
             prefix, node = self.kv.match(req)
             if computing is not None and self._shares_uncached(req, int(prefix.numel()), computing):
                 continue  # admitted once the shared prefix is in the tree (next step)
-            n = min(req.seq_len - int(prefix.numel()), budget)
-            need = n + self._reserve(req, after_prefix=int(prefix.numel()) + n)
-            # The matched prefix is evictable until we lock it, so it does not count as free room.
-            room = self.kv.available() - (self._evictable_in(prefix, node))
+            n, need, room = self._cost(req, prefix, node, budget)
             if need + reserve > room and (running or plan.reqs):
-                break
+                freed = self._preempt(req, running, waiting, plan, need + reserve - room)
+                if freed is None:
+                    break
+                reserve -= freed
+                prefix, node = self.kv.match(req)  # the victims' KV is in the tree now
+                n, need, room = self._cost(req, prefix, node, budget)
+                if need + reserve > room and (running or plan.reqs):
+                    break
             if not self.kv.admit(req, prefix, node):
                 break
             slots = self.kv.alloc(n)
@@ -241,6 +253,32 @@ class Planner:
             reserve += self._reserve(req, after_prefix=int(prefix.numel()) + n)
             if computing is not None:
                 computing.insert(req.all_ids)
+
+    def _cost(self, req: Req, prefix: torch.Tensor, node, budget: int) -> tuple[int, int, int]:
+        """(tokens req runs now, KV it needs counting its reserve, KV room there is for it)."""
+        n = min(req.seq_len - int(prefix.numel()), budget)
+        need = n + self._reserve(req, after_prefix=int(prefix.numel()) + n)
+        # The matched prefix is evictable until we lock it, so it does not count as free room.
+        room = self.kv.available() - (self._evictable_in(prefix, node))
+        return n, need, room
+
+    def _preempt(self, req: Req, running: list[Req], waiting: list[Req], plan: StepPlan,
+                 num_tokens: int) -> Optional[int]:
+        """Priority preemption (scheduler/priority.py): retract the running requests req may
+        preempt, as few as give it a request slot (when all are taken) and `num_tokens` of KV;
+        returns the KV reserve they held, or None (nothing preempted) when they cannot."""
+        if self.priority is None:
+            return None
+        busy = {id(r) for r in plan.reqs}  # already given work (and slots) this step
+        victims = self.priority.choose_victims(
+            req, [r for r in running if id(r) not in busy], len(running) + 1 - self.running_limit,
+            num_tokens, lambda r: r.num_computed + self._reserve(r))
+        if not victims:
+            return None
+        freed = sum(self._reserve(v) for v in victims)
+        for victim in victims:
+            self.retract(victim, running, waiting, plan, preempted=True)
+        return freed
 
     def _prompts_in_flight(self, running: list[Req]) -> Optional[PrefixTrie]:
         """The sequences of running requests whose prompt work is not done (not all in the radix

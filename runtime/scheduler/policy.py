@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+from sgl.runtime.scheduler.priority import PriorityOrder, order_by_priority
 from sgl.runtime.scheduler.req import Req
 
 # Past this queue length, prefix matching every waiting request costs more than it saves.
@@ -12,7 +13,9 @@ _LPM_MAX_QUEUE = 128
 
 
 def order_waiting(policy: str, waiting: list[Req], match: Callable[[Req], tuple[Any, Any]],
-                  rng: random.Random) -> list[Req]:
+                  rng: random.Random, priority: Optional[PriorityOrder] = None) -> list[Req]:
+    if priority is not None:  # --enable-priority-scheduling (with fcfs only, as in SGLang)
+        return order_by_priority(priority, waiting)
     if policy == "fcfs" or (policy in ("lpm", "dfs-weight") and len(waiting) > _LPM_MAX_QUEUE):
         return sorted(waiting, key=lambda r: r.arrival)
     if policy == "random":

@@ -7,6 +7,7 @@ from typing import Any, Optional
 import torch
 
 from sgl.runtime.executor.pooling import PoolingConfig
+from sgl.runtime.scheduler.hidden_states import HiddenStates
 from sgl.runtime.sampling.params import SamplingParams
 
 
@@ -55,6 +56,8 @@ class Req:
         # Embedding requests (max_new_tokens 0): the pooled rows' hidden states, summed over chunks.
         self.pooling: Optional[PoolingConfig] = None
         self.pooled_sum: Optional[torch.Tensor] = None
+        self.hidden: Optional[HiddenStates] = None  # return_hidden_states (scheduler/hidden_states.py)
+        self.priority = 0  # the admission order under --enable-priority-scheduling (scheduler/priority.py)
 
     @property
     def seq_len(self) -> int:
@@ -97,13 +100,15 @@ class Req:
 
     def max_prefix_len(self) -> int:
         """How much of all_ids the cache may supply: at least one token must run to get logits,
-        and prompt positions whose logprobs were asked must be recomputed."""
+        and prompt positions whose logprobs or hidden states were asked must be recomputed."""
         cap = self.seq_len - 1
         if self.pooling is not None:
             cap = self.pooling.max_prefix_len(self.seq_len)
         start = self.input_logprob_from
         if start >= 0 and not self.input_logprobs_sent:
             cap = min(cap, max(start - 1, 0))
+        if self.hidden is not None and not self.hidden.last_only:
+            cap = min(cap, self.hidden.num_known)  # every position's hidden state is computed
         return max(cap, 0)
 
     def append_output(self, token: int, logprob: Optional[float] = None,

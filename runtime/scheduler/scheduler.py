@@ -15,11 +15,13 @@ from sgl.runtime.io_struct import (AbortReq, FlushCacheReq, TokenizedGenerateReq
 from sgl.runtime.scheduler.batch import StepBook, build_step
 from sgl.runtime.scheduler.contract import PendingStep, RunResult, Runner, StepInputs
 from sgl.runtime.scheduler.grammar import GrammarCoordinator
+from sgl.runtime.scheduler.hidden_states import HiddenStates
 from sgl.runtime.scheduler.kv_manager import KVManager
 from sgl.runtime.scheduler.output import ResultProcessor, StopChecker, make_output
 from sgl.runtime.scheduler.overlap import InFlight, OverlapChain
 from sgl.runtime.scheduler.planner import NewTokenRatio, Planner, StepPlan
 from sgl.runtime.scheduler.policy import order_waiting
+from sgl.runtime.scheduler.priority import PriorityOrder
 from sgl.runtime.scheduler.recovery import OpenStep, StepRecovery
 from sgl.runtime.scheduler.req import Req, ReqState
 from sgl.runtime.scheduler.stats import StepLogger
@@ -72,8 +74,9 @@ class Scheduler:
         self.ratio = NewTokenRatio(self.args.schedule_conservativeness)
         # the most requests running at once (the planner's limit may be set lower, never higher)
         self.max_running = min(self.info.max_running_requests, self.info.max_req_rows - 1)
+        self.priority = PriorityOrder.from_args(self.args)
         self.planner = Planner(self.kv, self.info.chunked_prefill_size, self.max_running, self.ratio,
-                               mixed=self.args.enable_mixed_chunk)
+                               mixed=self.args.enable_mixed_chunk, priority=self.priority)
 
     def set_speculative(self, server_args: Any) -> None:
         """Switch speculative decoding to these settings (None algorithm: off) between requests;
@@ -111,6 +114,10 @@ class Scheduler:
         req.min_tokens_ids = self.stop_checker.min_tokens_ids(params)
         if msg.is_embedding:
             req.pooling = self.info.pooling
+        if msg.return_hidden_states:
+            req.hidden = HiddenStates(last_only=msg.return_hidden_states == "last")
+        if self.priority is not None:
+            req.priority = self.priority.unset() if msg.priority is None else msg.priority
         req.arrival_time = time.monotonic()
         if self.grammar.submit(req):
             return  # waits in the grammar queue until compiled
@@ -219,7 +226,8 @@ class Scheduler:
             if self.inflight is not None:
                 self.inflight = self.chain.finish_launch(self.inflight)
                 return outputs
-        waiting = order_waiting(self.args.schedule_policy, self.waiting, self.kv.match, self.rng)
+        waiting = order_waiting(self.args.schedule_policy, self.waiting, self.kv.match, self.rng,
+                                self.priority)
         if self.spec is not None:
             self.spec.propose(self.running)
         plan = self.planner.plan(self.running, waiting)

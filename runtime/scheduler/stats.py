@@ -35,6 +35,7 @@ class StepLogger:
         self.num_forward_passes = 0
         self.num_extend_passes = 0  # passes in EXTEND mode (prefill, jump-forward, verify): no decode graph
         self.num_retracted = 0
+        self.num_preempted = 0  # retracted for higher-priority admissions
         self.num_overlapped = 0  # steps launched before the previous one was read back
         self.last_gen_throughput = 0.0
         self.cuda_graph_used = False
@@ -44,6 +45,7 @@ class StepLogger:
         self.num_forward_passes += 1
         self.num_extend_passes += step.batch.forward_mode is ForwardMode.EXTEND
         self.num_retracted += len(plan.retracted)
+        self.num_preempted += len(plan.preempted)
         self.total_generated_tokens += book.num_generated
         self.tokens_since_log += book.num_generated
         if plan.num_prompt_tokens:  # a step with prompt work: its first chunk or a later one

@@ -15,6 +15,7 @@ import zmq.asyncio
 
 from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput
 from sgl.runtime.request import ParsedRequest
+from sgl.runtime.request_options import RequestPolicy
 from sgl.runtime.server.data_parallel import ReplicaDispatcher
 from sgl.runtime.server.errors import ApiError
 from sgl.runtime.server.ipc import (
@@ -39,12 +40,12 @@ class ServerTokenizerManager(TokenizerManager):
                  metrics: ServerMetrics, log_requests: bool = False,
                  stream_interval: int = 1, grammar_backend: str = "xgrammar",
                  load_balance_method: str = "round_robin", is_embedding: bool = False,
-                 disaggregation_mode: str = "null") -> None:
+                 disaggregation_mode: str = "null", policy: RequestPolicy = RequestPolicy()) -> None:
         self._sync_ctx = zmq.Context()
         socks = [push_socket(self._sync_ctx, addr) for addr in endpoints.to_schedulers]
         self.dispatcher = ReplicaDispatcher([s.send_pyobj for s in socks], load_balance_method)
         super().__init__(tokenizer, vocab_size, context_len, self.dispatcher.send, grammar_backend,
-                         is_embedding, disaggregation_mode)
+                         is_embedding, disaggregation_mode, policy)
         self.endpoints, self.metrics, self.log_requests = endpoints, metrics, log_requests
         self.stream_interval = max(stream_interval, 1)
         self._rpc_ids = itertools.count()
@@ -140,7 +141,7 @@ class ServerTokenizerManager(TokenizerManager):
         if refusal is not None:
             raise refusal
         parsed = parsed or await self.parse_async(obj)
-        self._check_queue(len(parsed.reqs))
+        self._check_queue(parsed)
         if len(parsed.reqs) <= len(parsed.prompts):
             async for results in super().generate(obj, parsed):
                 yield results
@@ -149,16 +150,39 @@ class ServerTokenizerManager(TokenizerManager):
             async for results in super().generate(obj, parsed):
                 yield results
 
-    def _check_queue(self, num_new: int) -> None:
+    def _check_queue(self, parsed: ParsedRequest) -> None:
         """--max-queued-requests: shed load before it reaches a scheduler. Queued: sent and
-        not yet given a first token (waiting, or in prefill)."""
+        not yet given a first token (waiting, or in prefill). With priority scheduling a
+        request that finds the queue full takes the places of queued ones of lower priority,
+        which fail with 503 (SGLang's rule); otherwise it is the one refused."""
         if self.max_queued_requests is None:
             return
-        num_queued = sum(1 for s in self.states.values() if not s.output_ids and not s.finished)
-        if num_queued + num_new > self.max_queued_requests:
-            raise ApiError(f"the server is busy: {num_queued} requests are queued "
+        queued = [s for s in self.states.values() if not s.output_ids and not s.finished]
+        num_over = len(queued) + len(parsed.reqs) - self.max_queued_requests
+        if num_over <= 0:
+            return
+        victims = self._outranked(queued, parsed.reqs[0].priority, num_over)
+        if victims is None:
+            raise ApiError(f"the server is busy: {len(queued)} requests are queued "
                            f"(--max-queued-requests {self.max_queued_requests}); retry later",
                            503, None, "server_busy", {"Retry-After": str(RETRY_AFTER_S)})
+        for state in victims:
+            state.error = ApiError("the request was aborted by a higher priority request (the "
+                                   f"queue holds --max-queued-requests {self.max_queued_requests})",
+                                   503, None, "server_busy", {"Retry-After": str(RETRY_AFTER_S)})
+            state.event.set()
+            self.send(AbortReq(state.req.rid))
+
+    def _outranked(self, queued: list[ReqStream], priority: Optional[int], num: int
+                   ) -> Optional[list[ReqStream]]:
+        """The `num` queued sequences of strictly lower priority than `priority` to give way,
+        the least preferred (then the newest) first; None when there are not that many."""
+        if not self.policy.enable_priority:
+            return None
+        rank = self.policy.rank
+        lower = [s for s in reversed(queued) if rank(s.req.priority) > rank(priority)]
+        lower.sort(key=lambda s: -rank(s.req.priority))  # stable: newest first among equals
+        return lower[:num] if len(lower) >= num else None
 
     def _submit(self, req: TokenizedGenerateReq, text_in_logprobs: bool,
                 event: Optional[asyncio.Event] = None) -> ReqStream:

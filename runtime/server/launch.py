@@ -68,6 +68,7 @@ def ipc_dir_prefix(server_pid: int) -> str:
 
 
 def _serve(args: ServerArgs, procs: Any, stop: Any) -> None:
+    from sgl.runtime.request_options import RequestPolicy
     from sgl.runtime.server.front import ServerTokenizerManager
     from sgl.runtime.server.http_server import ServerContext, build_app
     from sgl.runtime.server.metrics import ServerMetrics
@@ -80,7 +81,7 @@ def _serve(args: ServerArgs, procs: Any, stop: Any) -> None:
                                    procs.endpoints, ServerMetrics(name), args.log_requests,
                                    args.stream_interval, args.grammar_backend,
                                    args.load_balance_method, args.is_embedding,
-                                   args.disaggregation_mode)
+                                   args.disaggregation_mode, RequestPolicy.from_args(args))
     front.request_timeout, front.max_queued_requests = args.request_timeout, args.max_queued_requests
     front.watchdog.timeout_s = args.watchdog_timeout
     app = build_app(ServerContext(args, front, info, procs, chat_template))

@@ -35,6 +35,7 @@ _SAMPLING = {
         "logit_bias": {"type": "object", "additionalProperties": {"type": "number"}},
     },
 }
+_HIDDEN_MODE = {"oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["last"]}]}
 GENERATE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -47,6 +48,8 @@ GENERATE_SCHEMA: dict[str, Any] = {
         "return_text_in_logprobs": {"type": "boolean"},
         "stream": {"type": "boolean"},
         "rid": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "return_hidden_states": {"oneOf": [_HIDDEN_MODE, {"type": "array", "items": _HIDDEN_MODE}]},
+        "priority": {"type": "integer", "minimum": -(1 << 63), "maximum": (1 << 63) - 1},
     },
 }
 _ENCODE_SCHEMA = {"type": "object", "properties": {

@@ -64,6 +64,11 @@ def next_token(history: list[int]) -> int:
     return h % VOCAB
 
 
+def fake_hidden(history: list[int]) -> list[float]:
+    """The fake model's final hidden state at the last position of `history`."""
+    return [float(len(history)), float(history[-1]), float(next_token(history))]
+
+
 def fake_logprob(history: list[int], target: int) -> float:
     return -((next_token(history) * 13 + target) % 50) / 10.0
 
@@ -121,6 +126,9 @@ class FakeRunner:
         if step.need_logprobs:
             result.logprobs = [fake_logprob(row_hist[r], t) for r, t in zip(step.sample_rows, nxt)]
         result.input_logprobs = [fake_logprob(row_hist[r], t) for r, t in zip(step.lp_rows, step.lp_targets)]
+        if step.hidden_rows:
+            hists = self._histories(step, step.hidden_rows, set(failed))
+            result.hidden_states = torch.tensor([fake_hidden(h) if h else [0.0] * 3 for h in hists])
         return result
 
     def launch_batch(self, step: StepInputs) -> "Done":
@@ -177,13 +185,16 @@ class FakeRunner:
             start += n
 
     def _row_histories(self, step: StepInputs, failed: set[int] = frozenset()) -> list[list[int]]:
+        return self._histories(step, step.batch.logits_indices.tolist(), failed)
+
+    def _histories(self, step: StepInputs, token_rows: list[int], failed: set[int]) -> list[list[int]]:
+        """Each token row's sequence up to and including it, read back through the table."""
         b = step.batch
-        owner, start = [], 0
+        owner = []
         for i, n in enumerate(b.extend_lens_cpu):
             owner += [i] * n
-            start += n
         out = []
-        for token_idx in b.logits_indices.tolist():
+        for token_idx in token_rows:
             i = owner[token_idx]
             pos = int(b.positions[token_idx])
             out.append([] if i in failed else self.history(int(b.req_pool_indices[i]), pos + 1))

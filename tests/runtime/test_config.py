@@ -19,10 +19,19 @@ from sgl.runtime.server.tools.parsers import ALIASES, PARSERS
     ({"enable_custom_all_reduce": True, "tp_size": 2, "nnodes": 2, "dist_init_addr": "10.0.0.1:5000"},
      "enable_custom_all_reduce"),
     ({"dist_timeout": 0}, "dist_timeout"), ({"custom_all_reduce_max_bytes": 8}, "custom_all_reduce_max_bytes"),
+    ({"enable_priority_scheduling": True, "schedule_policy": "lpm"}, "enable_priority_scheduling"),
+    ({"priority_scheduling_preemption_threshold": -1}, "priority_scheduling_preemption_threshold"),
+    ({"return_hidden_states_mode": "all"}, "return_hidden_states_mode"),
 ])
 def test_bad_server_args_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         ServerArgs.from_kwargs(**kwargs)
+
+
+def test_hidden_states_mode_from_the_two_flags():
+    modes = [ServerArgs(enable_return_hidden_states=e, return_hidden_states_mode=m).hidden_states_mode
+             for e, m in [(False, None), (True, None), (False, "last"), (True, "last")]]
+    assert modes == [None, "full", "last", "last"]  # an explicit mode wins, as in SGLang
 
 
 def test_tool_call_parser_choices_match_the_parsers():

@@ -93,6 +93,35 @@ def test_tp2_over_nccl_with_cuda_graphs_matches_tp1(tmp_path, one_shot):
         greedy(path, PROMPTS, **kw)
 
 
+def hidden_states(path: str, **kw) -> list[dict]:
+    """Outputs of a batch asking for every position's, none and the last hidden state, then of
+    a batch asking for none (on a GPU: decode under the CUDA graphs again)."""
+    with Engine(path, skip_tokenizer_init=True, chunked_prefill_size=16,
+                enable_return_hidden_states=True, **kw) as e:
+        outs = e.generate(input_ids=PROMPTS, sampling_params=GREEDY,
+                          return_hidden_states=[True, False, "last"])
+        plain = e.generate(input_ids=PROMPTS, sampling_params=GREEDY)
+        assert [o["output_ids"] for o in plain] == [o["output_ids"] for o in outs]
+        return outs
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")])])
+def test_tp2_hidden_states_match_tp1(tmp_path, device):
+    """Rank 0 returns the full hidden states; a step that returns them runs eagerly on every
+    rank (followers too, or their graph's padded collectives would not match rank 0's)."""
+    path = tiny(tmp_path, transformers.LlamaConfig, num_attention_heads=8, num_key_value_heads=2)
+    kw = dict(device=device, dtype="float32")
+    one, two = hidden_states(path, **kw), hidden_states(path, tp_size=2, **kw)
+    assert [o["output_ids"] for o in one] == [o["output_ids"] for o in two]
+    (full1, _, last1), (full2, none2, last2) = ([o["meta_info"].get("hidden_states") for o in outs]
+                                                for outs in (one, two))
+    assert none2 is None and len(full2) == GREEDY["max_new_tokens"]
+    flat = [torch.tensor(h[0] + h[1:]) for h in (full2, full1)]  # [prompt rows, then vectors]
+    torch.testing.assert_close(*flat, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(last2), torch.tensor(last1), rtol=1e-4, atol=1e-4)
+
+
 def test_followers_outlast_an_idle_spell_longer_than_the_collective_timeout(tmp_path):
     # Ranks 1.. wait for the next step in a broadcast; an idle server must not time them out. The
     # collective timeout is shortened (--dist-timeout, which the spawned ranks get with the other
