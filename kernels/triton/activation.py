@@ -11,7 +11,7 @@ import triton.language as tl
 from sgl.kernels.triton._common import FLOAT_DTYPES, check_out, require_cuda, require_dtype
 
 _BLOCK = 1024
-_SQRT_2_OVER_PI = 0.7978845608028654
+_SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)  # a jit function reads only constexpr globals
 
 
 @triton.jit
