@@ -210,8 +210,8 @@ class ModelRunner:
 
     def _init_cuda_graphs(self) -> None:
         self.graph_runner = self.verify_graph_runner = self.draft_graph_runner = None
-        if self.device.type != "cuda" or self.args.disable_cuda_graph:
-            return
+        if self.device.type != "cuda" or self.args.disable_cuda_graph or self.args.is_embedding:
+            return  # an embedding model never decodes (and may have no LM head to capture)
         if self._attention_backend_name() != "triton":
             logger.info("CUDA graphs need the triton attention backend; decoding eagerly")
             return
@@ -224,9 +224,10 @@ class ModelRunner:
             self.drafter.graph_runner = self.prepare_draft_graphs(self.drafter)
 
     def _graph_batch_sizes(self) -> list[int]:
-        """The decode batch sizes captured in CUDA graphs (none where decode runs eagerly)."""
+        """The decode batch sizes captured in CUDA graphs (none where decode runs eagerly, and
+        none for an embedding model, which never decodes and may have no LM head to capture)."""
         from sgl.runtime.executor.cuda_graph_runner import auto_max_bs, default_batch_sizes
-        if (self.device.type != "cuda" or self.args.disable_cuda_graph
+        if (self.device.type != "cuda" or self.args.disable_cuda_graph or self.args.is_embedding
                 or self._attention_backend_name() != "triton"):
             return []
         max_bs = self.args.cuda_graph_max_bs or auto_max_bs(torch.cuda.get_device_properties(self.device).total_memory)
