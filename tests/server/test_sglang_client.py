@@ -36,10 +36,11 @@ SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", 
                          "age": {"type": "integer", "minimum": 0, "maximum": 120}}}
 
 
-def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-warn-conflicts",
-                           "--disable-pip-version-check", *args],
-                          capture_output=True, text=True, timeout=900)
+def _pip(python: Path, *args: str) -> subprocess.Popen:
+    """This venv's pip installing into the client's (which has none: `venv --without-pip`)."""
+    return subprocess.Popen([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                             "--no-warn-conflicts", "--disable-pip-version-check", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="session")
@@ -51,16 +52,18 @@ def sglang_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     python = root / "venv" / "bin" / "python"
     ready = root / "ready"
     if not ready.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(root / "venv")], check=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(root / "venv")],
+                       check=True)
         purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig."
                                   "get_paths()['purelib'])"], capture_output=True, text=True,
                                  check=True).stdout.strip()
         Path(purelib, "zz_test_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-        res = _pip(python, "--no-deps", f"sglang=={SGLANG_VERSION}")
-        if res.returncode != 0:
-            pytest.skip(f"cannot install sglang=={SGLANG_VERSION}: {res.stderr[-500:]}")
-        res = _pip(python, *FRONTEND_IMPORTS)
-        assert res.returncode == 0, res.stderr[-2000:]
+        # sglang itself (without its server's dependencies) and what its frontend imports, at once
+        client, imports = _pip(python, "--no-deps", f"sglang=={SGLANG_VERSION}"), _pip(python, *FRONTEND_IMPORTS)
+        (_, client_err), (_, imports_err) = client.communicate(timeout=900), imports.communicate(timeout=900)
+        if client.returncode != 0:
+            pytest.skip(f"cannot install sglang=={SGLANG_VERSION}: {client_err[-500:]}")
+        assert imports.returncode == 0, imports_err[-2000:]
         ready.write_text("ok")
     return python
 
