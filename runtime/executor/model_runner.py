@@ -18,6 +18,7 @@ from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, Tabl
 from sgl.runtime.disaggregation.transfer import KVTransferAgent, PoolIO
 from sgl.runtime.executor.attention import get_attention_backend
 from sgl.runtime.executor.forward_batch import ForwardBatch
+from sgl.runtime.executor.graph_setup import GraphSetup
 from sgl.runtime.executor.logit_rows import LogitRows, auto_logit_rows
 from sgl.runtime.executor.pool_sizing import auto_pool_tokens
 from sgl.runtime.executor.pooling import PoolingConfig, read_pooling_config
@@ -55,7 +56,7 @@ def resolve_kv_cache_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
     return dtype if name == "auto" else _KV_CACHE_DTYPES[name]
 
 
-class ModelRunner:
+class ModelRunner(GraphSetup):
     """The executor behind the scheduler's `Runner` protocol (runtime/scheduler/contract.py)."""
 
     def __init__(self, server_args: Any, tp_rank: int = 0) -> None:
@@ -191,82 +192,10 @@ class ModelRunner:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
 
-    def release_cuda_graphs(self) -> None:
-        """Reset and drop every captured graph (decode, verify, draft). Graphs that captured NCCL
-        collectives must go before the process group is destroyed, or the destroy blocks forever
-        (pytorch/pytorch#115388; seen here on H100s as a TP=2 engine that never shut down)."""
-        from sgl.runtime.executor.cuda_graph_runner import release_graphs
-        for runner in (self.graph_runner, self.verify_graph_runner, self.draft_graph_runner):
-            if runner is not None:
-                release_graphs(runner.graphs)
-        self.graph_runner = self.verify_graph_runner = self.draft_graph_runner = None
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def _attention_backend_name(self) -> str:
         if self.args.attention_backend:
             return self.args.attention_backend
         return "triton" if self.device.type == "cuda" else "torch_native"
-
-    def _init_cuda_graphs(self) -> None:
-        self.graph_runner = self.verify_graph_runner = self.draft_graph_runner = None
-        if self.device.type != "cuda" or self.args.disable_cuda_graph or self.args.is_embedding:
-            return  # an embedding model never decodes (and may have no LM head to capture)
-        if self._attention_backend_name() != "triton":
-            logger.info("CUDA graphs need the triton attention backend; decoding eagerly")
-            return
-        from sgl.runtime.executor.cuda_graph_runner import CudaGraphRunner
-        sizes = self._graph_batch_sizes()
-        self.graph_runner = CudaGraphRunner(self, sizes)
-        if self.args.speculative_algorithm:
-            self.prepare_verify_graphs(self.args.speculative_settings()[2])
-        if self.drafter is not None:
-            self.drafter.graph_runner = self.prepare_draft_graphs(self.drafter)
-
-    def _graph_batch_sizes(self) -> list[int]:
-        """The decode batch sizes captured in CUDA graphs (none where decode runs eagerly, and
-        none for an embedding model, which never decodes and may have no LM head to capture)."""
-        from sgl.runtime.executor.cuda_graph_runner import auto_max_bs, default_batch_sizes
-        if (self.device.type != "cuda" or self.args.disable_cuda_graph or self.args.is_embedding
-                or self._attention_backend_name() != "triton"):
-            return []
-        max_bs = self.args.cuda_graph_max_bs or auto_max_bs(torch.cuda.get_device_properties(self.device).total_memory)
-        max_bs = min(max_bs, self.max_running_requests)
-        sizes = self.args.cuda_graph_bs or default_batch_sizes(max_bs)
-        return [bs for bs in sizes if bs <= self.max_running_requests]
-
-    def prepare_verify_graphs(self, num_rows: int) -> None:
-        """Speculative verify forwards (the target over each request's root and draft tree of at
-        most num_rows rows) replay graphs of their own, sharing the decode graphs' memory pool.
-        Captured at start-up when speculation is on; called again when a benchmark switches
-        speculation settings on a running engine (a new num_rows recaptures)."""
-        from sgl.runtime.executor.verify_graph_runner import VerifyGraphRunner, verify_batch_sizes
-        if self.graph_runner is None or (self.verify_graph_runner is not None
-                                         and self.verify_graph_runner.num_rows == num_rows):
-            return
-        self.verify_graph_runner = None  # its graphs' memory goes back to the shared pool first
-        sizes = verify_batch_sizes(self.graph_runner.batch_sizes, num_rows)
-        if sizes:
-            self.verify_graph_runner = VerifyGraphRunner(self, sizes, num_rows, pool=self.graph_runner.pool)
-
-    def prepare_draft_graphs(self, drafter: Any) -> Any:
-        """CUDA graphs of a model drafter's tree steps (decode batches of the draft model; see
-        runtime/executor/draft_graph_runner.py), sharing the decode graphs' memory pool.
-        Called by each new drafter (a benchmark may switch settings on a running engine: the
-        previous drafter's graphs go first). Returns the graph runner, None where decode runs
-        eagerly (CPU, --disable-cuda-graph, a backend other than triton) or with
-        --disable-draft-cuda-graph (the drafter alone eager)."""
-        from sgl.runtime.executor.cuda_graph_runner import release_graphs
-        from sgl.runtime.executor.draft_graph_runner import DraftGraphRunner, draft_batch_sizes
-        if self.draft_graph_runner is not None:
-            release_graphs(self.draft_graph_runner.graphs)
-            self.draft_graph_runner = None
-        if self.graph_runner is None or self.args.disable_draft_cuda_graph:
-            return None
-        sizes = draft_batch_sizes(self.graph_runner.batch_sizes, drafter.topk)
-        if sizes:
-            self.draft_graph_runner = DraftGraphRunner(drafter, sizes, pool=self.graph_runner.pool)
-        return self.draft_graph_runner
 
     # -- speculative decoding (the drafter lives here; the scheduler plans) --------------------
     def _init_speculative(self) -> None:
