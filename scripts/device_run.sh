@@ -27,7 +27,7 @@ for stage in "$@"; do
   echo "=== $stage $(date +%T)"
   case $stage in
     # every gpu test; files whose CPU-only imports (openai, hypothesis, ...) are absent here are reported, not fatal
-    gpu) python3 -m pytest -v -m gpu ${GPU_TESTS:-tests} --continue-on-collection-errors -p no:cacheprovider -rfE --tb=short \
+    gpu) timeout ${GPU_TIMEOUT:-570} python3 -m pytest -v -m gpu ${GPU_TESTS:-tests} --continue-on-collection-errors -p no:cacheprovider -rfE --tb=short \
         --durations=15 > "$OUT/gpu.log" 2>&1; grep -E "FAILED|ERROR|passed|failed" "$OUT/gpu.log" | tail -n 40 ;;
     gpu_kernels) python3 -m pytest -q -m gpu tests/kernels 2>&1 | tail -5 ;;
     # the suite on this code, compared with docs/bench_baseline.json ($SUITE_ARGS: e.g. --only ...)
@@ -54,6 +54,17 @@ for stage in "$@"; do
         timeout 570 python3 -m sgl.bench_programs --model-path llama-3.1-8b-dummy --load-format dummy --tokenizer-path .tok/llama3 \
                --workload $W --num-programs 64 --parallel 64 --num-sequential-programs 4 --backend ${BACKEND:-http} \
                --result-file "$OUT/${stage}_${BACKEND:-http}.json" 2>&1 | grep -vE "^\s*$|Loading|INFO" | tail -40 ;;
+    # issue #20: the fused MoE kernels against their roofline, then the Qwen3-30B-A3B shape end to end
+    moe) python3 -m sgl.bench_moe --batches ${MOE_BATCHES:-1,64,256} 2>&1 | tail -30; python3 -m sgl.bench_moe --decode-floor
+        timeout 300 python3 -m sgl.bench_one_batch --model-path qwen3-30b-a3b-dummy --load-format dummy --batch-size 1 \
+            --input-len 128 --output-len 256 --result-filename "$OUT/moe_decode.jsonl" 2>&1 | grep -E "Prefill|Decode|Total|rror" ;;
+    moe_offline) timeout 450 python3 -m sgl.bench_offline_throughput --model-path qwen3-30b-a3b-dummy --load-format dummy \
+            --skip-tokenizer-init --num-prompts 500 --random-input-len 4096 --random-output-len 2048 --random-range-ratio 0 \
+            --result-filename "$OUT/moe_offline.jsonl" 2>&1 | grep -vE "INFO|Loading" | tail -15 ;;
+    # the prefill 8 x 4096 kernel table and host profile, on this code and on .base
+    prefill_profile) for tree in . .base; do (cd $tree && PYTHONPATH="$PWD:$PYTHONPATH" timeout 150 python3 -m sgl.bench_one_batch \
+            --model-path llama-3.1-8b-dummy --load-format dummy --batch-size 8 --input-len 4096 --output-len 1 \
+            --profile-kernels 1 > "$OUT/prefill_profile_${tree#.}.txt" 2>&1; grep -E "Prefill|kernel profile" "$OUT/prefill_profile_${tree#.}.txt"); done ;;
     *) echo "unknown stage $stage" ;;
   esac
 done
