@@ -25,12 +25,17 @@ from tests.server.conftest import sse_events, start_tiny
 PROMPTLY_S = 8.0  # before: a loading scheduler ignored SIGTERM and was killed after 10 s
 
 
+_LAUNCHED_AT: dict[int, float] = {}  # server pid -> when it was started (time.time())
+
+
 def _launch(log_path: str, *args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     log = open(log_path, "wb")
+    launched = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "sgl.launch_server", "--port", str(port),
                              "--log-level", "info", *args], stdout=log, stderr=subprocess.STDOUT)
     log.close()
+    _LAUNCHED_AT[proc.pid] = launched
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -53,8 +58,15 @@ def _assert_stops_promptly(proc: subprocess.Popen, children: list[int], timeout_
         time.sleep(0.05)
     took = time.monotonic() - start
     assert rc == 0 and not [p for p in children if _alive(p)], (rc, took)
-    assert not glob.glob(os.path.join(tempfile.gettempdir(), ipc_dir_prefix(proc.pid) + "*"))
+    assert not _ipc_dirs_of(proc)
     return took
+
+
+def _ipc_dirs_of(proc: subprocess.Popen) -> list[str]:
+    """The server's socket folders left behind. Pids wrap (at 32768 here), so a folder of that
+    name from before this server started belongs to an earlier server that was killed."""
+    pattern = os.path.join(tempfile.gettempdir(), ipc_dir_prefix(proc.pid) + "*")
+    return [d for d in glob.glob(pattern) if os.stat(d).st_mtime >= _LAUNCHED_AT[proc.pid] - 1]
 
 
 @pytest.mark.parametrize("marker,tiny", [
