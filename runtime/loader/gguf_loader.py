@@ -15,6 +15,7 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 from sgl.runtime.loader.gguf_config import GGUF_ARCHITECTURES, build_config
+from sgl.runtime.loader.gguf_dequant import dequantize_fast
 from sgl.runtime.loader.gguf_file import GGUFFile
 from transformers import PretrainedConfig
 
@@ -129,6 +130,9 @@ def dequantize_tensor(name: str, data: np.ndarray, quant_type: GGMLQuantizationT
         supported = ", ".join(sorted(q.name for q in SUPPORTED_QUANT_TYPES))
         raise ValueError(f"GGUF tensor {name!r} has unsupported quantization type "
                          f"{quant_type.name}; supported: {supported}")
+    fast = dequantize_fast(data, quant_type)
+    if fast is not None:
+        return fast
     weight = np.ascontiguousarray(dequantize(data, quant_type), dtype=np.float32)
     if not weight.flags.writeable:  # F32 comes back as a view of the read-only memory map
         weight = weight.copy()
