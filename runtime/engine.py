@@ -66,7 +66,8 @@ class Engine:
         self.tm = TokenizerManager(self.tokenizer, self.runner.vocab_size, self.runner.context_len,
                                    self._inbox.put, self.server_args.grammar_backend,
                                    self.server_args.is_embedding,
-                                   policy=RequestPolicy.from_args(self.server_args))
+                                   policy=RequestPolicy.from_args(self.server_args),
+                                   matryoshka=self.runner.matryoshka)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="sgl-front", daemon=True)
         self._loop_thread.start()
@@ -143,13 +144,33 @@ class Engine:
 
     # -- embeddings (is_embedding=True) --------------------------------------------------------
     def encode(self, prompt: Prompt = None, input_ids: Optional[list] = None,
-               rid: Union[str, list, None] = None) -> Union[dict, list]:
+               rid: Union[str, list, None] = None,
+               dimensions: Optional[int] = None) -> Union[dict, list]:
         """{"embedding": [...], "meta_info": {...}} per prompt (a list for a batch), as SGLang's
-        Engine.encode; pooled and normalized as the model's sentence-transformers files say."""
-        obj = {k: v for k, v in {"text": prompt, "input_ids": input_ids, "rid": rid}.items() if v is not None}
-        parsed = self.tm.parse_encode(obj)  # raise ValueError here, in the caller's thread
+        Engine.encode; pooled and normalized as the model's sentence-transformers files say.
+        dimensions (Matryoshka-trained models only): the first `dimensions` values, renormalized
+        when the model normalizes."""
+        self._check_running()
+        obj, parsed = self._parse_encode(prompt, input_ids, rid, dimensions)
         fut = asyncio.run_coroutine_threadsafe(_collect(self.tm, obj, parsed), self._loop)
         return fut.result()
+
+    async def async_encode(self, prompt: Prompt = None, input_ids: Optional[list] = None,
+                           rid: Union[str, list, None] = None,
+                           dimensions: Optional[int] = None) -> Union[dict, list]:
+        """`encode` for a running event loop (SGLang's Engine.async_encode): awaits the result
+        instead of blocking the caller's loop."""
+        self._check_running()
+        obj, parsed = self._parse_encode(prompt, input_ids, rid, dimensions)
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(_collect(self.tm, obj, parsed), self._loop))
+
+    def _parse_encode(self, prompt: Prompt, input_ids: Optional[list], rid: Union[str, list, None],
+                      dimensions: Optional[int]) -> tuple[dict, ParsedRequest]:
+        """The /encode body and its parse; a ValueError is raised in the caller's thread."""
+        fields = {"text": prompt, "input_ids": input_ids, "rid": rid, "dimensions": dimensions}
+        obj = {k: v for k, v in fields.items() if v is not None}
+        return obj, self.tm.parse_encode(obj)
 
     # -- control ----------------------------------------------------------------------------
     def call_in_scheduler(self, fn: Any, timeout: Optional[float] = 60) -> Any:

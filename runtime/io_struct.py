@@ -54,6 +54,7 @@ class TokenizedGenerateReq:
     stream: bool = False
     priority: Optional[int] = None  # SGLang's request priority (scheduled with --enable-priority-scheduling)
     is_embedding: bool = False  # pool the prompt's hidden states (max_new_tokens 0) instead of generating
+    dimensions: Optional[int] = None  # embeddings: keep the first `dimensions` values (Matryoshka)
     bootstrap: Optional[Bootstrap] = None  # prefill-decode disaggregation: where the KV comes from
     return_hidden_states: Union[bool, str] = False  # True: every position's final hidden state; "last"
 

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from sgl.runtime.disaggregation.messages import BOOTSTRAP_FIELDS, parse_bootstrap
 from sgl.runtime.io_struct import TokenizedGenerateReq
+from sgl.runtime.matryoshka import Matryoshka
 from sgl.runtime.request_fields import KNOWN, check_extra_fields
 from sgl.runtime.request_options import RequestPolicy, parse_hidden_states, parse_priority
 from sgl.runtime.sampling.params import SamplingParams
@@ -86,21 +87,24 @@ def _attach_bootstrap(obj: dict[str, Any], reqs: list[TokenizedGenerateReq], num
         req.bootstrap = boot
 
 
-_ENCODE_FIELDS = {"text", "input_ids", "rid"}
+_ENCODE_FIELDS = {"text", "input_ids", "rid", "dimensions"}
 
 
-def parse_encode(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_len: int) -> ParsedRequest:
-    """An embedding request (SGLang's /encode shape: text or input_ids, one or a batch; rid)."""
+def parse_encode(obj: dict[str, Any], tokenize: Any, vocab_size: int, context_len: int,
+                 matryoshka: Optional[Matryoshka] = None) -> ParsedRequest:
+    """An embedding request (SGLang's /encode shape: text or input_ids, one or a batch; rid;
+    dimensions, one for every prompt, when the model is Matryoshka-trained)."""
     unknown = sorted(set(obj) - _ENCODE_FIELDS)
     if unknown:
         raise ValueError(f"unknown field(s) for an embedding request: {', '.join(unknown)}")
+    dimensions = (matryoshka or Matryoshka(hidden_size=0)).check(obj.get("dimensions"))
     texts, ids, is_batch = _prompts(obj)
     prompts = ids if ids is not None else [_tokenize(tokenize, t) for t in texts]
     for i, p in enumerate(prompts):
         _check_prompt(p, i, vocab_size, context_len)
     rids = _rids(obj.get("rid"), len(prompts))
-    reqs = [TokenizedGenerateReq(rid, prompt, SamplingParams(max_new_tokens=0), is_embedding=True)
-            for rid, prompt in zip(rids, prompts)]
+    reqs = [TokenizedGenerateReq(rid, prompt, SamplingParams(max_new_tokens=0), is_embedding=True,
+                                 dimensions=dimensions) for rid, prompt in zip(rids, prompts)]
     return ParsedRequest(reqs, is_batch, False, False, prompts)
 
 

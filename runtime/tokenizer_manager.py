@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 
 from sgl.runtime.detokenizer import IncrementalDetokenizer, visible_text
 from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput, failure_of
+from sgl.runtime.matryoshka import Matryoshka
 from sgl.runtime.request import ParsedRequest, parse_encode, parse_generate
 from sgl.runtime.request_options import RequestPolicy
 
@@ -140,9 +141,11 @@ class TokenizerManager:
     def __init__(self, tokenizer: Any, vocab_size: int, context_len: int,
                  send: Callable[[Any], None], grammar_backend: str = "xgrammar",
                  is_embedding: bool = False, disaggregation_mode: str = "null",
-                 policy: RequestPolicy = RequestPolicy()) -> None:
+                 policy: RequestPolicy = RequestPolicy(),
+                 matryoshka: Optional[Matryoshka] = None) -> None:
         self.tokenizer, self.vocab_size, self.context_len = tokenizer, vocab_size, context_len
         self.grammar_backend, self.is_embedding = grammar_backend, is_embedding
+        self.matryoshka = matryoshka  # embeddings: which `dimensions` the model allows
         self.disaggregation_mode, self.policy = disaggregation_mode, policy
         self.send = send
         self.states: dict[str, ReqStream] = {}
@@ -168,7 +171,7 @@ class TokenizerManager:
         # The tokenizer's own special tokens (Qwen3-Embedding appends <|endoftext|>, whose hidden
         # state it pools), as sentence-transformers tokenizes.
         tok = self.tokenizer.encode if self.tokenizer is not None else None
-        return parse_encode(obj, tok, self.vocab_size, self.context_len)
+        return parse_encode(obj, tok, self.vocab_size, self.context_len, self.matryoshka)
 
     async def parse_async(self, obj: dict[str, Any]) -> ParsedRequest:
         """`parse` off the event loop: a long prompt takes seconds to tokenize, and every other

@@ -29,6 +29,7 @@ from sgl.runtime.layers.attention import kv_cache_scales
 from sgl.runtime.layers.custom_all_reduce import uninstall as uninstall_one_shot
 from sgl.runtime.loader import kv_layout, load_model
 from sgl.runtime.loader.bundled import bundled_model_path
+from sgl.runtime.matryoshka import Matryoshka
 from sgl.runtime.sampling.sampler import Sampler
 from sgl.runtime.scheduler.contract import (DraftInputs, KVJob, KVJobResult, KVLinkSpec, RunnerInfo,
                                             StepInputs, StepOutOfMemory)
@@ -123,11 +124,13 @@ class ModelRunner(GraphSetup):
         self.context_len = self.loaded.context_len
         self.max_logit_rows = self.args.logits_chunk_size or auto_logit_rows(self.vocab_size)
         self.pooling: Optional[PoolingConfig] = None
+        self.matryoshka: Optional[Matryoshka] = None  # embeddings: the `dimensions` allowed
         if not self.args.is_embedding:
             self.model.head()  # a checkpoint without an LM head cannot generate: say so now
         else:  # a GGUF file or shipped config has no sentence-transformers files
             path = self.loaded.model_path
             self.pooling = read_pooling_config(path) if os.path.isdir(path) else PoolingConfig()
+            self.matryoshka = Matryoshka.of(self.loaded.hf_config)
 
     def _init_memory(self) -> None:
         L = self.loaded

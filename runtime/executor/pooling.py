@@ -8,12 +8,17 @@ causal LMs served as embedding models).
 
 A prompt may run in several chunks (chunked prefill) and start after a cached prefix. The
 scheduler asks the runner for the sum of the final hidden states over the rows that belong to
-the pool in each chunk (`chunk_span`) and adds them up; `finish` divides and normalizes."""
+the pool in each chunk (`chunk_span`) and adds them up; `finish` divides and normalizes.
+
+A Matryoshka-trained model (its config.json says `is_matryoshka: true` or lists
+`matryoshka_dimensions`) may be asked for a shorter vector (`dimensions`, OpenAI's field): the
+pooled vector keeps its first `dimensions` values and is normalized again when the model
+normalizes, as SGLang's Pooler does."""
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -27,6 +32,10 @@ _ST_FIELDS = {"pooling_mode_lasttoken": "last", "pooling_mode_mean_tokens": "mea
 class PoolingConfig:
     mode: str = "last"
     normalize: bool = True
+    dimensions: Optional[int] = None  # one request's Matryoshka truncation (runtime/matryoshka.py)
+
+    def with_dimensions(self, dimensions: Optional[int]) -> "PoolingConfig":
+        return self if dimensions is None else replace(self, dimensions=dimensions)
 
     def max_prefix_len(self, seq_len: int) -> int:
         """How much of a prompt the radix cache may supply: the pooled rows must run."""
@@ -45,6 +54,8 @@ class PoolingConfig:
     def finish(self, total: torch.Tensor, seq_len: int) -> list[float]:
         """The embedding from the summed rows (float32, CPU)."""
         vec = total / seq_len if self.mode == "mean" else total
+        if self.dimensions is not None:
+            vec = vec[..., :self.dimensions]  # truncate first: the short vector is the unit one
         if self.normalize:
             vec = torch.nn.functional.normalize(vec, dim=-1)
         return vec.tolist()

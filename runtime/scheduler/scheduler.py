@@ -112,8 +112,8 @@ class Scheduler:
                   arrival=self._arrivals)
         self._arrivals += 1
         req.min_tokens_ids = self.stop_checker.min_tokens_ids(params)
-        if msg.is_embedding:
-            req.pooling = self.info.pooling
+        if msg.is_embedding and self.info.pooling is not None:
+            req.pooling = self.info.pooling.with_dimensions(msg.dimensions)
         if msg.return_hidden_states:
             req.hidden = HiddenStates(last_only=msg.return_hidden_states == "last")
         if self.priority is not None:

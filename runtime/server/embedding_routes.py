@@ -2,7 +2,7 @@
 input_ids, one or a batch -> {"embedding", "meta_info"} per prompt) and OpenAI's `/v1/embeddings`
 (input: a string, a list of strings, a list of token ids or a list of such lists;
 encoding_format "float" or "base64", the little-endian float32 bytes the openai client asks for
-by default)."""
+by default). Both take `dimensions` for a Matryoshka-trained model (runtime/matryoshka.py)."""
 from __future__ import annotations
 
 import base64
@@ -56,13 +56,13 @@ def _native_request(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     if encoding not in ("float", "base64"):
         raise ApiError(f"encoding_format must be 'float' or 'base64', got {encoding!r}",
                        param="encoding_format")
-    if body.get("dimensions") is not None:
-        raise ApiError("dimensions (Matryoshka truncation) is not supported", param="dimensions")
+    # checked with the prompt (request.parse_encode): allowed for Matryoshka-trained models only
+    extra = {"dimensions": body["dimensions"]} if body.get("dimensions") is not None else {}
     inputs = body.get("input")
     if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(isinstance(t, str) for t in inputs)):
-        return {"text": inputs}, encoding
+        return {"text": inputs, **extra}, encoding
     if isinstance(inputs, list) and inputs:
-        return {"input_ids": inputs}, encoding
+        return {"input_ids": inputs, **extra}, encoding
     raise ApiError("input must be a string, a non-empty list of strings, a list of token ids "
                    "or a list of such lists", param="input")
 

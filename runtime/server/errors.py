@@ -17,7 +17,7 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
           504: "timeout_error"}
 _REQUEST_FIELDS = ("input_ids", "text", "sampling_params", "return_logprob", "logprob_start_len",
                    "top_logprobs_num", "return_text_in_logprobs", "stream", "rid", "priority",
-                   "return_hidden_states", *sorted(KNOWN))
+                   "return_hidden_states", "dimensions", *sorted(KNOWN))
 _SAMPLING_FIELDS = tuple(SamplingParams.__dataclass_fields__)
 
 

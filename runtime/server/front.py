@@ -14,6 +14,7 @@ import zmq
 import zmq.asyncio
 
 from sgl.runtime.io_struct import AbortReq, TokenizedGenerateReq, TokenOutput
+from sgl.runtime.matryoshka import Matryoshka
 from sgl.runtime.request import ParsedRequest
 from sgl.runtime.request_options import RequestPolicy
 from sgl.runtime.server.data_parallel import ReplicaDispatcher
@@ -40,12 +41,13 @@ class ServerTokenizerManager(TokenizerManager):
                  metrics: ServerMetrics, log_requests: bool = False,
                  stream_interval: int = 1, grammar_backend: str = "xgrammar",
                  load_balance_method: str = "round_robin", is_embedding: bool = False,
-                 disaggregation_mode: str = "null", policy: RequestPolicy = RequestPolicy()) -> None:
+                 disaggregation_mode: str = "null", policy: RequestPolicy = RequestPolicy(),
+                 matryoshka: Optional[Matryoshka] = None) -> None:
         self._sync_ctx = zmq.Context()
         socks = [push_socket(self._sync_ctx, addr) for addr in endpoints.to_schedulers]
         self.dispatcher = ReplicaDispatcher([s.send_pyobj for s in socks], load_balance_method)
         super().__init__(tokenizer, vocab_size, context_len, self.dispatcher.send, grammar_backend,
-                         is_embedding, disaggregation_mode, policy)
+                         is_embedding, disaggregation_mode, policy, matryoshka)
         self.endpoints, self.metrics, self.log_requests = endpoints, metrics, log_requests
         self.stream_interval = max(stream_interval, 1)
         self._rpc_ids = itertools.count()

@@ -68,6 +68,7 @@ def ipc_dir_prefix(server_pid: int) -> str:
 
 
 def _serve(args: ServerArgs, procs: Any, stop: Any) -> None:
+    from sgl.runtime.matryoshka import Matryoshka
     from sgl.runtime.request_options import RequestPolicy
     from sgl.runtime.server.front import ServerTokenizerManager
     from sgl.runtime.server.http_server import ServerContext, build_app
@@ -77,11 +78,13 @@ def _serve(args: ServerArgs, procs: Any, stop: Any) -> None:
     info, tokenizer = procs.start(lambda: _load_tokenizer(args), stop.check)
     stop.check()
     name = args.served_model_name or info["model_path"]
+    matryoshka = Matryoshka(**info["matryoshka"]) if info.get("matryoshka") else None
     front = ServerTokenizerManager(tokenizer, info["vocab_size"], info["context_length"],
                                    procs.endpoints, ServerMetrics(name), args.log_requests,
                                    args.stream_interval, args.grammar_backend,
                                    args.load_balance_method, args.is_embedding,
-                                   args.disaggregation_mode, RequestPolicy.from_args(args))
+                                   args.disaggregation_mode, RequestPolicy.from_args(args),
+                                   matryoshka)
     front.request_timeout, front.max_queued_requests = args.request_timeout, args.max_queued_requests
     front.watchdog.timeout_s = args.watchdog_timeout
     app = build_app(ServerContext(args, front, info, procs, chat_template))

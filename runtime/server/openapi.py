@@ -52,13 +52,16 @@ GENERATE_SCHEMA: dict[str, Any] = {
         "priority": {"type": "integer", "minimum": -(1 << 63), "maximum": (1 << 63) - 1},
     },
 }
+_DIMENSIONS = {"type": "integer", "minimum": 1}  # Matryoshka-trained embedding models only
 _ENCODE_SCHEMA = {"type": "object", "properties": {
-    key: GENERATE_SCHEMA["properties"][key] for key in ("text", "input_ids", "rid")}}
+    **{key: GENERATE_SCHEMA["properties"][key] for key in ("text", "input_ids", "rid")},
+    "dimensions": _DIMENSIONS}}
 _EMBEDDINGS_SCHEMA = {"type": "object", "required": ["input"], "properties": {
     "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1},
                         _TOKEN_IDS, {"type": "array", "items": _TOKEN_IDS, "minItems": 1}]},
     "model": {"type": "string"},
     "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+    "dimensions": _DIMENSIONS,
     "user": {"type": "string"}}}
 _ABORT_SCHEMA = {"type": "object", "properties": {"rid": {"type": "string"},
                                                   "abort_all": {"type": "boolean"}}}

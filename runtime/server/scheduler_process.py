@@ -3,6 +3,7 @@ engine, reading requests from a ZMQ socket and pushing each step's outputs to th
 It never waits on HTTP or tokenization: requests arrive already tokenized."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -156,5 +157,7 @@ def _load(args: ServerArgs, conn: Connection) -> tuple[Any, Any, dict[str, Any]]
     info = {"model_path": runner.model_path, "vocab_size": runner.vocab_size,
             "context_length": runner.context_len, "max_total_tokens": runner.max_total_tokens,
             "max_running_requests": runner.max_running_requests,
-            "chunked_prefill_size": runner.chunked_prefill_size, "device": str(runner.device)}
+            "chunked_prefill_size": runner.chunked_prefill_size, "device": str(runner.device),
+            # embeddings: which `dimensions` the front end accepts (plain data: /get_server_info)
+            "matryoshka": dataclasses.asdict(runner.matryoshka) if runner.matryoshka else None}
     return sched, runner, info

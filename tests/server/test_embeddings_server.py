@@ -1,11 +1,14 @@
 """`sgl serve --is-embedding`: the openai client's embeddings.create (base64 by default, and
 float) and SGLang's /encode give transformers' last-token, normalized hidden states of a tiny
-random headless Qwen3 (the Qwen3 tokenizer); generation routes and unsupported fields are 400s."""
+random headless Qwen3 (the Qwen3 tokenizer), Matryoshka-enabled in its config.json as Qwen3-Embedding
+may be: `dimensions` truncates and renormalizes. Generation routes, unsupported fields and
+`dimensions` a model does not allow are 400s naming the field; requests beside them finish."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -31,7 +34,8 @@ def served(tmp_path_factory):
     model = tf.Qwen3Model(tf.Qwen3Config(**{**TINY, "vocab_size": 151936}, head_dim=16)).float().eval()
     model.save_pretrained(path)
     config = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen3ForCausalLM"]}))
+    (path / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen3ForCausalLM"],
+                                                  "is_matryoshka": True}))
     log = tmp_path_factory.mktemp("embedding-log") / "server.log"
     rt = Runtime(model_path=str(path), is_embedding=True, chunked_prefill_size=4,
                  max_total_tokens=1024, log_file=str(log))
@@ -39,10 +43,10 @@ def served(tmp_path_factory):
     rt.shutdown()
 
 
-def reference(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+def reference(model: torch.nn.Module, ids: list[int], dimensions: int | None = None) -> torch.Tensor:
     with torch.no_grad():
         hidden = model(torch.tensor([ids])).last_hidden_state[0, -1].float()
-    return torch.nn.functional.normalize(hidden, dim=-1)
+    return torch.nn.functional.normalize(hidden[:dimensions], dim=-1)
 
 
 @pytest.mark.parametrize("encoding_format", [openai.NOT_GIVEN, "float"])
@@ -68,8 +72,38 @@ def test_native_encode(served):
     assert batch[0]["meta_info"]["cached_tokens"] == len(ids) - 1  # the first request's prompt, reused
 
 
+def test_openai_client_dimensions(served):
+    """dimensions=k (base64, the client's default, and float): the first k values of the
+    server's own full vector, renormalized, and transformers' truncated the same way."""
+    url, model, tokenizer = served
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none")
+    full = client.embeddings.create(model="default", input=TEXTS, encoding_format="float").data
+    ids = [tokenizer(t).input_ids for t in TEXTS]
+    for k, encoding_format in ((1, openai.NOT_GIVEN), (24, openai.NOT_GIVEN), (40, "float")):
+        out = client.embeddings.create(model="default", input=TEXTS, dimensions=k,
+                                       encoding_format=encoding_format)
+        for d, f, prompt in zip(out.data, full, ids):
+            got = torch.tensor(d.embedding)
+            assert got.shape == (k,)
+            want = torch.nn.functional.normalize(torch.tensor(f.embedding[:k]), dim=-1)
+            assert torch.allclose(got, want, atol=1e-5, rtol=0)
+            assert torch.allclose(got, reference(model, prompt, k), atol=1e-4, rtol=0)
+
+
+def test_native_encode_dimensions(served):
+    url, model, tokenizer = served
+    ids = tokenizer(TEXTS[1]).input_ids
+    batch = requests.post(url + "/encode", json={"input_ids": [ids, ids[:4]], "dimensions": 16},
+                          timeout=120).json()
+    for out, prompt in zip(batch, (ids, ids[:4])):
+        assert torch.allclose(torch.tensor(out["embedding"]), reference(model, prompt, 16), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("route,body,param", [
-    ("/v1/embeddings", {"input": "hi", "dimensions": 8}, "dimensions"),
+    ("/v1/embeddings", {"input": "hi", "dimensions": 0}, "dimensions"),
+    ("/v1/embeddings", {"input": "hi", "dimensions": TINY["hidden_size"] + 1}, "dimensions"),
+    ("/v1/embeddings", {"input": "hi", "dimensions": "8"}, "dimensions"),
+    ("/encode", {"text": "hi", "dimensions": -3}, "dimensions"),
     ("/v1/embeddings", {"input": [], "model": "default"}, "input"),
     ("/v1/embeddings", {"input": "hi", "encoding_format": "int8"}, "encoding_format"),
     ("/encode", {"text": "hi", "sampling_params": {}}, None),
@@ -92,3 +126,49 @@ def test_openapi_declares_the_embedding_bodies(served):
     for route, field in (("/encode", "input_ids"), ("/v1/embeddings", "input")):
         schema = doc["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert field in schema["properties"], route
+
+
+def test_bad_dimensions_beside_good_requests(served):
+    """Refused `dimensions` while valid requests run at the same time: those finish intact."""
+    url, model, tokenizer = served
+    ids = tokenizer(TEXTS[0]).input_ids
+
+    def post(body: dict) -> requests.Response:
+        return requests.post(url + "/v1/embeddings", json=body, timeout=120)
+
+    bodies = [{"input": TEXTS[0], "dimensions": d} for d in (0, 8, 1000, None, 32, 3.5)]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(post, bodies))
+    for body, r in zip(bodies, responses):
+        if body["dimensions"] in (8, None, 32):
+            assert r.status_code == 200, r.text
+            vec = torch.tensor(r.json()["data"][0]["embedding"])
+            assert torch.allclose(vec, reference(model, ids, body["dimensions"]), atol=1e-4, rtol=0)
+        else:
+            assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions", r.text
+
+
+@pytest.fixture(scope="module")
+def plain_server(tmp_path_factory):
+    """A model whose config.json says nothing of Matryoshka (most embedding models)."""
+    path = tmp_path_factory.mktemp("plain-embedding")
+    torch.manual_seed(1)
+    tf.Qwen3Model(tf.Qwen3Config(**TINY, head_dim=16)).save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen3ForCausalLM"]}))
+    rt = Runtime(model_path=str(path), is_embedding=True, skip_tokenizer_init=True,
+                 max_total_tokens=256, log_file=str(tmp_path_factory.mktemp("plain-log") / "server.log"))
+    yield rt.url
+    rt.shutdown()
+
+
+def test_dimensions_need_a_matryoshka_model(plain_server):
+    client = openai.OpenAI(base_url=plain_server + "/v1", api_key="none")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="default", input=[[5, 17, 99]], dimensions=8)
+    assert e.value.status_code == 400 and e.value.param == "dimensions"
+    assert "not Matryoshka" in e.value.body["message"]
+    r = requests.post(plain_server + "/encode", json={"input_ids": [5, 17], "dimensions": 8}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions", r.text
+    out = client.embeddings.create(model="default", input=[[5, 17, 99]], encoding_format="float")
+    assert len(out.data[0].embedding) == TINY["hidden_size"]
