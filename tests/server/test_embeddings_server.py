@@ -146,29 +146,3 @@ def test_bad_dimensions_beside_good_requests(served):
             assert torch.allclose(vec, reference(model, ids, body["dimensions"]), atol=1e-4, rtol=0)
         else:
             assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions", r.text
-
-
-@pytest.fixture(scope="module")
-def plain_server(tmp_path_factory):
-    """A model whose config.json says nothing of Matryoshka (most embedding models)."""
-    path = tmp_path_factory.mktemp("plain-embedding")
-    torch.manual_seed(1)
-    tf.Qwen3Model(tf.Qwen3Config(**TINY, head_dim=16)).save_pretrained(path)
-    config = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen3ForCausalLM"]}))
-    rt = Runtime(model_path=str(path), is_embedding=True, skip_tokenizer_init=True,
-                 max_total_tokens=256, log_file=str(tmp_path_factory.mktemp("plain-log") / "server.log"))
-    yield rt.url
-    rt.shutdown()
-
-
-def test_dimensions_need_a_matryoshka_model(plain_server):
-    client = openai.OpenAI(base_url=plain_server + "/v1", api_key="none")
-    with pytest.raises(openai.BadRequestError) as e:
-        client.embeddings.create(model="default", input=[[5, 17, 99]], dimensions=8)
-    assert e.value.status_code == 400 and e.value.param == "dimensions"
-    assert "not Matryoshka" in e.value.body["message"]
-    r = requests.post(plain_server + "/encode", json={"input_ids": [5, 17], "dimensions": 8}, timeout=60)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions", r.text
-    out = client.embeddings.create(model="default", input=[[5, 17, 99]], encoding_format="float")
-    assert len(out.data[0].embedding) == TINY["hidden_size"]
