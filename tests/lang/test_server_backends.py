@@ -119,7 +119,7 @@ def test_openai_completion_speculative_execution_needs_fewer_requests(server_url
             s += "\nJob:" + sgl.gen("job", max_tokens=16, stop="\n") + "\n"
         return prog
 
-    spec_state = character(128).run(backend=backend, **GREEDY)
+    spec_state = character(64).run(backend=backend, **GREEDY)
     num_spec_requests = len(routes)
     plain_state = character(None).run(backend=backend, **GREEDY)
     assert len(routes) - num_spec_requests == 3 and num_spec_requests < 3

@@ -125,13 +125,13 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "require
 
 
 def _params() -> list[dict]:
-    # ignore_eos: every request runs its 32 tokens, so the pool runs short and some are retracted
-    params = [{"temperature": 0, "max_new_tokens": 32, "ignore_eos": True} for _ in PROMPTS]
-    params[2] = {"temperature": 0.8, "top_p": 0.9, "max_new_tokens": 32, "seed": 3, "ignore_eos": True}
-    params[3] = {"temperature": 1.0, "top_k": 20, "frequency_penalty": 0.5, "max_new_tokens": 32,
+    # ignore_eos: every request runs its 24 tokens, so the pool runs short and some are retracted
+    params = [{"temperature": 0, "max_new_tokens": 24, "ignore_eos": True} for _ in PROMPTS]
+    params[2] = {"temperature": 0.8, "top_p": 0.9, "max_new_tokens": 24, "seed": 3, "ignore_eos": True}
+    params[3] = {"temperature": 1.0, "top_k": 20, "frequency_penalty": 0.5, "max_new_tokens": 24,
                  "seed": 4, "ignore_eos": True}
-    params[5] = {"temperature": 0, "max_new_tokens": 32, "min_new_tokens": 26}
-    params[6] = {"temperature": 0, "max_new_tokens": 32, "stop": ["classic"]}  # stops mid-draft
+    params[5] = {"temperature": 0, "max_new_tokens": 24, "min_new_tokens": 20}
+    params[6] = {"temperature": 0, "max_new_tokens": 24, "stop": ["classic"]}  # stops mid-draft
     return params
 
 
