@@ -22,8 +22,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if cmd == "generate":
         return generate_main(rest)
     if cmd == "serve":
-        from sgl.runtime.server.launch import main as serve_main
-        return serve_main(rest)
+        from sgl.runtime.server.launch import run_as_command
+        run_as_command(rest)
     if cmd == "router":
         from sgl.runtime.router import main as router_main
         return router_main(rest)

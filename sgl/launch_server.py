@@ -1,7 +1,5 @@
 """`python -m sgl.launch_server [flags]`: see sgl.runtime.server.launch (same as `sgl serve`)."""
-import sys
-
-from sgl.runtime.server.launch import main
+from sgl.runtime.server.launch import run_as_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_command()

@@ -18,6 +18,7 @@ from sgl.runtime.server.ipc import (
     arm_graceful_stop,
     child_signals,
     configure_logging,
+    exit_now,
     pull_socket,
     push_socket,
     watch_parent,
@@ -88,3 +89,4 @@ def run_detokenizer_process(log_level: str, endpoints: Endpoints, parent_pid: in
         msg: Optional[Any] = inbox.recv_pyobj()
         out.send_pyobj(detok.process(msg) if isinstance(msg, OutputBatch) else msg)
     ctx.destroy(linger=0)
+    exit_now()

@@ -33,6 +33,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
+def run_as_command(argv: Optional[list[str]] = None) -> None:
+    """`sgl serve` / `python -m sgl.launch_server` as a process: main(), then os._exit with its
+    status (ipc.exit_now). By then every child has stopped and the socket folder is gone; what
+    is left is the interpreter's teardown of torch and the rest, ~0.7 s of every shutdown. A
+    SIGTERM ends main() with SystemExit (shutdown.StartupStop), usage errors too."""
+    from sgl.runtime.server.ipc import exit_now
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    exit_now(code)
+
+
 def serve_follower_node(args: ServerArgs) -> None:
     """A node other than 0: only its tensor-parallel ranks, following node 0's scheduler."""
     import multiprocessing

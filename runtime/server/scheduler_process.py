@@ -27,6 +27,7 @@ from sgl.runtime.server.ipc import (
     arm_graceful_stop,
     child_signals,
     configure_logging,
+    exit_now,
     pull_socket,
     push_socket,
     watch_parent,
@@ -146,6 +147,7 @@ def run_scheduler_process(args: ServerArgs, endpoints: Endpoints, dp_rank: int, 
     run_scheduler_loop(sched, inbox, emit, stop)
     runner.shutdown()  # releases the other tensor-parallel ranks
     ctx.destroy(linger=0)
+    exit_now()
 
 
 def _load(args: ServerArgs, conn: Connection) -> tuple[Any, Any, dict[str, Any]]:
