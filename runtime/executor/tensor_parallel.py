@@ -105,7 +105,7 @@ def start_tp_workers(args: Any, ctx: Any) -> tuple[Any, dict[str, Any]]:
 def run_tp_worker(server_args: Any, rank: int) -> None:
     """Entry point of ranks 1..tp_size-1 (a spawned process)."""
     from sgl.runtime.executor.model_runner import ModelRunner
-    from sgl.runtime.server.ipc import configure_logging
+    from sgl.runtime.server.ipc import configure_logging, exit_now
     configure_logging(server_args.log_level, f"TP{rank}")
     _exit_with_parent()
     runner = ModelRunner(server_args, tp_rank=rank)
@@ -114,8 +114,10 @@ def run_tp_worker(server_args: Any, rank: int) -> None:
         if msg is None:
             break
         runner.follow_step(*msg)
-    if not leave_tensor_parallel(runner):
-        os._exit(0)  # a stuck destroy would hang this process's exit too
+    leave_tensor_parallel(runner)
+    # os._exit: no interpreter teardown (~0.7 s), and a destroy still stuck past its deadline
+    # cannot hang the exit
+    exit_now()
 
 
 def leave_tensor_parallel(runner: Any, timeout_s: float = 60.0) -> bool:
