@@ -23,7 +23,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return generate_main(rest)
     if cmd == "serve":
         from sgl.runtime.server.launch import run_as_command
-        run_as_command(rest)
+        run_as_command(rest)  # never returns: the process ends with the server
     if cmd == "router":
         from sgl.runtime.router import main as router_main
         return router_main(rest)

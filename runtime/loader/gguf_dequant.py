@@ -14,18 +14,19 @@ from typing import Optional
 
 import numpy as np
 import torch
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 
-BLOCK = 32
-_BLOCK_BYTES = {Q.Q8_0: 34, Q.Q4_0: 18, Q.Q4_1: 20}
-FAST_TYPES = frozenset(_BLOCK_BYTES)
+FAST_TYPES = frozenset({Q.Q8_0, Q.Q4_0, Q.Q4_1})
 
 
 def dequantize_fast(data: np.ndarray, quant_type: Q) -> Optional[torch.Tensor]:
     """float32 (rows, cols) for a uint8 (rows, bytes per row) tensor of a FAST_TYPES format;
     None for any other format or layout (the caller falls back to gguf-py)."""
-    block_bytes = _BLOCK_BYTES.get(quant_type)
-    if block_bytes is None or data.dtype != np.uint8 or data.shape[-1] % block_bytes:
+    if quant_type not in FAST_TYPES:
+        return None
+    block, block_bytes = GGML_QUANT_SIZES[quant_type]  # weights and bytes a block
+    if data.dtype != np.uint8 or data.shape[-1] % block_bytes:
         return None
     with warnings.catch_warnings():  # a read-only memory map: torch warns, and we only read it
         warnings.simplefilter("ignore", UserWarning)
@@ -42,7 +43,7 @@ def dequantize_fast(data: np.ndarray, quant_type: Q) -> Optional[torch.Tensor]:
             values = d * (nibbles.to(torch.int8) - 8).float()
         else:
             values = d * nibbles.float() + _f16(blocks[:, 2:4])
-    cols = data.shape[-1] // block_bytes * BLOCK
+    cols = data.shape[-1] // block_bytes * block
     return values.reshape(*data.shape[:-1], cols)
 
 

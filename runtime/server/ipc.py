@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import zmq
 
@@ -153,7 +153,7 @@ def child_signals() -> threading.Event:
     return threading.Event()
 
 
-def exit_now(code: int = 0) -> None:
+def exit_now(code: int = 0) -> NoReturn:
     """End a server process (a child, or the HTTP process run as a command) once it has cleaned
     up after itself: os._exit skips the interpreter teardown (unloading torch and the rest took
     ~0.7 s in each of them at every shutdown). multiprocessing's own exit work runs first (what

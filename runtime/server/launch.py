@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import tempfile
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from sgl.runtime.config import ServerArgs
 from sgl.runtime.server.ipc import Endpoints, configure_logging, watch_pid
@@ -33,7 +33,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def run_as_command(argv: Optional[list[str]] = None) -> None:
+def run_as_command(argv: Optional[list[str]] = None) -> NoReturn:
     """`sgl serve` / `python -m sgl.launch_server` as a process: main(), then os._exit with its
     status (ipc.exit_now). By then every child has stopped and the socket folder is gone; what
     is left is the interpreter's teardown of torch and the rest, ~0.7 s of every shutdown. A

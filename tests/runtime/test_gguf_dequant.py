@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize
 
@@ -14,15 +15,15 @@ from sgl.runtime.loader.gguf_dequant import FAST_TYPES, dequantize_fast
 from sgl.runtime.loader.gguf_file import GGUFFile
 
 SCALES = {Q.Q8_0: 1, Q.Q4_0: 1, Q.Q4_1: 2}  # float16 values at the start of each block
-BLOCK_BYTES = {Q.Q8_0: 34, Q.Q4_0: 18, Q.Q4_1: 20}
 
 
 def random_rows(quant_type: Q, num_rows: int, num_blocks: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 256, (num_rows * num_blocks, BLOCK_BYTES[quant_type]), dtype=np.uint8)
+    block_bytes = GGML_QUANT_SIZES[quant_type][1]
+    blocks = rng.integers(0, 256, (num_rows * num_blocks, block_bytes), dtype=np.uint8)
     scales = rng.normal(0, 0.05, (num_rows * num_blocks, SCALES[quant_type])).astype(np.float16)
     blocks[:, :2 * SCALES[quant_type]] = scales.view(np.uint8)
-    return blocks.reshape(num_rows, num_blocks * BLOCK_BYTES[quant_type])
+    return blocks.reshape(num_rows, num_blocks * block_bytes)
 
 
 def reference(data: np.ndarray, quant_type: Q) -> torch.Tensor:
