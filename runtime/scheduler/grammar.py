@@ -79,19 +79,35 @@ class GrammarCoordinator:
         if not any(r.grammar is not None for r in reqs):
             return None
         bitmask = allocate_token_bitmask(len(reqs), self.vocab_size)
+        # Rows are filled together (the backend may use threads), each grammar moved along its
+        # row's path first and back after; a grammar with a second row (a verify tree) sends
+        # the rows so far first.
+        grammars, rows, moved, held = [], [], [], set()
         for i, req in enumerate(reqs):
             g = req.grammar
             if g is None or (skip and id(req) in skip):
                 bitmask[i] = -1  # every bit set: all tokens allowed
                 continue
+            if id(g) in held:
+                self._fill(grammars, bitmask, rows, moved)
+                grammars, rows, moved, held = [], [], [], set()
             path = paths[i] if paths else []
             for token in path:
                 accepted = g.accept_token(token)
                 assert accepted, "draft trees of constrained requests hold grammar-valid tokens only"
-            g.fill_bitmask(bitmask, i)
-            if path:
-                g.rollback(len(path))
+            grammars.append(g)
+            rows.append(i)
+            moved.append(len(path))
+            held.add(id(g))
+        self._fill(grammars, bitmask, rows, moved)
         return bitmask
+
+    def _fill(self, grammars: list[Any], bitmask: torch.Tensor, rows: list[int],
+              moved: list[int]) -> None:
+        self.manager.backend.fill_bitmasks(grammars, bitmask, rows)
+        for g, n in zip(grammars, moved):
+            if n:
+                g.rollback(n)
 
     def after_token(self, req: Req, token: int, kv: Any) -> None:
         if self.advance(req, token):

@@ -341,6 +341,31 @@ def test_rollback_restores_masks(tok, backends, backend_name, kind, spec, doc):
     assert g.is_terminated() and g.num_accepted == len(ids)
 
 
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_batch_fill_equals_row_by_row(tok, backend_name):
+    """fill_bitmasks (xgrammar: on threads) writes each row exactly as the grammar's own
+    fill_bitmask does, for grammars in different states, a terminated one among them, into
+    scattered rows of a batch."""
+    backend = create_grammar_backend(backend_name, tok, len(tok) + PAD)
+    backend.fill_threads = 3  # threads even on a small machine
+    words = backend.compile("regex", r" [a-z]{1,8}( [a-z]{1,8}){0,2}\.")
+    schema = backend.compile("json", json.dumps(SCHEMAS["nested"]))
+    texts = ["", " th", " the", " the ma", " the man run", " ab.", ""]
+    grammars = [words.copy() for _ in texts[:-1]] + [schema.copy()]
+    for g, text in zip(grammars, texts):
+        for t in tok.encode(text, add_special_tokens=False):
+            assert g.accept_token(t)
+    assert grammars[5].accept_token(tok.eos_token_id) and grammars[5].is_terminated()
+    rows = [9, 0, 4, 2, 7, 5, 1]
+    batch = allocate_token_bitmask(10, backend.vocab_size)
+    backend.fill_bitmasks(grammars, batch, rows)
+    for g, row in zip(grammars, rows):
+        alone = allocate_token_bitmask(1, backend.vocab_size)
+        g.fill_bitmask(alone, 0)
+        assert torch.equal(batch[row], alone[0]), row
+    assert len({tuple(batch[r].tolist()) for r in rows}) >= 5  # the rows' states differ
+
+
 def test_xgrammar_length_bounded_string_rejects_raw_control_chars(tok, backends):
     tab = tok.convert_tokens_to_ids("\u0109")  # byte-level spelling of a lone "\t"
     assert tok.decode([tab]) == "\t"
