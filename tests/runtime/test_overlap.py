@@ -79,3 +79,47 @@ def test_overlap_with_grammars_and_jump_forward():
         assert engine.scheduler.stats.num_overlapped > 20
         engine.call_in_scheduler(lambda s: s.check_pool_invariant())
     assert got == expected
+
+
+def test_grammar_masks_are_filled_after_the_forward_is_queued():
+    """In a step with constrained rows the runner queues the forward, the host fills the masks
+    (while the device would run it), then sampling is queued with them: in every such step, in
+    this order, whether or not the steps chain."""
+    events: list[str] = []
+
+    class Recorder:
+        def __init__(self, inner):
+            self.inner, self.info = inner, inner.info
+
+        def launch_batch(self, step):
+            events.append("batch")
+            return self.inner.launch_batch(step)
+
+        def launch_forward(self, step):
+            events.append("forward")
+            return self.inner.launch_forward(step)
+
+        def launch_sampling(self, step, forward):
+            events.append("sampling" if step.vocab_mask is None else "sampling+mask")
+            return self.inner.launch_sampling(step, forward)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    for overlap in (False, True):
+        events.clear()
+        with Engine(max_total_tokens=4096) as engine:
+            def install(s):
+                s.overlap = overlap
+                s.runner = s.chain.runner = Recorder(s.runner)
+                fill = s.grammar.manager.backend.fill_bitmasks
+                s.grammar.manager.backend.fill_bitmasks = lambda *a: (events.append("mask"), fill(*a))
+            engine.call_in_scheduler(install)
+            out = engine.generate(PROMPTS[0], {"temperature": 0, "max_new_tokens": 12,
+                                               "regex": "(yes|no), [a-z]{2,8}\\."})
+        assert out["meta_info"]["finish_reason"]["type"] == "stop"
+        masked = [i for i, e in enumerate(events) if e == "mask"]
+        assert len(masked) >= 3, events
+        for i in masked:  # forward queued first, sampling with the mask right after
+            assert events[i - 1] == "forward" and events[i + 1] == "sampling+mask", events
+        assert "batch" not in events, events  # no constrained step samples without its mask
