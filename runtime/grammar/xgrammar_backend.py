@@ -78,12 +78,16 @@ class XGrammarBackend(GrammarBackend):
         self._batch_matcher: xgr.BatchGrammarMatcher | None = None
 
     def fill_bitmasks(self, grammars: list[Grammar], bitmask: torch.Tensor, rows: list[int]) -> None:
-        live = [(g, row) for g, row in zip(grammars, rows) if not g.is_terminated()]
-        if self.fill_threads < 2 or len(live) < 2:
-            return super().fill_bitmasks(grammars, bitmask, rows)
+        live = []
         for g, row in zip(grammars, rows):
             if g.is_terminated():
                 g.fill_bitmask(bitmask, row)  # the stop tokens alone: xgrammar refuses these
+            else:
+                live.append((g, row))
+        if self.fill_threads < 2 or len(live) < 2:
+            for g, row in live:
+                g.fill_bitmask(bitmask, row)
+            return
         if self._batch_matcher is None:
             self._batch_matcher = xgr.BatchGrammarMatcher(self.fill_threads)
         self._batch_matcher.batch_fill_next_token_bitmask(

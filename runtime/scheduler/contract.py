@@ -176,8 +176,8 @@ class Runner(Protocol):
         """Queue the forward and the sampling; return without waiting for the device."""
 
     def launch_forward(self, step: StepInputs) -> object:
-        """Queue the forward alone (overlap with grammars: the mask is filled after it is
-        queued); the returned handle goes to `launch_sampling`."""
+        """Queue the forward alone (the scheduler fills the step's grammar masks while it
+        runs); the returned handle goes to `launch_sampling`."""
 
     def launch_sampling(self, step: StepInputs, forward: object) -> PendingStep:
         """Queue the sampling of a forward queued by `launch_forward` (step.vocab_mask final)."""

@@ -82,32 +82,30 @@ class GrammarCoordinator:
         # Rows are filled together (the backend may use threads), each grammar moved along its
         # row's path first and back after; a grammar with a second row (a verify tree) sends
         # the rows so far first.
-        grammars, rows, moved, held = [], [], [], set()
+        grammars, rows, held = [], [], set()
         for i, req in enumerate(reqs):
             g = req.grammar
             if g is None or (skip and id(req) in skip):
                 bitmask[i] = -1  # every bit set: all tokens allowed
                 continue
             if id(g) in held:
-                self._fill(grammars, bitmask, rows, moved)
-                grammars, rows, moved, held = [], [], [], set()
-            path = paths[i] if paths else []
-            for token in path:
+                self._fill(grammars, rows, bitmask, paths)
+                grammars, rows, held = [], [], set()
+            for token in paths[i] if paths else []:
                 accepted = g.accept_token(token)
                 assert accepted, "draft trees of constrained requests hold grammar-valid tokens only"
             grammars.append(g)
             rows.append(i)
-            moved.append(len(path))
             held.add(id(g))
-        self._fill(grammars, bitmask, rows, moved)
+        self._fill(grammars, rows, bitmask, paths)
         return bitmask
 
-    def _fill(self, grammars: list[Any], bitmask: torch.Tensor, rows: list[int],
-              moved: list[int]) -> None:
+    def _fill(self, grammars: list[Any], rows: list[int], bitmask: torch.Tensor,
+              paths: Optional[list[list[int]]]) -> None:
         self.manager.backend.fill_bitmasks(grammars, bitmask, rows)
-        for g, n in zip(grammars, moved):
-            if n:
-                g.rollback(n)
+        for g, row in zip(grammars, rows):
+            if paths and paths[row]:
+                g.rollback(len(paths[row]))
 
     def after_token(self, req: Req, token: int, kv: Any) -> None:
         if self.advance(req, token):

@@ -236,14 +236,10 @@ class Scheduler:
             return outputs + self._fail_unschedulable()
         step, book = build_step(plan, self.kv, self.spec is not None and self.spec.needs_hidden)
         self._open.append((plan, step, book))
-        if any(r.grammar is not None for r in book.sample_reqs):
-            # the device runs the forward while the host fills the grammar masks
-            forward = self.runner.launch_forward(step)
-            step.vocab_mask = self.grammar.vocab_mask(
-                book.sample_reqs, paths=book.sample_paths if book.verify else None)
-            pending = self.runner.launch_sampling(step, forward)
-        else:
-            pending = self.runner.launch_batch(step)
+        forward = self.runner.launch_forward(step)  # the device runs it while the host fills the masks
+        step.vocab_mask = self.grammar.vocab_mask(book.sample_reqs,
+                                                  paths=book.sample_paths if book.verify else None)
+        pending = self.runner.launch_sampling(step, forward)
         if self.overlap and self.spec is None and self.chain.chainable(
                 plan, step, book, len(self.running), bool(self.waiting)):
             self.inflight = (plan, step, book, pending)
