@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import threading
 import time
 from datetime import timedelta
@@ -21,16 +20,11 @@ import torch.distributed as dist
 
 from sgl.runtime.layers.custom_all_reduce import install as install_one_shot
 from sgl.runtime.layers.custom_all_reduce import uninstall as uninstall_one_shot
+from sgl.runtime.server.runtime import free_port
 
 logger = logging.getLogger("sgl.tp")
 _OBJECT_GROUP: Any = None  # a gloo group for Python objects, whatever the tensor backend
 _IDLE_FOREVER = timedelta(days=3650)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_tensor_parallel(rank: int, tp_size: int, dist_init_addr: str, device: torch.device, *,

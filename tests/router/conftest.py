@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,15 +16,10 @@ import uvicorn
 from sgl.runtime.router.app import build_app
 from sgl.runtime.router.client import make_client
 from sgl.runtime.router.config import RouterArgs
+from sgl.runtime.server.runtime import free_port  # noqa: F401  (the router tests import it from here)
 from tests.router.fake_worker import FakeWorker
 
 FAKE_WORKER_PY = os.path.join(os.path.dirname(__file__), "fake_worker.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RouterThread:

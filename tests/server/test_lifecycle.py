@@ -12,7 +12,7 @@ import requests
 
 from sgl.runtime.config import ServerArgs
 from sgl.runtime.server.launch import ipc_dir_prefix
-from sgl.runtime.server.runtime import _alive, _descendants, to_cli_args
+from sgl.runtime.server.runtime import _alive, _descendants, free_port, to_cli_args
 from tests.server.conftest import sse_events, start_tiny
 
 KEY = "sk-test-123"
@@ -100,3 +100,12 @@ def _assert_all_gone(pids: list[int], timeout_s: float) -> None:
     while any(_alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids if _alive(p)], "processes outlived the server"
+
+
+def test_free_ports_are_never_handed_out_twice():
+    """Servers started one after another (or from threads) before any binds: a port the kernel
+    offers again after its probe socket closed would start two servers on one port (seen in CI:
+    the second sim worker of test_cache_aware_sim failed to bind)."""
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+
