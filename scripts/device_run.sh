@@ -28,7 +28,8 @@ for stage in "$@"; do
   echo "=== $stage $(date +%T)"
   case $stage in
     # every gpu test; files whose CPU-only imports (openai, hypothesis, ...) are absent here are reported, not fatal
-    gpu) timeout ${GPU_TIMEOUT:-570} python3 -m pytest -v -m gpu ${GPU_TESTS:-tests} --continue-on-collection-errors -p no:cacheprovider -rfE --tb=short \
+    # (SIGINT at the time limit: pytest still writes the failures so far and the summary)
+    gpu) timeout -s INT -k 20 ${GPU_TIMEOUT:-570} python3 -m pytest -v -m gpu ${GPU_TESTS:-tests} --continue-on-collection-errors -p no:cacheprovider -rfE --tb=short \
         --durations=15 > "$OUT/gpu.log" 2>&1; grep -E "FAILED|ERROR|passed|failed" "$OUT/gpu.log" | tail -n 40 ;;
     gpu_kernels) python3 -m pytest -q -m gpu tests/kernels 2>&1 | tail -5 ;;
     # the suite on this code, compared with docs/bench_baseline.json ($SUITE_ARGS: e.g. --only ...)
