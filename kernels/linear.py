@@ -6,7 +6,10 @@ faster than cuBLAS's choice for M = 1 (sgl/bench_gemv.py on an H100: 78 vs 83 us
 
 The per-shape tables are data files picked by device name (kernels/gemv_tables.py); the runner
 applies --disable-gemv and --gemv-configs through `configure_gemv`. A device's table is resolved
-at its first batch-1 linear, never at import."""
+at its first batch-1 linear, never at import.
+
+--enable-deterministic-inference (`configure_batch_invariance`) replaces all of that with
+`invariant_linear`: fixed-size row chunks, one GEMM shape per weight, whatever the batch."""
 from __future__ import annotations
 
 import torch
@@ -24,7 +27,15 @@ GEMV_MIN_NUMEL = 48 * 1024 * 1024
 FP8_GEMV_CONFIGS: GemvTable = {}
 FP8_DEFAULT_GEMV_CONFIG = (4, 2048, 8, 3, 1)
 
+# Batch-invariant mode (--enable-deterministic-inference): every GEMM call has this many rows.
+# One fixed (rows, K) x (K, N) shape per weight means one cuBLAS (or MKL) kernel, so a row's
+# result depends on that row alone, never on how many rows the step had. Enough rows to keep
+# the H100's matrix units busy on a chunk of a long prompt; few on the CPU, where every padded
+# row costs its FLOPs.
+INVARIANT_ROWS = {"cuda": 256, "cpu": 16}
+
 # Process-wide settings: defaults until a runner calls configure_gemv.
+_invariant = False
 _enabled = True
 _overrides: GemvTable = {}           # --gemv-configs entries
 _tables: dict[int, GemvTable] = {}   # CUDA device index -> its table, filled at first use
@@ -38,6 +49,18 @@ def configure_gemv(enabled: bool = True, configs_file: str | None = None) -> Non
     _overrides = read_table(configs_file) if configs_file else {}
     _enabled = enabled
     _tables.clear()
+
+
+def configure_batch_invariance(enabled: bool) -> None:
+    """--enable-deterministic-inference: `linear` runs every input as chunks of
+    INVARIANT_ROWS[device] rows (the last one zero-padded), never the GEMV; set per process,
+    as configure_gemv is."""
+    global _invariant
+    _invariant = enabled
+
+
+def batch_invariant() -> bool:
+    return _invariant
 
 
 def gemv_enabled() -> bool:
@@ -75,6 +98,8 @@ def fp8_gemv_config(n: int, k: int) -> GemvConfig:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    if _invariant:
+        return invariant_linear(x, weight, bias)
     if (_enabled and x.dim() == 2 and x.shape[0] == 1 and weight.dim() == 2
             and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
             and weight.stride(1) == 1 and use_triton(x)):
@@ -83,3 +108,25 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             from sgl.kernels.triton.gemv import gemv
             return gemv(x.contiguous(), weight, bias, config=config)
     return F.linear(x, weight, bias)
+
+
+def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     rows: int | None = None) -> torch.Tensor:
+    """x W^T (+ b) whose every row is what that row alone would give: the rows go through the
+    GEMM in chunks of `rows` (default INVARIANT_ROWS for x's device), the last one padded with
+    zeros, so every call has one shape. The bias is added after, element by element."""
+    rows = rows or INVARIANT_ROWS.get(x.device.type, INVARIANT_ROWS["cpu"])
+    x2 = x.reshape(-1, x.shape[-1])
+    m = x2.shape[0]
+    padded = -(-m // rows) * rows
+    if padded != m:
+        x2 = torch.cat([x2, x2.new_zeros(padded - m, x2.shape[1])])
+    out = x2.new_empty(padded, weight.shape[0])
+    weight_t = weight.t()
+    for start in range(0, padded, rows):
+        torch.mm(x2[start:start + rows], weight_t, out=out[start:start + rows])
+    out = out[:m]
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+

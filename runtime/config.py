@@ -94,6 +94,10 @@ class ServerArgs:
     cuda_graph_bs: Optional[list[int]] = _f(None, "Batch sizes to capture.", nargs="+", type=int)
     disable_overlap_schedule: bool = _f(False, "Do not overlap CPU scheduling with GPU work.")
     disable_gemv: bool = _f(False, "Batch-1 linears on cuBLAS too, never the Triton GEMV (e.g. to compare the two).")
+    enable_deterministic_inference: bool = _f(False, "Batch-invariant kernels: a request's logits do "
+                                              "not depend on the other requests of its batches "
+                                              "(or on how its prompt was split or cached); slower. "
+                                              "Needs the Triton attention backend.")
     gemv_configs: Optional[str] = _f(None, "JSON table of Triton GEMV configs by weight shape "
                                      "(`sgl/bench_gemv.py --table-out FILE`), laid over the "
                                      "shipped table for this GPU (kernels/configs/gemv/).")
@@ -266,6 +270,17 @@ class ServerArgs:
         if self.custom_all_reduce_max_bytes < 16:  # the one-shot kernel takes 16-byte multiples
             raise ValueError(f"custom_all_reduce_max_bytes must be at least 16, got "
                              f"{self.custom_all_reduce_max_bytes}")
+        if self.enable_deterministic_inference:
+            # Each of these computes a row with other rows or in batch-dependent shapes: an
+            # all-reduce sized by the batch, verify trees, FP8 GEMMs, batch-tuned kernels.
+            conflicts = {"tp_size > 1": self.tp_size > 1,
+                         "speculative_algorithm": self.speculative_algorithm is not None,
+                         "quantization": self.quantization is not None,
+                         "attention_backend torch_native": self.attention_backend == "torch_native"}
+            named = [name for name, on in conflicts.items() if on]
+            if named:
+                raise ValueError(f"enable_deterministic_inference does not go with {', '.join(named)} "
+                                 "(those paths are not batch-invariant)")
         if self.gemv_configs is not None:
             from sgl.kernels.gemv_tables import read_table
             try:

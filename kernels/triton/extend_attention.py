@@ -5,6 +5,8 @@ One kernel reads both parts through req_to_token (the new tokens' K/V are alread
 pool): grid (query blocks, bs, Hq); a program holds BLOCK_M new tokens of one request and one
 query head, sweeps the keys before its first token without a mask, then the diagonal keys with a
 causal mask, and stops there (later keys are invisible). Online softmax in float32 (base 2).
+Causal key tiles are aligned to multiples of BLOCK_N in the sequence, so a query meets its keys
+in the same groups however its prompt was split (cached prefix, chunks, query blocks).
 
 With a custom mask (speculative tree verification; MASK_LAYOUT 1, a separate compilation) both
 sweeps read the request's (extend_len, seq_len) block of the mask instead, and the second one
@@ -143,6 +145,13 @@ def _extend_kernel(
         first_key = 0
         if WINDOWED:  # the first key the block's first query (position prefix_len + m_start) sees
             first_key = tl.maximum(prefix_len + m_start - window + 1, 0)
+        if MASK_LAYOUT == 0:
+            # Key tiles start at multiples of BLOCK_N, wherever the cached prefix or this query
+            # block ends: a query's keys meet the online softmax in the same groups however its
+            # prompt was split into cached prefix, chunks and query blocks (batch invariance;
+            # the masks make the extra keys of a straddling tile no-ops).
+            full_end = full_end // BLOCK_N * BLOCK_N
+            first_key = first_key // BLOCK_N * BLOCK_N
         for n0 in range(first_key, full_end, BLOCK_N):
             acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_head, v_head, slot_row, mask_rows,
                                          mask_m, n0, full_end, q_pos, stride_kt, stride_vt,
@@ -162,10 +171,11 @@ def _extend_kernel(
                  out.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :])
 
 
-def _block_config(head_dim: int, max_extend_len: int) -> tuple[int, int, int, int]:
+def _block_config(head_dim: int, max_extend_len: int | None) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for H100 (bench_kernels --sweep). Short extends
-    (chunks of decode-like size) take 64-row query blocks so that fewer rows idle."""
-    block_m = 64 if max_extend_len <= 64 else 128
+    (chunks of decode-like size) take 64-row query blocks so that fewer rows idle; None (batch
+    invariance) takes one config whatever the batch."""
+    block_m = 64 if max_extend_len is not None and max_extend_len <= 64 else 128
     if head_dim <= 128:
         return block_m, 64, 4, 2
     return 64, 32, 8, 2
@@ -232,7 +242,7 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
                      mask_indptr: torch.Tensor | None = None,
                      tree_mask: torch.Tensor | None = None, sliding_window: int = 0,
                      logit_cap: float = 0.0, k_scale: float = 1.0,
-                     v_scale: float = 1.0) -> torch.Tensor:
+                     v_scale: float = 1.0, batch_invariant: bool = False) -> torch.Tensor:
     """Causal (or custom-masked) attention of the new tokens q (T, Hq, D) (requests
     concatenated) over their requests' whole sequences, read from k_buffer (slots, Hkv, D) /
     v_buffer (slots, Hkv, Dv) at req_to_token[req_pool_indices[i], :prefix_lens[i] +
@@ -251,6 +261,9 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     always the whole cached prefix. q_start need not be packed (a padded layout, e.g. i * N).
     sliding_window: W > 0 limits a query at position p to the keys at positions > p - W.
     logit_cap: c > 0 soft-caps the scaled scores to c * tanh(s / c).
+    batch_invariant: one launch config whatever max_extend_len (with the causal mask, a query's
+    output then depends on its own sequence alone, not on the batch or on where its prompt was
+    split; --enable-deterministic-inference).
     A row that sees no key gives zeros. Returns out (T, Hq, Dv) in q's dtype. Indices are not
     bounds-checked on the device. The pool holds q's dtype, or FP8 with per-tensor scales
     k_scale, v_scale (a stored element is value / scale)."""
@@ -275,7 +288,7 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         q_start = torch.cumsum(extend_lens, 0) - extend_lens
     if max_extend_len is None:
         max_extend_len = int(extend_lens.max())
-    config = CONFIG_OVERRIDE or _block_config(head_dim, max_extend_len)
+    config = CONFIG_OVERRIDE or _block_config(head_dim, None if batch_invariant else max_extend_len)
     block_m, block_n, num_warps, num_stages = config
     grid = (triton.cdiv(max_extend_len, block_m), bs, num_q_heads)
     # The kernel reads a mask as bytes; without one it gets placeholders it never reads.

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from sgl.kernels.linear import configure_gemv
+from sgl.kernels.linear import configure_batch_invariance, configure_gemv
 from sgl.runtime.cache.memory_pool import MHATokenToKVPool, ReqToTokenPool, TableWrites
 from sgl.runtime.disaggregation.transfer import KVTransferAgent, PoolIO
 from sgl.runtime.executor.attention import get_attention_backend
@@ -84,6 +84,10 @@ class ModelRunner(GraphSetup):
             configure_gemv(not server_args.disable_gemv, server_args.gemv_configs)
             self._init_model()
             self.attn_backend = get_attention_backend(self._attention_backend_name())()
+            if server_args.enable_deterministic_inference:
+                self._check_batch_invariant()
+                self.attn_backend.batch_invariant = True
+            configure_batch_invariance(server_args.enable_deterministic_inference)
             self.sampler = Sampler()
             self._init_memory()
             self._init_speculative()
@@ -194,6 +198,19 @@ class ModelRunner(GraphSetup):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
+
+    def _check_batch_invariant(self) -> None:
+        """--enable-deterministic-inference needs the Triton attention kernels (the torch
+        reference's SDPA blocks keys by the sequence's length) and no fused-MoE layer (its
+        launch config follows the batch)."""
+        from sgl.runtime.layers.moe import FusedMoE
+        name = self._attention_backend_name()
+        if name != "triton":
+            raise ValueError(f"enable_deterministic_inference needs attention_backend triton (a CUDA "
+                             f"GPU, or TRITON_INTERPRET=1 on the CPU), got {name}")
+        if any(isinstance(m, FusedMoE) for m in self.model.modules()):
+            raise ValueError("enable_deterministic_inference does not support mixture-of-experts "
+                             f"models yet ({type(self.model).__name__})")
 
     def _attention_backend_name(self) -> str:
         if self.args.attention_backend:

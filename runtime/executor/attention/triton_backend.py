@@ -35,7 +35,8 @@ import torch
 
 from sgl.kernels.kv_store import store_kv
 from sgl.kernels.triton._common import sm_count
-from sgl.kernels.triton.decode_attention import decode_attention, num_kv_splits, workspace_numel
+from sgl.kernels.triton.decode_attention import (MAX_KV_SPLITS, decode_attention, num_kv_splits,
+                                                workspace_numel)
 from sgl.kernels.triton.extend_attention import extend_attention
 from sgl.runtime.executor.attention.base import AttentionBackend
 from sgl.runtime.executor.forward_batch import ForwardMode
@@ -54,14 +55,17 @@ class TritonBackend(AttentionBackend):
         self._num_sms: int | None = None
         self._workspace: torch.Tensor | None = None  # float32 split-K partials
         self._graph_workspaces: list[torch.Tensor] = []  # buffers captured graphs point to
+        # --enable-deterministic-inference: DECODE takes MAX_KV_SPLITS whatever the batch (a
+        # request's splits then follow its length alone), EXTEND one launch config.
+        self.batch_invariant = False
 
     # -- planning ----------------------------------------------------------------------------
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
         self._planned = batch
         if batch.forward_mode is ForwardMode.DECODE:
-            num_kv_heads = batch.kv_pool.num_kv_heads if batch.kv_pool is not None else 1
-            self.max_splits = num_kv_splits(batch.batch_size, num_kv_heads,
-                                            self._sm_count(batch.seq_lens.device))
+            self.max_splits = self._num_splits(batch.batch_size, batch.kv_pool.num_kv_heads
+                                               if batch.kv_pool is not None else 1,
+                                               batch.seq_lens.device)
             return
         self.q_start = _q_start(batch)
         if batch.rows_per_req:
@@ -74,12 +78,16 @@ class TritonBackend(AttentionBackend):
                               v_head_dim: int, device: torch.device | str) -> None:
         """Allocate the decode workspace for every batch size up to max_bs (per-rank heads).
         Call once before capturing; captured graphs keep pointing at this buffer."""
-        sms = self._sm_count(torch.device(device))
         numel = max(workspace_numel(bs, num_q_heads, v_head_dim,
-                                    num_kv_splits(bs, num_kv_heads, sms))
+                                    self._num_splits(bs, num_kv_heads, torch.device(device)))
                     for bs in range(1, max_bs + 1))
         self._workspace = torch.empty(max(numel, 1), dtype=torch.float32, device=device)
         self._graph_workspaces.append(self._workspace)
+
+    def _num_splits(self, batch_size: int, num_kv_heads: int, device: torch.device) -> int:
+        if self.batch_invariant:
+            return MAX_KV_SPLITS
+        return num_kv_splits(batch_size, num_kv_heads, self._sm_count(device))
 
     def _sm_count(self, device: torch.device) -> int:
         if self._num_sms is None:
@@ -129,7 +137,8 @@ class TritonBackend(AttentionBackend):
                                    max_extend_len=self.max_extend_len, out=out,
                                    custom_mask=batch.custom_mask, mask_indptr=batch.mask_indptr,
                                    tree_mask=batch.tree_mask, sliding_window=layer.sliding_window,
-                                   logit_cap=layer.logit_cap, k_scale=k_scale, v_scale=v_scale)
+                                   logit_cap=layer.logit_cap, k_scale=k_scale, v_scale=v_scale,
+                                   batch_invariant=self.batch_invariant)
         return out.view(num_tokens, -1).to(q.dtype)  # (T, Hq * Dv)
 
 
