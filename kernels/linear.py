@@ -119,12 +119,14 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     x2 = x.reshape(-1, x.shape[-1])
     m = x2.shape[0]
     padded = -(-m // rows) * rows
-    if padded != m:
-        x2 = torch.cat([x2, x2.new_zeros(padded - m, x2.shape[1])])
+    # Always a fresh buffer: every chunk then has the same alignment as well as the same shape
+    # (a view's offset could steer cuBLAS to another kernel).
+    xp = x2.new_zeros(padded, x2.shape[1])
+    xp[:m] = x2
     out = x2.new_empty(padded, weight.shape[0])
     weight_t = weight.t()
     for start in range(0, padded, rows):
-        torch.mm(x2[start:start + rows], weight_t, out=out[start:start + rows])
+        torch.mm(xp[start:start + rows], weight_t, out=out[start:start + rows])
     out = out[:m]
     if bias is not None:
         out = out + bias
