@@ -20,6 +20,7 @@ import transformers
 from sgl.kernels.linear import batch_invariant, invariant_linear
 from sgl.runtime.config import ServerArgs
 from sgl.runtime.engine import Engine
+from tests.runtime.test_tensor_parallel import tiny
 
 PREFIX = [(7 * i + 3) % 200 + 5 for i in range(45)]  # shared by every prompt, 45 tokens
 PROMPTS = [PREFIX + [(11 * i + 5 * j) % 200 + 5 for j in range(n)]
@@ -29,13 +30,8 @@ INTERPRETED = 4  # prompts under the interpreter (slow): 48 to 85 tokens, key ti
 
 
 def tiny_llama(path: str, dtype: torch.dtype = torch.float32, **overrides) -> str:
-    torch.manual_seed(0)
-    fields = dict(vocab_size=211, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  initializer_range=0.3)
-    config = transformers.LlamaConfig(**{**fields, **overrides})
-    transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(path)
-    return path
+    return tiny(path, transformers.LlamaConfig, dtype,
+                **{"num_attention_heads": 4, "num_key_value_heads": 2, **overrides})
 
 
 def _logprobs(out: dict) -> dict:

@@ -28,11 +28,12 @@ def greedy(path: str, prompts: list, max_new_tokens: int = 16, **kw) -> list[lis
         return out
 
 
-def tiny(tmp_path, cls: type, **cfg) -> str:
+def tiny(tmp_path, cls: type, dtype: torch.dtype = torch.float32, **cfg) -> str:
+    """A tiny random model of config class `cls` saved at tmp_path; `cfg` overrides any field."""
     torch.manual_seed(0)
-    config = cls(vocab_size=211, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 max_position_embeddings=512, initializer_range=0.3, **cfg)
-    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(tmp_path)
+    config = cls(**{**dict(vocab_size=211, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           max_position_embeddings=512, initializer_range=0.3), **cfg})
+    transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(tmp_path)
     return str(tmp_path)
 
 
