@@ -31,9 +31,10 @@ from sgl.kernels.triton import fused_moe
 
 NUM_EXPERTS, TOP_K, HIDDEN, MOE_INTER = 128, 8, 2048, 768  # Qwen3-30B-A3B
 DTYPE = torch.bfloat16
-# 72 configurations (24 at batch 1): a few minutes with compilation; --batches narrows.
-SWEEP = {"BLOCK_M": (16, 32, 64), "BLOCK_N": (32, 64, 128), "BLOCK_K": (64, 128), "GROUP_M": (1, 8),
-         "num_warps": (4, 8), "num_stages": (3,)}
+# 192 configurations (64 at batch 1, where BLOCK_N 16 and deeper pipelines are the candidates
+# for filling the SMs): minutes with compilation; --batches narrows.
+SWEEP = {"BLOCK_M": (16, 32, 64), "BLOCK_N": (16, 32, 64, 128), "BLOCK_K": (64, 128),
+         "GROUP_M": (1, 8), "num_warps": (4, 8), "num_stages": (3, 4)}
 
 
 def _inputs(num_tokens: int, inter: int, seed: int) -> dict[str, torch.Tensor]:
