@@ -81,6 +81,7 @@ def ipc_dir_prefix(server_pid: int) -> str:
 
 
 def _serve(args: ServerArgs, procs: Any, stop: Any) -> None:
+    procs.spawn()  # the children load the model while this process imports the web stack
     from sgl.runtime.matryoshka import Matryoshka
     from sgl.runtime.request_options import RequestPolicy
     from sgl.runtime.server.front import ServerTokenizerManager

@@ -1,8 +1,10 @@
 """Starting and stopping the scheduler and detokenizer processes (spawn start method): one
 scheduler per data-parallel replica (--dp-size), each with its tensor-parallel followers.
 
-Start-up overlaps the slow parts: every child is spawned first; the schedulers load the model
-while this process loads the tokenizer once and hands it to each over their pipes."""
+Start-up overlaps the slow parts: every child is spawned first (`spawn`, before the HTTP process
+imports its web stack, and without importing torch here unless tensor parallelism needs it); the
+schedulers load the model while this process loads the tokenizer once and hands it to each over
+their pipes."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +13,6 @@ import os
 from typing import Any, Callable, Optional
 
 from sgl.runtime.config import ServerArgs
-from sgl.runtime.executor.tensor_parallel import start_tp_workers
 from sgl.runtime.server.data_parallel import merge_ready_infos, replica_args, replica_environment
 from sgl.runtime.server.detokenizer_process import run_detokenizer_process
 from sgl.runtime.server.ipc import Endpoints
@@ -39,17 +40,23 @@ class ServerProcesses:
             return ["scheduler"]
         return [f"scheduler-dp{i}" for i in range(self.args.dp_size)]
 
-    def start(self, load_tokenizer: Callable[[], Any], checkpoint: Callable[[], None] = lambda: None
-              ) -> tuple[dict[str, Any], Any]:
-        """Spawn every child, hand them the tokenizer, wait until all are ready. Returns the
-        schedulers' model info and the tokenizer. `checkpoint` runs while waiting (it raises
-        to stop start-up)."""
-        self._checkpoint = checkpoint
+    def spawn(self) -> None:
+        """Start every child; they load while this process does its own start-up."""
+        if self.procs:
+            return
         pid = os.getpid()
         for dp_rank in range(self.args.dp_size):
             self._start_replica(dp_rank, pid)
         self._spawn("detokenizer", run_detokenizer_process,
                     (self.args.log_level, self.endpoints, pid))
+
+    def start(self, load_tokenizer: Callable[[], Any], checkpoint: Callable[[], None] = lambda: None
+              ) -> tuple[dict[str, Any], Any]:
+        """Spawn every child (unless `spawn` did), hand them the tokenizer, wait until all are
+        ready. Returns the schedulers' model info and the tokenizer. `checkpoint` runs while
+        waiting (it raises to stop start-up)."""
+        self._checkpoint = checkpoint
+        self.spawn()
         tokenizer = load_tokenizer()
         for name in ("detokenizer", *self.scheduler_names):
             self._send(name, tokenizer)
@@ -62,7 +69,10 @@ class ServerProcesses:
         name = self.scheduler_names[dp_rank]
         prefix = "" if self.args.dp_size == 1 else f"dp{dp_rank}-"
         with replica_environment(self.args, dp_rank):
-            args, tp_workers = start_tp_workers(replica_args(self.args, dp_rank), self.ctx)
+            args, tp_workers = replica_args(self.args, dp_rank), {}
+            if args.tp_size > 1:  # torch.distributed follower ranks (torch is imported here only)
+                from sgl.runtime.executor.tensor_parallel import start_tp_workers
+                args, tp_workers = start_tp_workers(args, self.ctx)
             self.procs.update({prefix + k: p for k, p in tp_workers.items()})
             self.followers.update(prefix + k for k in tp_workers)
             self._spawn(name, run_scheduler_process, (args, self.endpoints, dp_rank, pid))

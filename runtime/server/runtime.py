@@ -64,7 +64,7 @@ class Runtime:
                     return
             except requests.RequestException:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.1)
         raise TimeoutError(f"the server did not become ready in {timeout_s:.0f} s"
                            f"{self._log_hint()}")
 
