@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from sgl.kernels.linear import batch_invariant
 from sgl.kernels.sampling import gumbel_noise, min_p_mask, top_k_mask, top_p_mask
 from sgl.runtime.sampling.params import SamplingParams
 from sgl.runtime.sampling.penalties import PenaltyTensors, _to_device
@@ -188,17 +189,24 @@ class Sampler:
 
 def _raw_logprobs(logits: torch.Tensor, next_ids: torch.Tensor, k: int) -> SampleOutput:
     """Logprobs under the model's unprocessed distribution, as the API reports them."""
-    lse = torch.logsumexp(logits, dim=-1)  # (bs,)
-    chosen = logits.gather(1, next_ids[:, None]).squeeze(1) - lse
     if k > 0:
-        top = torch.topk(logits, min(k, logits.shape[1]), dim=-1)
-        top_vals, top_ids = top.values - lse[:, None], top.indices
+        top_ids = torch.topk(logits, min(k, logits.shape[1]), dim=-1).indices  # (bs, k)
     else:
-        bs = logits.shape[0]
-        top_vals = logits.new_empty((bs, 0))
-        top_ids = torch.empty((bs, 0), dtype=torch.int64, device=logits.device)
-    return SampleOutput(next_token_ids=next_ids, logprobs=chosen,
-                        top_logprobs_vals=top_vals, top_logprobs_ids=top_ids)
+        top_ids = torch.empty((logits.shape[0], 0), dtype=torch.int64, device=logits.device)
+    vals = _logprobs_at(logits, torch.cat([next_ids[:, None], top_ids], dim=1))
+    return SampleOutput(next_token_ids=next_ids, logprobs=vals[:, 0],
+                        top_logprobs_vals=vals[:, 1:], top_logprobs_ids=top_ids)
+
+
+def _logprobs_at(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits) (bs, vocab) at ids (bs, n) -> (bs, n)."""
+    if batch_invariant():
+        # --enable-deterministic-inference: torch's generic reductions (logsumexp) spread each
+        # row of a small batch over several thread blocks, so a row's sum order depends on the
+        # batch size (2 float32 ulps apart on the H100); log_softmax reduces every row in one
+        # block whatever the batch.
+        return torch.log_softmax(logits, dim=-1).gather(1, ids)
+    return logits.gather(1, ids) - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
 def _to_int64(seed: int) -> int:
