@@ -124,16 +124,29 @@ def _fits_scaled_mm(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return has_fp8_matmul(x.device) and n % 16 == 0 and k % 16 == 0 and weight.is_contiguous()
 
 
+@functools.lru_cache(maxsize=8)
+def _unit_scale(device: torch.device) -> torch.Tensor:
+    return torch.ones((), dtype=torch.float32, device=device)
+
+
 def fp8_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                   bias: torch.Tensor | None, input_scale: torch.Tensor | None) -> torch.Tensor:
     """x (M, K) quantized per token (or by input_scale) by the Triton kernel, then cuBLAS's FP8
     GEMM with row-wise scales; CUDA, sm89+, K and N multiples of 16."""
     from sgl.kernels.triton.fp8_quant import quantize_per_token
     x_fp8, x_scale = quantize_per_token(x.contiguous(), input_scale)  # (M, K), (M, 1)
-    # Row-wise scaling: scale_a (M, 1) and scale_b (1, N), float32; cuBLAS wants W^T
-    # column-major, which W (N, K) row-major is. Row-wise scaling writes bfloat16 only.
-    y = torch._scaled_mm(x_fp8, weight.t(), scale_a=x_scale, scale_b=weight_scale.view(1, -1),
-                         out_dtype=torch.bfloat16)
+    # cuBLAS wants W^T column-major, which W (N, K) row-major is.
+    if x.dtype == torch.float32:
+        # Row-wise scaling writes bfloat16 only, and bf16's rounding of one layer's output moves
+        # values across the next layer's FP8 rounding boundaries (a tiny float32 model's prompt
+        # logprobs: 0.08 apart from the reference). A float32 model takes the unscaled product
+        # in float32 (unit tensor-wise scales) and applies both scales after, as the reference.
+        one = _unit_scale(x.device)
+        y = torch._scaled_mm(x_fp8, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
+        y = y * x_scale * weight_scale.view(1, -1)
+    else:  # row-wise scaling: scale_a (M, 1) and scale_b (1, N), float32
+        y = torch._scaled_mm(x_fp8, weight.t(), scale_a=x_scale, scale_b=weight_scale.view(1, -1),
+                             out_dtype=torch.bfloat16)
     if bias is not None:
         y = y + bias
     return y if y.dtype == x.dtype else y.to(x.dtype)

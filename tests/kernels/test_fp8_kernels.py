@@ -130,6 +130,19 @@ def test_fp8_linear_static_scale_and_cuda_graph():
         _assert_close(out.float().cpu(), ref, 1e-2)
 
 
+@CUDA
+def test_fp8_scaled_mm_keeps_a_float32_model_in_float32():
+    """float32 activations: the reference's product to float32 rounding. Row-wise scaling
+    would round the output to bf16 (~2e-3 here), which the next layer's FP8 quantization
+    amplifies (test_gpu_fp8's float32 engine: prompt logprobs 0.08 apart)."""
+    from sgl.kernels.fp8 import fp8_linear_ref, fp8_scaled_mm
+    w, s = _fp8_weight(256, 512, seed=5)
+    x = _randn(64, 512, dtype=torch.float32, gen=_gen(5), scale=0.5)
+    out = fp8_scaled_mm(x, w, s, None, None)
+    assert out.dtype == torch.float32
+    _assert_close(out.cpu(), fp8_linear_ref(x.cpu(), w.cpu(), s.cpu()), 1e-5)
+
+
 # ---- KV store and attention over an FP8 pool ---------------------------------------------------
 
 @FP8_KV
